@@ -1,0 +1,164 @@
+"""The node's RDMA devices as discovery reports them (used by supervisor, workers and the CLI).
+
+These are plain frozen values: discovery builds them from sysfs, selectors filter them, the
+supervisor ships them to workers as JSON, and workers derive DeviceSpecs and CDI specs from them.
+Nothing here touches the disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Char-device kinds in the order they are handed to containers.
+CHAR_DEVICE_KINDS: tuple[str, ...] = ("uverbs", "umad", "issm", "ucm")
+#: Path of the RDMA connection manager node every container gets once.
+RDMA_CM_PATH = "/dev/infiniband/rdma_cm"
+#: Netdev operstates that mean the link cannot carry traffic.
+DOWN_OPERSTATES = frozenset({"down", "lowerlayerdown", "notpresent"})
+
+
+@dataclass(frozen=True)
+class CharDevice:
+    """One `/dev/infiniband/<name>` node of an RDMA device."""
+
+    kind: str  # one of CHAR_DEVICE_KINDS
+    name: str  # "uverbs0"
+    major: int | None  # from sysfs `dev` ("231:192"); None when unreadable
+    minor: int | None
+    present: bool  # the node exists under <host-root>/dev
+
+    @property
+    def path(self) -> str:
+        """Path as the kubelet and the container see it (never under host-root)."""
+        return f"/dev/infiniband/{self.name}"
+
+
+@dataclass(frozen=True)
+class Port:
+    number: int
+    state: str  # "ACTIVE", "DOWN", "INIT", ... (the word after "4: " in sysfs)
+    link_layer: str  # "InfiniBand", "Ethernet", or "" when unreadable
+
+    @property
+    def up(self) -> bool:
+        return self.state == "ACTIVE"
+
+
+@dataclass(frozen=True)
+class RdmaDevice:
+    name: str  # "mlx5_0"
+    ports: tuple[Port, ...] = ()
+    char_devices: tuple[CharDevice, ...] = ()  # sorted by (kind order, number)
+
+
+@dataclass(frozen=True)
+class NetDev:
+    name: str
+    link_type: str  # "ether", "infiniband", the kernel's name, or "unknown<N>"
+    operstate: str  # "up", "down", ... as in sysfs
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A PCI network function, or an auxiliary sub-function that is a device of its own.
+
+    A sub-function (mlx5 `mlx5_core.sf.N`) carries its parent's vendor, device ID, driver, PCI
+    address and NUMA node, because that is what selectors match on; its netdevs and RDMA devices
+    are its own.
+    """
+
+    name: str  # PCI address ("0000:3b:00.0") or auxiliary device name ("mlx5_core.sf.2")
+    pci_address: str  # own address, or the parent's for an auxiliary device
+    vendor: str  # 4 lower-case hex digits, no 0x
+    device_id: str
+    driver: str  # basename of the driver link; "" when unbound
+    numa_node: int  # -1 when unknown
+    netdevs: tuple[NetDev, ...] = ()  # in name order
+    rdma_devices: tuple[RdmaDevice, ...] = ()
+    rdma_cm_present: bool = False
+    auxiliary: bool = False
+
+    @property
+    def if_name(self) -> str:
+        return self.netdevs[0].name if self.netdevs else ""
+
+    @property
+    def link_type(self) -> str:
+        return self.netdevs[0].link_type if self.netdevs else ""
+
+    @property
+    def char_devices(self) -> tuple[CharDevice, ...]:
+        return tuple(c for r in self.rdma_devices for c in r.char_devices)
+
+    @property
+    def usable(self) -> bool:
+        """uverbs, umad and rdma_cm present, as today's plugin requires (issm is optional)."""
+        present = {c.kind for c in self.char_devices if c.present}
+        return self.rdma_cm_present and {"uverbs", "umad"} <= present
+
+    @property
+    def healthy(self) -> bool:
+        """Usable, and able to carry traffic.
+
+        Port state is the signal when the RDMA device reports ports (an IB netdev may be admin-down
+        while verbs work fine); without ports, the first netdev's operstate decides.
+        """
+        if not self.usable:
+            return False
+        ports = [p for r in self.rdma_devices for p in r.ports]
+        if ports:
+            return any(p.up for p in ports)
+        if self.netdevs:
+            return self.netdevs[0].operstate not in DOWN_OPERSTATES
+        return True
+
+    def to_json(self) -> dict[str, Any]:
+        return _to_json(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Candidate:
+        return Candidate(
+            name=data["name"],
+            pci_address=data["pci_address"],
+            vendor=data["vendor"],
+            device_id=data["device_id"],
+            driver=data["driver"],
+            numa_node=int(data["numa_node"]),
+            netdevs=tuple(NetDev(**n) for n in data["netdevs"]),
+            rdma_devices=tuple(
+                RdmaDevice(
+                    name=r["name"],
+                    ports=tuple(Port(**p) for p in r["ports"]),
+                    char_devices=tuple(CharDevice(**c) for c in r["char_devices"]),
+                )
+                for r in data["rdma_devices"]
+            ),
+            rdma_cm_present=bool(data["rdma_cm_present"]),
+            auxiliary=bool(data["auxiliary"]),
+        )
+
+
+@dataclass(frozen=True)
+class ScanProblem:
+    """A sysfs entry discovery skipped, with why. `reason` is a short stable label (a metric label)."""
+
+    reason: str  # "dangling_link", "missing_file", "not_a_file", "bad_encoding", "bad_value", ...
+    path: str  # the sysfs path, relative to host-root
+    detail: str
+
+
+@dataclass(frozen=True)
+class Scan:
+    """Everything one sysfs scan found: network functions (RDMA-capable or not) and what it skipped."""
+
+    candidates: tuple[Candidate, ...] = ()
+    problems: tuple[ScanProblem, ...] = field(default=())
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_to_json(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return {k: _to_json(getattr(value, k)) for k in value.__dataclass_fields__}
+    return value

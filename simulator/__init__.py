@@ -1,0 +1,1 @@
+"""Simulated node parts for the demo and the tests: a sysfs tree builder and a kubelet simulator."""

@@ -1,0 +1,1 @@
+"""The supervisor: the one process the DaemonSet starts. It never imports grpc."""

@@ -1,0 +1,1 @@
+"""Worker processes: one per resource, each serving the kubelet's device-plugin API over gRPC."""
