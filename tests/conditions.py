@@ -1,0 +1,26 @@
+"""Waiting on conditions with a deadline: the only way tests synchronise (never a bare sleep)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def wait_until(
+    predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.01, what: str = ""
+) -> T:
+    """Poll `predicate` until it returns a truthy value and return that value.
+
+    Raises AssertionError naming `what` when the deadline passes.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate!r}")
+        time.sleep(interval)
