@@ -114,7 +114,8 @@ class Candidate:
         return True
 
     def to_json(self) -> dict[str, Any]:
-        return _to_json(self)
+        data: dict[str, Any] = _to_json(self)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Candidate:

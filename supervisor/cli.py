@@ -1,11 +1,149 @@
-"""Command-line entry of `rdma-shared-dp` (runs in the supervisor process)."""
+"""Command line of `rdma-shared-dp` (runs in the supervisor process; never imports grpc).
+
+With no subcommand it runs the plugin, so an image entrypoint reads like the Go plugin's, whose
+single-dash flags (`-config-file`, `-use-cdi`, `-version`) are accepted too. Every flag of `run`
+can also come from an `RDMA_SHARED_DP_<FLAG>` environment variable (flag wins).
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
+from collections.abc import Sequence
+
+from common import exitcodes
+
+VERSION = "0.1.0"
+DEFAULT_CONFIG_FILE = "/k8s-rdma-shared-dev-plugin/config.json"
+DEFAULT_METRICS_PORT = 9478
+DEFAULT_METRICS_ADDRESS = f":{DEFAULT_METRICS_PORT}"
+HEALTHZ_PATH = "/healthz"
+READYZ_PATH = "/readyz"
+SUBCOMMANDS = ("run", "discover", "validate-config", "demo", "version", "status")
+ENV_PREFIX = "RDMA_SHARED_DP_"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    print("not yet", args)
-    return 0
+def _env(name: str, default: str) -> str:
+    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
+
+
+def _env_flag(name: str) -> bool:
+    return _env(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config-file", "-config-file", default=_env("config-file", DEFAULT_CONFIG_FILE)
+    )
+    p.add_argument("--use-cdi", "-use-cdi", action="store_true", default=_env_flag("use-cdi"))
+    p.add_argument("--host-root", default=_env("host-root", "/"))
+    p.add_argument(
+        "--device-plugin-dir", default=_env("device-plugin-dir", "/var/lib/kubelet/device-plugins")
+    )
+    p.add_argument(
+        "--plugins-registry-dir",
+        default=_env("plugins-registry-dir", "/var/lib/kubelet/plugins_registry"),
+    )
+    p.add_argument(
+        "--registration-mode",
+        choices=("auto", "classic", "watcher"),
+        default=_env("registration-mode", "auto"),
+    )
+    p.add_argument("--cdi-dir", default=_env("cdi-dir", "/var/run/cdi"))
+    p.add_argument("--runtime-dir", default=_env("runtime-dir", "/run/rdma-shared-dp"))
+    p.add_argument(
+        "--metrics-address",
+        default=_env("metrics-address", DEFAULT_METRICS_ADDRESS),
+        help="host:port for /metrics, /healthz and /readyz; empty turns the HTTP server off",
+    )
+    p.add_argument(
+        "--pod-resources-socket",
+        default=_env("pod-resources-socket", "/var/lib/kubelet/pod-resources/kubelet.sock"),
+    )
+    _add_log_flags(p)
+
+
+def _add_log_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=_env("log-level", "info"),
+    )
+    p.add_argument("--log-format", choices=("text", "json"), default=_env("log-format", "text"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rdma-shared-dp",
+        description="Kubernetes device plugin sharing a node's RDMA HCAs among pods.",
+        allow_abbrev=False,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
+
+    _add_run_flags(sub.add_parser("run", help="run the plugin (default)", allow_abbrev=False))
+
+    discover = sub.add_parser(
+        "discover", help="show what each resource's selectors match", allow_abbrev=False
+    )
+    discover.add_argument(
+        "--config-file",
+        "-config-file",
+        default=None,
+        help=f"config to match against (default {DEFAULT_CONFIG_FILE} if it exists, "
+        "else every candidate is shown under one catch-all resource)",
+    )
+    discover.add_argument("--host-root", default=_env("host-root", "/"))
+    discover.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _add_log_flags(discover)
+
+    validate = sub.add_parser("validate-config", help="check a config file", allow_abbrev=False)
+    validate.add_argument("path")
+
+    demo = sub.add_parser(
+        "demo", help="run on a built-in simulated node with a kubelet simulator", allow_abbrev=False
+    )
+    demo.add_argument("--workdir", default=None, help="where to build the node (default: temp)")
+
+    sub.add_parser("version", help="print the version")
+
+    status = sub.add_parser("status", help="ask the running supervisor for its worker table")
+    status.add_argument("--runtime-dir", default=_env("runtime-dir", "/run/rdma-shared-dp"))
+    status.add_argument("--json", action="store_true")
+    return parser
+
+
+def _normalise_argv(argv: Sequence[str]) -> list[str]:
+    """`run` is the default subcommand; Go's `-version`/`--version` mean `version`."""
+    args = list(argv)
+    if any(a in ("-version", "--version") for a in args):
+        return ["version"]
+    if not args or (args[0].startswith("-") and args[0] not in ("-h", "--help")):
+        return ["run", *args]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(_normalise_argv(sys.argv[1:] if argv is None else argv))
+    if args.command == "version":
+        print(f"rdma-shared-dp {VERSION}")
+        return exitcodes.OK
+    if args.command == "validate-config":
+        from supervisor.commands import validate_config
+
+        return validate_config(args.path)
+    if args.command == "discover":
+        from supervisor.commands import discover
+
+        return discover(args)
+    if args.command == "demo":
+        from supervisor.commands import demo
+
+        return demo(args)
+    if args.command == "status":
+        from supervisor.commands import status
+
+        return status(args)
+    from supervisor.commands import run
+
+    return run(args)

@@ -1,0 +1,78 @@
+"""Which discovered devices a resource gets, and why the others were left out.
+
+Runs in the supervisor and the `discover` command. Semantics are today's plugin's: OR inside one
+selector list, AND across lists, exact match, an empty list does not filter. Two things come
+before the selectors: a function with no bound driver or no RDMA device can never serve a pod.
+
+An auxiliary sub-function is matched on its parent's vendor, device ID, driver and PCI address
+(discovery copies them onto it) and on its own netdev, link type and RDMA device names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from common.config import ResourceConfig, Selectors
+from common.devices import Candidate
+
+NO_DRIVER = "no driver bound"
+NO_RDMA_DEVICE = "no RDMA device"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    candidate: Candidate
+    reason: str  # NO_DRIVER, NO_RDMA_DEVICE, or the config key of the selector ("vendors", ...)
+    detail: str  # what the candidate had against what the selector wanted
+
+
+@dataclass(frozen=True)
+class Selection:
+    resource: ResourceConfig
+    selected: tuple[Candidate, ...]
+    rejected: tuple[Rejection, ...]
+
+
+# (config key, Selectors field, what the candidate offers for it), in the order they are checked.
+_CHECKS: tuple[tuple[str, str, Callable[[Candidate], tuple[str, ...]]], ...] = (
+    ("vendors", "vendors", lambda c: (c.vendor,)),
+    ("deviceIDs", "device_ids", lambda c: (c.device_id,)),
+    ("drivers", "drivers", lambda c: (c.driver,)),
+    ("ifNames", "if_names", lambda c: (c.if_name,)),
+    ("linkTypes", "link_types", lambda c: (c.link_type,)),
+    ("pciAddresses", "pci_addresses", lambda c: (c.pci_address,)),
+    ("rdmaDevices", "rdma_devices", lambda c: tuple(r.name for r in c.rdma_devices)),
+)
+
+
+def first_rejection(selectors: Selectors, candidate: Candidate) -> tuple[str, str] | None:
+    """The reason and detail of the first check `candidate` fails, or None when it matches."""
+    if not candidate.driver:
+        return NO_DRIVER, "the function has no driver bound"
+    if not candidate.rdma_devices:
+        return (
+            NO_RDMA_DEVICE,
+            "no infiniband device under this function (is the RDMA driver loaded?)",
+        )
+    for key, field, offered in _CHECKS:
+        wanted: tuple[str, ...] = getattr(selectors, field)
+        if not wanted:
+            continue
+        have = offered(candidate)
+        if not set(have) & set(wanted):
+            shown = ",".join(h for h in have if h) or "(none)"
+            return key, f"{shown} not in [{', '.join(wanted)}]"
+    return None
+
+
+def select(resource: ResourceConfig, candidates: Iterable[Candidate]) -> Selection:
+    selected: list[Candidate] = []
+    rejected: list[Rejection] = []
+    for candidate in candidates:
+        why = first_rejection(resource.selectors, candidate)
+        if why is None:
+            selected.append(candidate)
+        else:
+            rejected.append(Rejection(candidate, *why))
+    return Selection(resource, tuple(selected), tuple(rejected))
