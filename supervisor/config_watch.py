@@ -1,0 +1,42 @@
+"""Notices when the config file's content changes (supervisor process).
+
+Kubernetes updates a mounted ConfigMap by swapping a `..data` symlink, so watching the file itself
+(inotify on its inode) misses updates; comparing a hash of what `open()` reads through the links is
+what works. The supervisor calls `poll()` from its timer and on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+
+class ConfigWatch:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self._digest: str | None = None
+
+    def read(self) -> tuple[bytes | None, str]:
+        """The file's bytes (None when unreadable) and the reason it is unreadable."""
+        try:
+            with open(self.path, "rb") as f:
+                return f.read(), ""
+        except OSError as err:
+            return None, f"cannot read {self.path}: {err.strerror or err}"
+
+    def mark_seen(self, data: bytes) -> None:
+        self._digest = hashlib.sha256(data).hexdigest()
+
+    def poll(self) -> bytes | None:
+        """New content since the last `mark_seen` or `poll`, or None when nothing changed.
+
+        An unreadable file counts as no change: the running config stays.
+        """
+        data, _ = self.read()
+        if data is None:
+            return None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest == self._digest:
+            return None
+        self._digest = digest
+        return data
