@@ -49,12 +49,9 @@ _CHECKS: tuple[tuple[str, str, Callable[[Candidate], tuple[str, ...]]], ...] = (
 def first_rejection(selectors: Selectors, candidate: Candidate) -> tuple[str, str] | None:
     """The reason and detail of the first check `candidate` fails, or None when it matches."""
     if not candidate.driver:
-        return NO_DRIVER, "the function has no driver bound"
+        return NO_DRIVER, "bind a network driver to it"
     if not candidate.rdma_devices:
-        return (
-            NO_RDMA_DEVICE,
-            "no infiniband device under this function (is the RDMA driver loaded?)",
-        )
+        return NO_RDMA_DEVICE, "is its RDMA driver (mlx5_ib, irdma, ...) loaded?"
     for key, field, offered in _CHECKS:
         wanted: tuple[str, ...] = getattr(selectors, field)
         if not wanted:

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-config-file",
         default=None,
         help=f"config to match against (default {DEFAULT_CONFIG_FILE} if it exists, "
-        "else every candidate is shown under one catch-all resource)",
+        "else every candidate is shown under one catch-all resource; '' forces that)",
     )
     discover.add_argument("--host-root", default=_env("host-root", "/"))
     discover.add_argument("--json", action="store_true", help="print JSON instead of tables")

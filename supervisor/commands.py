@@ -40,7 +40,7 @@ def discover(args: argparse.Namespace) -> int:
     if config_file is None and os.path.exists(DEFAULT_CONFIG_FILE):
         config_file = DEFAULT_CONFIG_FILE
     config: Config | None = None
-    if config_file is not None:
+    if config_file:  # "" asks for no config: every candidate under one catch-all resource
         try:
             config = load_config_file(config_file)
         except ConfigError as err:
@@ -59,7 +59,8 @@ def demo(args: argparse.Namespace) -> int:
 
     The supervisor (`run`) is not built yet; until it is, the demo stops at discovery.
     """
-    from simulator.sysfs import build_demo_node, demo_config
+    from simulator.demo_config import demo_config
+    from simulator.sysfs import build_demo_node
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="rdma-shared-dp-demo-")
     build_demo_node(workdir)

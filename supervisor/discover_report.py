@@ -74,7 +74,7 @@ def build_report(
 
 
 _COLUMNS = (
-    ("PCI ADDRESS", lambda d: d["name"]),
+    ("DEVICE", lambda d: d["name"]),
     ("VENDOR:DEVICE", lambda d: f"{d['vendor']}:{d['device_id']}"),
     ("DRIVER", lambda d: d["driver"] or "-"),
     ("NETDEV", lambda d: d["netdev"] or "-"),
