@@ -108,9 +108,8 @@ ARPHRD_NAMES: dict[int, str] = {
     65534: "none",
     65535: "void",
 }
-#: Names a linkTypes selector accepts: the table above, plus `tunnel`, iproute2's other spelling of
-#: 768, in case discovery reports that one.
-LINK_TYPES: frozenset[str] = frozenset(ARPHRD_NAMES.values()) | {"tunnel"}
+#: Names a linkTypes selector accepts: the kernel's names, which discovery reports too.
+LINK_TYPES: frozenset[str] = frozenset(ARPHRD_NAMES.values())
 
 # Words people write for a link type that are not the kernel's name for it.
 _LINK_TYPE_ALIASES = {
@@ -120,6 +119,7 @@ _LINK_TYPE_ALIASES = {
     "en": "ether",
     "ib": "infiniband",
     "ipoib": "infiniband",
+    "tunnel": "ipip",
     "lo": "loopback",
     "wifi": "ieee802.11",
     "wlan": "ieee802.11",

@@ -153,7 +153,7 @@ def _fields(message: Descriptor) -> list[tuple[str, int, int | str, bool]]:
     out: list[tuple[str, int, int | str, bool]] = []
     for field in message.fields:
         kind: int | str = field.type
-        if field.type == _T.TYPE_MESSAGE:
+        if field.message_type is not None:
             kind = field.message_type.full_name
         # `is_repeated` is the protobuf >= 5 spelling; `label` is deprecated.
         out.append((field.name, field.number, kind, field.is_repeated))
