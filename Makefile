@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench ci clean
+.PHONY: demo tools test lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,7 +15,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/rdma-shared-dp demo
 
-test: $(STAMP)
+# External tools some tests use (promtool, kubectl, hadolint, kubernetes-validate); quick when present.
+tools: $(STAMP)
+	bash .ci/install-tools.sh
+
+test: tools
 	$(BIN)/pytest -q
 
 lint: $(STAMP)

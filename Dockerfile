@@ -1,0 +1,63 @@
+# syntax=docker/dockerfile:1
+# Image of rdma-shared-dp. Builds on any base image with Python 3.11+ and pip, musl or glibc:
+#   docker build -t rdma-shared-dp:0.1.0 .
+#   docker build --build-arg BASE_IMAGE=registry.access.redhat.com/ubi9/python-312 -t ... .
+# The final stage gets a virtualenv and a static tini; its only package-manager step is adding
+# libudev on Alpine bases (skipped on any other base).
+# It runs as root by necessity: the plugin creates sockets in the kubelet's root-owned folders and
+# reads /dev and /sys of the host (see deployment/k8s/base/daemonset.yaml).
+
+ARG BASE_IMAGE=python:3.12-alpine
+# Only a source of a statically linked tini (PID 1: reaps zombies, forwards signals). Static, so
+# the one binary runs on every base, and no base needs a package manager that carries tini.
+ARG INIT_IMAGE=alpine:3.22
+
+FROM ${INIT_IMAGE} AS init
+# The package's version follows the pinned Alpine release above.
+# hadolint ignore=DL3018
+RUN apk add --no-cache tini-static && /sbin/tini-static --version
+
+FROM ${BASE_IMAGE} AS build
+# Some bases (UBI's Python images) default to a non-root user that cannot write /opt.
+# hadolint ignore=DL3002
+USER 0
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+WORKDIR /src
+# .dockerignore admits only the packaging files and the Python packages.
+COPY . .
+# Compiled dependencies from wheels only (musllinux and manylinux wheels exist for all of them):
+# a source build would need a compiler this stage does not have. pip itself leaves the venv.
+RUN python3 -m venv /opt/rdma-shared-dp \
+ && /opt/rdma-shared-dp/bin/pip install --only-binary=grpcio,protobuf,pyzmq,psutil /src \
+ && /opt/rdma-shared-dp/bin/python -m pip uninstall -y -q pip setuptools \
+ && /opt/rdma-shared-dp/bin/rdma-shared-dp version
+
+FROM ${BASE_IMAGE}
+ARG BASE_IMAGE
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="rdma-shared-dp" \
+      org.opencontainers.image.description="Shares a node's RDMA HCAs among pods (Kubernetes device plugin)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
+# Root on purpose (kubelet sockets, host /dev and /sys), also on bases whose default user is not.
+# hadolint ignore=DL3002
+USER 0
+COPY --from=init /sbin/tini-static /usr/local/bin/tini
+# pyudev, which the supervisor's uevent monitor uses, loads libudev.so.1 at run time. Alpine's
+# Python images lack it (glibc bases with systemd-libs or libudev1 have it); without it device
+# changes are only seen by the periodic rescan. The one package-manager step, only on Alpine.
+# hadolint ignore=DL3018
+RUN if command -v apk >/dev/null 2>&1; then apk add --no-cache eudev-libs; fi
+# Same base as the build stage, so the venv's interpreter link points at the same python3.
+COPY --from=build /opt/rdma-shared-dp /opt/rdma-shared-dp
+ENV PATH="/opt/rdma-shared-dp/bin:${PATH}" \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /
+EXPOSE 9478
+# No arguments runs the plugin (`run` is the default subcommand), like the Go plugin's image.
+# Kubernetes manifests must set `args`, not `command`, or tini is bypassed.
+ENTRYPOINT ["/usr/local/bin/tini", "--", "rdma-shared-dp"]
