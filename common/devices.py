@@ -7,7 +7,7 @@ Nothing here touches the disk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 #: Char-device kinds in the order they are handed to containers.
@@ -142,7 +142,7 @@ class Candidate:
 
 @dataclass(frozen=True)
 class ScanProblem:
-    """A sysfs entry discovery skipped, with why. `reason` is a short stable label (a metric label)."""
+    """A sysfs entry skipped by discovery; `reason` is a short stable label (a metric label)."""
 
     reason: str  # "dangling_link", "missing_file", "not_a_file", "bad_encoding", "bad_value", ...
     path: str  # the sysfs path, relative to host-root
@@ -151,10 +151,10 @@ class ScanProblem:
 
 @dataclass(frozen=True)
 class Scan:
-    """Everything one sysfs scan found: network functions (RDMA-capable or not) and what it skipped."""
+    """What one sysfs scan found: network functions (RDMA-capable or not) and what it skipped."""
 
     candidates: tuple[Candidate, ...] = ()
-    problems: tuple[ScanProblem, ...] = field(default=())
+    problems: tuple[ScanProblem, ...] = ()
 
 
 def _to_json(value: Any) -> Any:
