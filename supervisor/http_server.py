@@ -1,0 +1,283 @@
+"""The `/metrics`, `/healthz` and `/readyz` endpoint (supervisor process, its only extra thread).
+
+A `ThreadingHTTPServer` runs in daemon threads next to the supervisor's single loop. It never
+changes anything: it only reads what the loop publishes. `Metrics.render()` takes the metrics
+lock, and the `health` and `ready` callbacks must be just as cheap and thread-safe: read a value
+the loop last stored (a timestamp, a tuple), never walk the loop's live structures or block.
+
+- `/metrics`: the Prometheus text format.
+- `/healthz`: 200 while `health()` says the loop is alive, else 503; the body is its message.
+- `/readyz`: 200 when `ready()` says every configured resource is registered, else 503 with the
+  body naming which are not and why.
+
+Addresses: `":9478"` (all interfaces: IPv6 and IPv4 when the host has IPv6, IPv4 otherwise),
+`"0.0.0.0:9478"`, `"127.0.0.1:0"` (a free port, for tests), `"[::1]:9478"`, `"localhost:9478"`.
+An empty address means no server at all (`start_metrics_server` returns None).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from supervisor.cli import HEALTHZ_PATH, READYZ_PATH
+from supervisor.metrics import Metrics
+
+LOG = logging.getLogger(__name__)
+
+METRICS_PATH = "/metrics"
+#: What `Metrics.render()` produces. Said explicitly: newer prometheus_client versions call their
+#: default "1.0.0", which older Prometheus servers do not know by that name.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+#: How long stop() may wait for the serving thread to notice (it wakes this often when idle).
+SHUTDOWN_POLL = 0.1
+#: A client that sends nothing for this long loses its connection (and its thread).
+CLIENT_TIMEOUT = 10.0
+
+Check = Callable[[], tuple[bool, str]]
+
+
+class AddressError(ValueError):
+    """A `--metrics-address` that is not `[host]:port`."""
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """`(host, port)` of `host:port`, `:port` or `[v6]:port`; host "" means all interfaces."""
+    text = address.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        raise AddressError(f"metrics address {address!r} must be [host]:port, e.g. ':9478'")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise AddressError(f"metrics address {address!r}: brackets are for IPv6 only")
+    elif ":" in host:
+        raise AddressError(f"metrics address {address!r}: write an IPv6 host as [addr]:port")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise AddressError(f"metrics address {address!r}: port must be 0-65535")
+    return host, int(port_text)
+
+
+def _bind_target(host: str, port: int) -> tuple[socket.AddressFamily, str]:
+    if host == "":
+        return (socket.AF_INET6, "::") if socket.has_ipv6 else (socket.AF_INET, "0.0.0.0")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise AddressError(f"metrics address host {host!r} does not resolve: {exc}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, str(sockaddr[0])
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        family: socket.AddressFamily,
+        address: tuple[str, int],
+        metrics: Metrics,
+        health: Check,
+        ready: Check,
+    ) -> None:
+        self.address_family = family
+        self.metrics = metrics
+        self.health = health
+        self.ready = ready
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
+            # All interfaces means IPv4 too (IPv4-mapped), whatever the sysctl default says.
+            with contextlib.suppress(OSError):
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        # TCPServer's bind, not HTTPServer's: that one calls getfqdn(), a DNS lookup that can hang.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name = str(self.server_address[0])
+        self.server_port = int(self.server_address[1])
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    timeout = CLIENT_TIMEOUT
+    protocol_version = "HTTP/1.1"
+    server_version = "rdma-shared-dp"
+
+    def do_GET(self) -> None:
+        self._answer(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(send_body=False)
+
+    def _answer(self, send_body: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        try:
+            if path == METRICS_PATH:
+                status, ctype, body = 200, METRICS_CONTENT_TYPE, self.server.metrics.render()
+            elif path in (HEALTHZ_PATH, READYZ_PATH):
+                check = self.server.health if path == HEALTHZ_PATH else self.server.ready
+                status, ctype, body = _check_answer(check)
+            else:
+                status, ctype = 404, "text/plain; charset=utf-8"
+                body = f"not found; try {METRICS_PATH}, {HEALTHZ_PATH} or {READYZ_PATH}\n".encode()
+        except Exception as exc:  # a bug must cost one answer, not the server
+            LOG.exception("metrics endpoint failed path=%s", path)
+            status, ctype = 500, "text/plain; charset=utf-8"
+            body = f"internal error: {exc}\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        # Probes every few seconds would flood the log; keep them for debugging only.
+        LOG.debug("http %s %s", self.address_string(), format % args)
+
+
+def _check_answer(check: Check) -> tuple[int, str, bytes]:
+    try:
+        ok, message = check()
+    except Exception as exc:
+        LOG.exception("health or readiness callback raised")
+        ok, message = False, f"check failed: {exc}"
+    text = message if message.endswith("\n") or not message else message + "\n"
+    body = (("ok\n" if ok else "not ok\n") + text).encode()
+    return (200 if ok else 503), "text/plain; charset=utf-8", body
+
+
+class Probes:
+    """What `/healthz` and `/readyz` answer, published by the loop, read by the HTTP thread.
+
+    The loop calls `loop_turned()` on every turn and `set_resources()` whenever a worker's
+    registration changes; `health` and `ready` are the callbacks for `MetricsServer`. Each write
+    replaces one immutable value (atomic in CPython), so no lock is needed on either side.
+    """
+
+    def __init__(self, stall_after: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        self.stall_after = stall_after
+        self._clock = clock
+        self._last_turn = clock()
+        self._resources: tuple[tuple[str, str | None], ...] | None = None
+
+    def loop_turned(self) -> None:
+        self._last_turn = self._clock()
+
+    def set_resources(self, not_ready: Mapping[str, str | None]) -> None:
+        """Every configured resource -> None when registered, else why not (one short line)."""
+        self._resources = tuple(sorted(not_ready.items()))
+
+    def health(self) -> tuple[bool, str]:
+        idle = self._clock() - self._last_turn
+        if idle > self.stall_after:
+            return (
+                False,
+                f"supervisor loop has not turned for {idle:.0f}s (limit {self.stall_after:.0f}s)",
+            )
+        return True, f"supervisor loop turned {idle:.1f}s ago"
+
+    def ready(self) -> tuple[bool, str]:
+        resources = self._resources
+        if resources is None:
+            return False, "starting: no resource has been configured yet"
+        waiting = [f"{name}: {why}" for name, why in resources if why is not None]
+        if waiting:
+            return False, "\n".join(waiting)
+        return True, f"{len(resources)} resources registered"
+
+
+class MetricsServer:
+    """The HTTP endpoint; `start()` binds (raising on a bad or busy address), `stop()` ends it."""
+
+    def __init__(self, address: str, metrics: Metrics, health: Check, ready: Check) -> None:
+        self.address = address
+        self._host, self._port = parse_address(address)
+        self._metrics = metrics
+        self._health = health
+        self._ready = ready
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def bound(self) -> tuple[str, int]:
+        """(host, port) actually bound; the port is the real one when 0 was asked for."""
+        if self._server is None:
+            raise RuntimeError("the metrics server is not running")
+        return str(self._server.server_address[0]), int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """Base URL a client on this host can use (loopback for an all-interfaces bind)."""
+        host, port = self.bound
+        if host in ("::", "0.0.0.0"):
+            host = "::1" if host == "::" else "127.0.0.1"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def start(self) -> None:
+        if self._server is not None:
+            return
+        family, host = _bind_target(self._host, self._port)
+        try:
+            server = _Server(family, (host, self._port), self._metrics, self._health, self._ready)
+        except OSError as exc:
+            if self._host == "" and family == socket.AF_INET6:
+                # A host with IPv6 compiled in but disabled: all interfaces means IPv4 only.
+                family, host = socket.AF_INET, "0.0.0.0"
+                server = self._bind_ipv4_fallback(host, exc)
+            else:
+                raise OSError(
+                    exc.errno, f"cannot serve metrics on {self.address!r}: {exc}"
+                ) from exc
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": SHUTDOWN_POLL},
+            name="metrics-http",
+        )
+        self._thread.daemon = True
+        self._thread.start()
+        LOG.info("serving /metrics /healthz /readyz address=%s port=%d", host, self.bound[1])
+
+    def _bind_ipv4_fallback(self, host: str, first: OSError) -> _Server:
+        try:
+            return _Server(
+                socket.AF_INET, (host, self._port), self._metrics, self._health, self._ready
+            )
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"cannot serve metrics on {self.address!r}: {exc} (IPv6: {first})"
+            ) from exc
+
+    def stop(self) -> None:
+        """Stop serving and close the socket (idempotent)."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+            self._thread = None
+
+
+def start_metrics_server(
+    address: str, metrics: Metrics, health: Check, ready: Check
+) -> MetricsServer | None:
+    """A started server on `address`, or None when the address is empty (metrics turned off).
+
+    Raises AddressError for an address that does not parse, OSError when it cannot be bound.
+    """
+    if not address.strip():
+        return None
+    server = MetricsServer(address, metrics, health, ready)
+    server.start()
+    return server

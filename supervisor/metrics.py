@@ -1,0 +1,477 @@
+"""The plugin's Prometheus metrics (supervisor process only; workers report over ZeroMQ).
+
+`Metrics` holds plain values that the supervisor's loop sets through small methods named for the
+event (`device_scan`, `worker_restarted`, `config_reload`, ...), and one custom collector turns
+them into metric families when `/metrics` is scraped. A single collector (rather than
+prometheus_client's Gauge/Counter objects) because:
+
+- a scrape must never see half an update: "replace all port series" or "drop this resource" are
+  one step under one lock, not a clear() followed by sets a scrape can land between;
+- worker counters arrive as per-process totals (`WorkerCounters`, reset when a worker restarts),
+  and the allocate histogram arrives as bucket counts, which the setters cannot express;
+- the metric names and label sets live in one place (`FAMILIES`), which the docs and tests use.
+
+Counters that come from worker processes stay monotonic across worker restarts: each update is
+turned into a delta against the previous totals of the same pid (a new pid, or any value going
+down, starts a new process whose totals are all delta). What a worker counted after its last
+heartbeat before it died is lost; that is at most one heartbeat interval of counts.
+
+Thread safety: the loop calls the setters, the HTTP server's thread calls `render()`; one lock
+guards the state, and `render()` copies it out under the lock before formatting.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from common.devices import Candidate, ScanProblem
+from common.messages import ALLOCATE_BUCKETS, WorkerCounters
+from supervisor.pod_resources import PodAllocation
+
+LOG = logging.getLogger(__name__)
+
+_Add = Callable[[str, Sequence[str], float], None]
+
+PREFIX = "rdma_shared_dp_"
+#: Label values of `result` on allocations, registrations and config reloads.
+SUCCESS = "success"
+FAILURE = "failure"
+#: Upper bounds (seconds) of the device-scan duration histogram: a sysfs walk takes milliseconds
+#: on a small node and can reach a second on a large one with a slow /sys.
+SCAN_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+#: name -> (type, labels, help). The single list of what the plugin exports.
+FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "build_info": ("gauge", ("version",), "Always 1; the version label is the plugin's version."),
+    "resource_devices": (
+        "gauge",
+        ("resource",),
+        "Devices the resource advertises to the kubelet (rdmaHcaMax when it matched any HCA).",
+    ),
+    "resource_healthy_devices": (
+        "gauge",
+        ("resource",),
+        "Advertised devices that are healthy (all of them when any matched HCA is healthy).",
+    ),
+    "resource_hcas": ("gauge", ("resource",), "HCAs the resource's selectors match."),
+    "resource_usable_hcas": (
+        "gauge",
+        ("resource",),
+        "Matched HCAs whose uverbs, umad and rdma_cm device nodes are present.",
+    ),
+    "hca_info": (
+        "gauge",
+        ("resource", "pci_address", "rdma_device", "netdev", "link_type", "numa_node"),
+        "Always 1; one series per RDMA device of each HCA a resource matches.",
+    ),
+    "hca_port_up": (
+        "gauge",
+        ("rdma_device", "port"),
+        "1 when the RDMA port's state is ACTIVE, else 0; every port on the node.",
+    ),
+    "allocations_total": (
+        "counter",
+        ("resource", "result"),
+        "Allocate calls answered by the resource's worker, by result.",
+    ),
+    "allocate_duration_seconds": (
+        "histogram",
+        ("resource",),
+        "Time the worker took to answer Allocate.",
+    ),
+    "registrations_total": (
+        "counter",
+        ("resource", "result"),
+        "Registrations of the resource with the kubelet, by result.",
+    ),
+    "kubelet_restarts_total": ("counter", (), "Kubelet restarts seen (kubelet.sock replaced)."),
+    "worker_up": (
+        "gauge",
+        ("resource",),
+        "1 while the resource's worker is running (started and heard from), else 0.",
+    ),
+    "worker_restarts_total": (
+        "counter",
+        ("resource", "reason"),
+        "Restarts of the resource's worker process, by reason.",
+    ),
+    "worker_resident_memory_bytes": (
+        "gauge",
+        ("resource",),
+        "Resident memory of the resource's worker process.",
+    ),
+    "worker_cpu_seconds_total": (
+        "counter",
+        ("resource",),
+        "CPU time (user + system) used by the resource's worker processes, across restarts.",
+    ),
+    "config_reloads_total": ("counter", ("result",), "Config file reloads, by result."),
+    "config_last_reload_success_timestamp_seconds": (
+        "gauge",
+        (),
+        "Unix time of the last successful config load (at start or reload).",
+    ),
+    "device_scans_total": ("counter", ("trigger",), "Full sysfs device scans, by trigger."),
+    "device_scan_duration_seconds": ("histogram", (), "Time a full sysfs device scan took."),
+    "device_scan_errors_total": (
+        "counter",
+        ("reason",),
+        "Sysfs entries a device scan had to skip, by reason (counted on every scan).",
+    ),
+    "pod_allocations": (
+        "gauge",
+        ("namespace", "pod", "container", "resource"),
+        "Devices of the resource allocated to the container, from the kubelet's PodResources API.",
+    ),
+}
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == math.inf else repr(float(bound))
+
+
+@dataclass
+class _Histogram:
+    """Cumulative bucket counts (one per bound, `+Inf` is `count`) and a sum."""
+
+    bounds: tuple[float, ...]
+    buckets: list[float]
+    count: float = 0.0
+    total: float = 0.0
+
+    @classmethod
+    def empty(cls, bounds: tuple[float, ...]) -> _Histogram:
+        return cls(bounds, [0.0] * len(bounds))
+
+    def observe(self, value: float) -> None:
+        for i, bound in enumerate(self.bounds):
+            if value <= bound:
+                self.buckets[i] += 1
+        self.count += 1
+        self.total += value
+
+    def samples(self) -> list[tuple[str, float]]:
+        pairs = [(_le(b), v) for b, v in zip(self.bounds, self.buckets, strict=True)]
+        return [*pairs, ("+Inf", self.count)]
+
+
+# Order of the flat vector a WorkerCounters becomes; bucket entries follow these.
+_COUNTER_FIELDS = (
+    "allocations_ok",
+    "allocations_refused",
+    "allocate_seconds_sum",
+    "allocate_count",
+    "registrations_ok",
+    "registrations_failed",
+)
+
+
+def _counters_vector(c: WorkerCounters) -> tuple[float, ...] | str:
+    """The counters as one flat vector, or why they cannot be trusted."""
+    if len(c.allocate_buckets) != len(ALLOCATE_BUCKETS):
+        return f"{len(c.allocate_buckets)} allocate buckets, expected {len(ALLOCATE_BUCKETS)}"
+    values = tuple(float(getattr(c, name)) for name in _COUNTER_FIELDS) + tuple(
+        float(b) for b in c.allocate_buckets
+    )
+    if any(not math.isfinite(v) or v < 0 for v in values):
+        return "a negative or non-finite value"
+    buckets = c.allocate_buckets
+    if any(a > b for a, b in itertools.pairwise(buckets)) or (
+        buckets and buckets[-1] > c.allocate_count
+    ):
+        return "allocate buckets are not cumulative"
+    return values
+
+
+@dataclass
+class _ProcessTotals:
+    """Turns the totals of a sequence of processes into one monotonic running sum."""
+
+    pid: int | None = None
+    last: tuple[float, ...] = ()
+    sums: list[float] = field(default_factory=list)
+
+    def update(self, pid: int, values: tuple[float, ...]) -> None:
+        if not self.sums:
+            self.sums = [0.0] * len(values)
+        new_process = (
+            pid != self.pid
+            or len(values) != len(self.last)
+            or any(v < old for v, old in zip(values, self.last, strict=True))
+        )
+        base = (0.0,) * len(values) if new_process else self.last
+        for i, (v, old) in enumerate(zip(values, base, strict=True)):
+            self.sums[i] += v - old
+        self.pid, self.last = pid, values
+
+
+@dataclass
+class _Resource:
+    """Everything known about one resource; dropped as a whole by `remove_resource`."""
+
+    inventory: tuple[int, int, int, int] | None = None  # devices, healthy, hcas, usable
+    hca_rows: tuple[tuple[str, str, str, str, str], ...] = ()
+    worker_up: bool | None = None
+    rss_bytes: int | None = None
+    restarts: dict[str, int] = field(default_factory=dict)
+    counters: _ProcessTotals = field(default_factory=_ProcessTotals)
+    cpu: _ProcessTotals = field(default_factory=_ProcessTotals)
+
+
+def _hca_rows(candidates: Iterable[Candidate]) -> tuple[tuple[str, str, str, str, str], ...]:
+    rows: dict[tuple[str, str, str, str, str], None] = {}
+    for c in candidates:
+        for rdma in [r.name for r in c.rdma_devices] or [""]:
+            rows[(c.pci_address, rdma, c.if_name, c.link_type, str(c.numa_node))] = None
+    return tuple(rows)
+
+
+class Metrics:
+    """The supervisor's metrics; setters for the loop, `render()` for the HTTP thread."""
+
+    def __init__(self, version: str) -> None:
+        self._version = version
+        self._lock = threading.Lock()
+        self._resources: dict[str, _Resource] = {}
+        self._ports: dict[tuple[str, str], bool] = {}
+        self._kubelet_restarts = 0
+        self._reloads: dict[str, int] = {SUCCESS: 0, FAILURE: 0}
+        self._last_reload_success: float | None = None
+        self._scans: dict[str, int] = {}
+        self._scan_errors: dict[str, int] = {}
+        self._scan_duration = _Histogram.empty(SCAN_BUCKETS)
+        self._pods: dict[tuple[str, str, str, str], int] = {}
+        self._refused_pids: set[tuple[str, int]] = set()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    # -- for the HTTP thread -------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """Every metric in the Prometheus text format (version 0.0.4)."""
+        return generate_latest(self.registry)
+
+    # -- for the supervisor loop ---------------------------------------------------------------
+
+    def set_resource(self, resource: str, rdma_hca_max: int, matched: Sequence[Candidate]) -> None:
+        """The resource's matched HCAs after a scan or a config change (replaces what was)."""
+        devices = max(0, rdma_hca_max) if matched else 0
+        healthy = devices if any(c.healthy for c in matched) else 0
+        usable = sum(1 for c in matched if c.usable)
+        rows = _hca_rows(matched)
+        with self._lock:
+            r = self._resource(resource)
+            r.inventory = (devices, healthy, len(matched), usable)
+            r.hca_rows = rows
+
+    def remove_resource(self, resource: str) -> None:
+        """The resource left the config: every series with its label goes."""
+        with self._lock:
+            self._resources.pop(resource, None)
+            self._refused_pids = {k for k in self._refused_pids if k[0] != resource}
+
+    def set_ports(self, candidates: Sequence[Candidate]) -> None:
+        """Port state of every RDMA device a scan found (replaces all port series)."""
+        ports = {
+            (r.name, str(p.number)): p.up
+            for c in candidates
+            for r in c.rdma_devices
+            for p in r.ports
+        }
+        with self._lock:
+            self._ports = ports
+
+    def device_scan(self, trigger: str, duration: float, problems: Sequence[ScanProblem]) -> None:
+        """A full sysfs scan finished; `trigger` is e.g. start, uevent, periodic or config."""
+        seconds = duration if math.isfinite(duration) and duration > 0 else 0.0
+        with self._lock:
+            self._scans[trigger] = self._scans.get(trigger, 0) + 1
+            self._scan_duration.observe(seconds)
+            for p in problems:
+                self._scan_errors[p.reason] = self._scan_errors.get(p.reason, 0) + 1
+
+    def worker_up(self, resource: str, up: bool) -> None:
+        """The worker process started (True) or exited (False)."""
+        with self._lock:
+            r = self._resource(resource)
+            r.worker_up = up
+            if not up:
+                r.rss_bytes = None  # a dead process has no memory; don't show a stale figure
+
+    def worker_restarted(self, resource: str, reason: str) -> None:
+        """The supervisor is starting a new process for the resource; `reason` is a short label."""
+        with self._lock:
+            r = self._resource(resource)
+            r.restarts[reason] = r.restarts.get(reason, 0) + 1
+
+    def worker_counters(self, resource: str, pid: int, counters: WorkerCounters) -> None:
+        """A heartbeat's counters: totals since the worker process `pid` started.
+
+        `counters.kubelet_restarts` is not used: the supervisor counts kubelet restarts node-wide
+        (`kubelet_restart()`), which would otherwise be counted once per worker.
+        """
+        vector = _counters_vector(counters)
+        with self._lock:
+            if isinstance(vector, str):
+                if (resource, pid) not in self._refused_pids:  # once per process, not per beat
+                    if len(self._refused_pids) > 1000:
+                        self._refused_pids.clear()
+                    self._refused_pids.add((resource, pid))
+                    LOG.warning(
+                        "ignoring worker counters resource=%s pid=%d: %s (a worker of another "
+                        "version?)",
+                        resource,
+                        pid,
+                        vector,
+                    )
+                return
+            self._resource(resource).counters.update(pid, vector)
+
+    def worker_process(
+        self, resource: str, rss_bytes: int, cpu_seconds_of_pid: float, pid: int
+    ) -> None:
+        """What psutil saw of the worker process: resident memory and its CPU time so far."""
+        cpu = cpu_seconds_of_pid if math.isfinite(cpu_seconds_of_pid) else 0.0
+        with self._lock:
+            r = self._resource(resource)
+            r.rss_bytes = max(0, rss_bytes)
+            r.cpu.update(pid, (max(0.0, cpu),))
+
+    def kubelet_restart(self) -> None:
+        """The supervisor saw kubelet.sock replaced."""
+        with self._lock:
+            self._kubelet_restarts += 1
+
+    def config_loaded(self, when: float) -> None:
+        """The config was loaded at start (not counted as a reload; sets the success time)."""
+        with self._lock:
+            self._last_reload_success = when
+
+    def config_reload(self, ok: bool, when: float) -> None:
+        """A changed config file was applied (ok) or refused; `when` is Unix time."""
+        with self._lock:
+            result = SUCCESS if ok else FAILURE
+            self._reloads[result] += 1
+            if ok:
+                self._last_reload_success = when
+
+    def set_pod_allocations(self, rows: Sequence[PodAllocation]) -> None:
+        """The PodResources snapshot, already filtered to this plugin's resources (replaces all)."""
+        pods: dict[tuple[str, str, str, str], int] = {}
+        for row in rows:
+            key = (row.namespace, row.pod, row.container, row.resource)
+            pods[key] = pods.get(key, 0) + row.count
+        with self._lock:
+            self._pods = pods
+
+    # -- the collector -------------------------------------------------------------------------
+
+    def _resource(self, name: str) -> _Resource:
+        r = self._resources.get(name)
+        if r is None:
+            r = self._resources[name] = _Resource()
+        return r
+
+    def describe(self) -> list[Metric]:
+        """Names only, so the registry knows them without calling collect()."""
+        return list(_families().values())
+
+    def collect(self) -> list[Metric]:
+        fam = _families()
+
+        def add(name: str, labels: Sequence[str], value: float) -> None:
+            metric = fam[name]
+            assert isinstance(metric, GaugeMetricFamily | CounterMetricFamily)
+            metric.add_metric(list(labels), value)
+
+        with self._lock:
+            add("build_info", [self._version], 1)
+            add("kubelet_restarts_total", [], self._kubelet_restarts)
+            for result, n in sorted(self._reloads.items()):
+                add("config_reloads_total", [result], n)
+            if self._last_reload_success is not None:
+                add("config_last_reload_success_timestamp_seconds", [], self._last_reload_success)
+            for trigger, n in sorted(self._scans.items()):
+                add("device_scans_total", [trigger], n)
+            for reason, n in sorted(self._scan_errors.items()):
+                add("device_scan_errors_total", [reason], n)
+            scan = fam["device_scan_duration_seconds"]
+            assert isinstance(scan, HistogramMetricFamily)
+            scan.add_metric([], self._scan_duration.samples(), self._scan_duration.total)
+            for (rdma, port), up in sorted(self._ports.items()):
+                add("hca_port_up", [rdma, port], 1 if up else 0)
+            for key, count in sorted(self._pods.items()):
+                add("pod_allocations", key, count)
+            for name, r in sorted(self._resources.items()):
+                self._collect_resource(name, r, add, fam)
+        return list(fam.values())
+
+    def _collect_resource(self, name: str, r: _Resource, add: _Add, fam: dict[str, Metric]) -> None:
+        if r.inventory is not None:
+            devices, healthy, hcas, usable = r.inventory
+            add("resource_devices", [name], devices)
+            add("resource_healthy_devices", [name], healthy)
+            add("resource_hcas", [name], hcas)
+            add("resource_usable_hcas", [name], usable)
+        for row in r.hca_rows:
+            add("hca_info", [name, *row], 1)
+        if r.worker_up is not None:
+            add("worker_up", [name], 1 if r.worker_up else 0)
+        if r.rss_bytes is not None:
+            add("worker_resident_memory_bytes", [name], r.rss_bytes)
+        if r.cpu.sums:
+            add("worker_cpu_seconds_total", [name], r.cpu.sums[0])
+        for reason, n in sorted(r.restarts.items()):
+            add("worker_restarts_total", [name, reason], n)
+        # Zeros before the first heartbeat, so rate() and increase() work from the start.
+        sums = r.counters.sums or [0.0] * (len(_COUNTER_FIELDS) + len(ALLOCATE_BUCKETS))
+        c = dict(zip(_COUNTER_FIELDS, sums, strict=False))
+        add("allocations_total", [name, SUCCESS], c["allocations_ok"])
+        add("allocations_total", [name, FAILURE], c["allocations_refused"])
+        add("registrations_total", [name, SUCCESS], c["registrations_ok"])
+        add("registrations_total", [name, FAILURE], c["registrations_failed"])
+        hist = _Histogram(
+            ALLOCATE_BUCKETS,
+            list(sums[len(_COUNTER_FIELDS) :]),
+            count=c["allocate_count"],
+            total=c["allocate_seconds_sum"],
+        )
+        allocate = fam["allocate_duration_seconds"]
+        assert isinstance(allocate, HistogramMetricFamily)
+        allocate.add_metric([name], hist.samples(), hist.total)
+
+
+def _families() -> dict[str, Metric]:
+    out: dict[str, Metric] = {}
+    for short, (kind, labels, doc) in FAMILIES.items():
+        name = PREFIX + short
+        if kind == "gauge":
+            out[short] = GaugeMetricFamily(name, doc, labels=labels)
+        elif kind == "counter":
+            out[short] = CounterMetricFamily(name, doc, labels=labels)
+        else:
+            out[short] = HistogramMetricFamily(name, doc, labels=labels)
+    return out
+
+
+def metric_names() -> list[str]:
+    """Every exported metric family name (counters with `_total`), for docs and manifest tests."""
+    return [PREFIX + short for short in FAMILIES]
+
+
+def exported_metrics() -> dict[str, str]:
+    """Exported metric name -> Prometheus type ("gauge", "counter" or "histogram")."""
+    return {PREFIX + short: kind for short, (kind, _, _) in FAMILIES.items()}
