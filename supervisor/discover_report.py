@@ -15,6 +15,7 @@ Runs in the CLI process. The JSON shape (documented in README, "discover --json"
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from common.config import Config, ResourceConfig, Selectors
@@ -73,7 +74,7 @@ def build_report(
     }
 
 
-_COLUMNS = (
+_COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
     ("DEVICE", lambda d: d["name"]),
     ("VENDOR:DEVICE", lambda d: f"{d['vendor']}:{d['device_id']}"),
     ("DRIVER", lambda d: d["driver"] or "-"),
