@@ -1,0 +1,210 @@
+"""A real worker process registering with the kubelet simulator, in both modes, and again after
+everything the kubelet does to it (restart, broken stream, refusal, absence)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from common.messages import Heartbeat, Ready
+from proto.pluginregistration.v1 import api_pb2 as reg
+from proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
+from tests.conditions import wait_until
+from tests.standin_supervisor import Rig, make_candidate, make_resource
+
+RESOURCE = make_resource("hca_a", "example.com", 4)
+FULL = "example.com/hca_a"
+DEVICES = (make_candidate(0), make_candidate(1, numa_node=1))
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    r = Rig(tmp_path)
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def watcher_rig(tmp_path: Path) -> Iterator[Rig]:
+    r = Rig(tmp_path, mode="watcher")
+    yield r
+    r.close()
+
+
+def _counters(rig: Rig, resource: str = "hca_a") -> Heartbeat:
+    beats = [m for m in rig.supervisor.received(resource, Heartbeat) if isinstance(m, Heartbeat)]
+    assert beats and beats[-1].counters is not None
+    return beats[-1]
+
+
+def test_classic_registration_contents(rig: Rig) -> None:
+    rig.start_worker(RESOURCE, DEVICES)
+    registration = rig.kubelet.wait_for_registration(FULL, timeout=10)
+    assert registration.mode == "classic"
+    assert registration.version == "v1beta1"
+    assert registration.endpoint == "hca_a.sock"
+    assert registration.request_options == registration.options
+    assert not registration.options.pre_start_required
+    assert not registration.options.get_preferred_allocation_available
+    assert (rig.dp_dir / "hca_a.sock").is_socket()
+    ready = rig.supervisor.wait_registered("hca_a")
+    assert ready.mode == "classic"
+    assert abs(ready.since - time.time()) < 30
+
+
+def test_watcher_registration_contents(watcher_rig: Rig) -> None:
+    rig = watcher_rig
+    rig.start_worker(RESOURCE, DEVICES)
+    registration = rig.kubelet.wait_for_registration(FULL, timeout=10)
+    socket_path = rig.reg_dir / "hca_a.sock"
+    assert registration.mode == "watcher"
+    assert registration.endpoint == str(socket_path)
+    assert not (rig.dp_dir / "hca_a.sock").exists()
+    wait_until(lambda: (str(socket_path), True, "") in rig.kubelet.notifications())
+    assert rig.supervisor.wait_registered("hca_a").mode == "watcher"
+
+    with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+        info = reg_grpc.RegistrationStub(channel).GetInfo(reg.InfoRequest(), timeout=2)
+    assert info.type == "DevicePlugin"
+    assert info.name == FULL
+    assert info.endpoint == str(socket_path)
+    assert "v1beta1" in info.supported_versions
+
+
+@pytest.mark.parametrize(("make_registry", "mode"), [(True, "watcher"), (False, "classic")])
+def test_auto_mode_follows_the_registry_folder(
+    tmp_path: Path, make_registry: bool, mode: str
+) -> None:
+    rig = Rig(tmp_path, mode="auto")
+    try:
+        if not make_registry:
+            rig.kubelet.stop()
+            os.rmdir(rig.reg_dir)
+            rig.kubelet.plugins_registry_dir = None
+            rig.kubelet.start()
+        rig.start_worker(RESOURCE, DEVICES)
+        assert rig.kubelet.wait_for_registration(FULL, timeout=10).mode == mode
+    finally:
+        rig.close()
+
+
+def test_kubelet_absent_at_start(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, start_kubelet=False)
+    try:
+        proc = rig.start_worker(RESOURCE, DEVICES)
+        # It serves, keeps trying, and never exits while the kubelet is away.
+        wait_until(lambda: (rig.dp_dir / "hca_a.sock").is_socket(), 10, what="worker serving")
+        wait_until(
+            lambda: (
+                rig.supervisor.received("hca_a", Heartbeat)
+                and _counters(rig).counters.registrations_failed >= 3
+            ),  # type: ignore[union-attr]
+            5,
+            what="failed attempts counted",
+        )
+        assert proc.poll() is None
+        started = time.monotonic()
+        rig.kubelet.start()
+        rig.kubelet.wait_for_registration(FULL, timeout=3)
+        # Backoff is capped at 1 s, and a new kubelet.sock is tried at once.
+        assert time.monotonic() - started < 1.5
+        assert proc.poll() is None
+    finally:
+        rig.close()
+
+
+def test_kubelet_restart_leads_to_reregistration(rig: Rig) -> None:
+    rig.start_worker(RESOURCE, DEVICES)
+    rig.kubelet.wait_for_registration(FULL, timeout=10)
+    rig.kubelet.wait_for_devices(FULL, lambda ds: len(ds) == 4)
+    for count in (2, 3):
+        rig.kubelet.restart()
+        restarted = time.monotonic()
+        registration = rig.kubelet.wait_for_registration(FULL, timeout=3, count=count)
+        assert registration.time - restarted < 0.5
+        rig.kubelet.wait_for_devices(FULL, lambda ds: len(ds) == 4 and ds[0].health == "Healthy")
+        assert rig.kubelet.stream_open(FULL)
+    # Two restarts closer together than one 50 ms look at kubelet.sock can count as one.
+    wait_until(
+        lambda: _counters(rig).counters.kubelet_restarts >= 1,  # type: ignore[union-attr]
+        3,
+        what="kubelet restarts counted",
+    )
+
+
+def test_broken_stream_leads_to_reregistration(rig: Rig) -> None:
+    rig.start_worker(RESOURCE, DEVICES)
+    rig.kubelet.wait_for_registration(FULL, timeout=10)
+    wait_until(lambda: rig.kubelet.stream_open(FULL), what="stream open")
+    rig.kubelet.break_stream(FULL)
+    broken = time.monotonic()
+    registration = rig.kubelet.wait_for_registration(FULL, timeout=3, count=2)
+    assert registration.time - broken < 0.5
+    rig.kubelet.wait_for_devices(FULL, lambda ds: len(ds) == 4 and ds[0].health == "Healthy")
+    assert rig.kubelet.streams_opened(FULL) == 2
+    # The supervisor heard about the loss and the recovery.
+    reasons = [m.reason for m in rig.supervisor.received("hca_a", Ready) if isinstance(m, Ready)]
+    assert "stream broke" in reasons
+
+
+def test_refused_registration_is_retried(rig: Rig) -> None:
+    rig.kubelet.fail_next_registrations(2, "simulated refusal")
+    rig.start_worker(RESOURCE, DEVICES)
+    rig.kubelet.wait_for_registration(FULL, timeout=10)
+    assert [r for _, r in rig.kubelet.failed_registrations()] == ["simulated refusal"] * 2
+
+
+def test_watcher_refusal_is_logged_and_retried(watcher_rig: Rig) -> None:
+    rig = watcher_rig
+    rig.kubelet.fail_next_registrations(1, "simulated refusal")
+    rig.start_worker(RESOURCE, DEVICES)
+    rig.kubelet.wait_for_registration(FULL, timeout=10)
+    socket_path = str(rig.reg_dir / "hca_a.sock")
+    assert rig.kubelet.notifications()[0] == (socket_path, False, "simulated refusal")
+    wait_until(lambda: (socket_path, True, "") in rig.kubelet.notifications())
+    assert "simulated refusal" in rig.log("hca_a")
+
+
+def test_watcher_mode_survives_a_kubelet_restart(watcher_rig: Rig) -> None:
+    rig = watcher_rig
+    rig.start_worker(RESOURCE, DEVICES)
+    rig.kubelet.wait_for_registration(FULL, timeout=10)
+    rig.kubelet.restart()
+    rig.kubelet.wait_for_registration(FULL, timeout=3, count=2)
+    rig.kubelet.wait_for_devices(FULL, lambda ds: len(ds) == 4 and ds[0].health == "Healthy")
+
+
+def test_reregister_message(rig: Rig) -> None:
+    from common.messages import Reregister
+
+    rig.start_worker(RESOURCE, DEVICES)
+    rig.kubelet.wait_for_registration(FULL, timeout=10)
+    rig.supervisor.send("hca_a", Reregister("test"))
+    rig.kubelet.wait_for_registration(FULL, timeout=3, count=2)
+
+
+def test_own_socket_removed_is_noticed_quickly(tmp_path: Path) -> None:
+    # What a kubelet's wipe does, without the stream breaking: only the socket watch can tell.
+    # Heartbeats every second, so they do not wake the loop in time by chance.
+    rig = Rig(tmp_path, heartbeat_interval=1.0)
+    try:
+        _own_socket_removed(rig)
+    finally:
+        rig.close()
+
+
+def _own_socket_removed(rig: Rig) -> None:
+    rig.start_worker(RESOURCE, DEVICES)
+    rig.kubelet.wait_for_registration(FULL, timeout=10)
+    wait_until(lambda: rig.kubelet.stream_open(FULL), what="stream open")
+    (rig.dp_dir / "hca_a.sock").unlink()
+    removed = time.monotonic()
+    registration = rig.kubelet.wait_for_registration(FULL, timeout=3, count=2)
+    assert registration.time - removed < 0.4  # polls every 50 ms; heartbeats wake it each 1 s
+    assert (rig.dp_dir / "hca_a.sock").is_socket()
+    rig.kubelet.wait_for_devices(FULL, lambda ds: len(ds) == 4 and ds[0].health == "Healthy")

@@ -1,0 +1,84 @@
+"""Events that gRPC and helper threads hand to the worker's main loop (worker process).
+
+The main loop owns all state. Other threads never change it: they post an event here, which
+also writes a byte to a pipe the main loop's poller watches, so the loop wakes at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StreamOpened:
+    generation: int  # server generation that serves the stream
+
+
+@dataclass(frozen=True)
+class StreamLost:
+    """The kubelet cancelled the stream or a send failed: it has lost us."""
+
+    generation: int
+    attempt: int  # registration attempt current when the stream opened
+
+
+@dataclass(frozen=True)
+class AttemptDone:
+    generation: int
+    attempt: int
+    ok: bool
+    error: str = ""
+    self_check_failed: bool = False
+    kubelet_identity: tuple[int, int, int] | None = None  # kubelet.sock when the attempt began
+
+
+@dataclass(frozen=True)
+class WatcherStatus:
+    """`NotifyRegistrationStatus` from the kubelet's plugin watcher."""
+
+    generation: int
+    registered: bool
+    error: str
+
+
+Event = StreamOpened | StreamLost | AttemptDone | WatcherStatus
+
+
+class EventQueue:
+    """Thread-safe queue with a wakeup file descriptor for `zmq.Poller`."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+
+    def fileno(self) -> int:
+        return self._read_fd
+
+    def post(self, event: Event) -> None:
+        self._queue.put(event)
+        # A full pipe means the loop is already due to wake.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._write_fd, b"\0")
+
+    def drain(self) -> list[Event]:
+        try:
+            while os.read(self._read_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        events: list[Event] = []
+        while True:
+            try:
+                events.append(self._queue.get_nowait())
+            except queue.Empty:
+                return events
+
+    def close(self) -> None:
+        for fd in (self._read_fd, self._write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -1,0 +1,357 @@
+"""The gRPC services a worker serves to the kubelet (worker process, gRPC threads).
+
+`v1beta1.DevicePlugin` always; `pluginregistration.Registration` too in plugin-watcher mode.
+Handlers only read what the main loop published (`Published`, swapped as one reference) and
+post events back; they never change the worker's state and never touch the disk.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from common.messages import ALLOCATE_BUCKETS, WorkerCounters
+from proto.deviceplugin.v1beta1 import api_pb2 as dp
+from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
+from proto.pluginregistration.v1 import api_pb2 as reg
+from proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
+from workers import plan as planning
+from workers.events import EventQueue, StreamLost, StreamOpened, WatcherStatus
+
+LOG = logging.getLogger("workers.servicer")
+
+API_VERSION = "v1beta1"
+PLUGIN_TYPE = "DevicePlugin"
+#: A stream thread re-checks its call this often even when nothing changes.
+STREAM_IDLE_CHECK = 1.0
+
+
+def options() -> dp.DevicePluginOptions:
+    # Every ID is equivalent (all share every HCA), so a preferred-allocation policy has nothing
+    # to prefer; the call is still answered correctly if a kubelet makes it.
+    return dp.DevicePluginOptions(
+        pre_start_required=False, get_preferred_allocation_available=False
+    )
+
+
+@dataclass(frozen=True)
+class Published:
+    """What the handlers serve, built once per plan."""
+
+    plan: planning.Plan
+    snapshot: dp.ListAndWatchResponse
+    container_answer: dp.ContainerAllocateResponse
+
+
+def publish(plan: planning.Plan) -> Published:
+    topology = None
+    if plan.numa_nodes:
+        topology = dp.TopologyInfo(nodes=[dp.NUMANode(ID=n) for n in plan.numa_nodes])
+    snapshot = dp.ListAndWatchResponse(
+        devices=[dp.Device(ID=i, health=plan.health, topology=topology) for i in plan.device_ids]
+    )
+    answer = dp.ContainerAllocateResponse()
+    if plan.use_cdi:
+        answer.cdi_devices.extend(dp.CDIDevice(name=n) for n in plan.cdi_devices)
+        if plan.cdi_annotation is not None:
+            key, value = plan.cdi_annotation
+            answer.annotations[key] = value
+    else:
+        answer.devices.extend(
+            dp.DeviceSpec(container_path=p, host_path=p, permissions=planning.PERMISSIONS)
+            for p in plan.device_paths
+        )
+    return Published(plan, snapshot, answer)
+
+
+class Counters:
+    """Mutable totals behind a lock; `snapshot()` gives the message form."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.allocations_ok = 0
+        self.allocations_refused = 0
+        self.allocate_seconds_sum = 0.0
+        self.allocate_count = 0
+        self.allocate_buckets = [0] * len(ALLOCATE_BUCKETS)  # per bucket, made cumulative on read
+        self.registrations_ok = 0
+        self.registrations_failed = 0
+        self.kubelet_restarts = 0
+        self.stream_open = False
+
+    def allocation(self, ok: bool, seconds: float) -> None:
+        index = bisect.bisect_left(ALLOCATE_BUCKETS, seconds)
+        with self._lock:
+            if ok:
+                self.allocations_ok += 1
+            else:
+                self.allocations_refused += 1
+            self.allocate_seconds_sum += seconds
+            self.allocate_count += 1
+            if index < len(self.allocate_buckets):
+                self.allocate_buckets[index] += 1
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + amount)
+
+    def snapshot(self) -> WorkerCounters:
+        with self._lock:
+            cumulative: list[int] = []
+            total = 0
+            for n in self.allocate_buckets:
+                total += n
+                cumulative.append(total)
+            return WorkerCounters(
+                allocations_ok=self.allocations_ok,
+                allocations_refused=self.allocations_refused,
+                allocate_seconds_sum=self.allocate_seconds_sum,
+                allocate_count=self.allocate_count,
+                allocate_buckets=tuple(cumulative),
+                registrations_ok=self.registrations_ok,
+                registrations_failed=self.registrations_failed,
+                kubelet_restarts=self.kubelet_restarts,
+                stream_open=self.stream_open,
+            )
+
+
+@dataclass(eq=False)
+class _Stream:
+    generation: int
+    attempt: int
+    ended: bool = False  # set when we end it (replaced, server stopping); the kubelet did not
+    done: bool = False  # the RPC has terminated
+
+
+class StreamHub:
+    """The published state and the one live ListAndWatch stream.
+
+    A new stream replaces the old one (the kubelet opens one per registration). A stream that
+    terminates without us having ended it means the kubelet lost us: that is reported as
+    StreamLost.
+    """
+
+    def __init__(self, events: EventQueue, counters: Counters) -> None:
+        self._events = events
+        self._counters = counters
+        self._cond = threading.Condition()
+        self._published: Published | None = None
+        self._version = 0
+        self._live: _Stream | None = None
+        self._first_live_generation = 0
+        self.attempt = 0  # set by the main loop when it starts a registration attempt
+
+    @property
+    def published(self) -> Published | None:
+        return self._published
+
+    def publish(self, published: Published) -> None:
+        with self._cond:
+            self._published = published
+            self._version += 1
+            self._cond.notify_all()
+
+    def open(self, generation: int) -> _Stream:
+        stream = _Stream(generation=generation, attempt=self.attempt)
+        with self._cond:
+            if generation < self._first_live_generation:
+                # Its server is being stopped: end at once, and it was not the kubelet's doing.
+                stream.ended = True
+                return stream
+            if self._live is not None:
+                self._live.ended = True
+            self._live = stream
+            self._counters.stream_open = True
+            self._cond.notify_all()
+        self._events.post(StreamOpened(generation))
+        return stream
+
+    def end_generation(self, generation: int | None = None) -> None:
+        """We are stopping a server (None: every server): its streams end, not counted as lost.
+
+        Streams that open on that server from now on end at once too.
+        """
+        with self._cond:
+            live = self._live
+            if generation is None:
+                self._first_live_generation = 2**62
+            else:
+                self._first_live_generation = max(self._first_live_generation, generation + 1)
+            if live is not None and live.generation < self._first_live_generation:
+                live.ended = True
+                self._live = None
+                self._counters.stream_open = False
+            self._cond.notify_all()
+
+    def terminated(self, stream: _Stream) -> None:
+        """gRPC's callback: the RPC is over, for whatever reason."""
+        with self._cond:
+            stream.done = True
+            lost = not stream.ended
+            stream.ended = True
+            if self._live is stream:
+                self._live = None
+                self._counters.stream_open = False
+            self._cond.notify_all()
+        if lost:
+            self._events.post(StreamLost(stream.generation, stream.attempt))
+
+    def next_snapshot(
+        self, stream: _Stream, seen: int
+    ) -> tuple[dp.ListAndWatchResponse, int] | None:
+        """Block until there is a snapshot newer than `seen`; None once the stream has ended."""
+        with self._cond:
+            while True:
+                if stream.ended:
+                    return None
+                published = self._published
+                if published is not None and self._version != seen:
+                    return published.snapshot, self._version
+                self._cond.wait(STREAM_IDLE_CHECK)
+
+
+class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
+    def __init__(self, hub: StreamHub, counters: Counters, generation: int, resource: str) -> None:
+        self._hub = hub
+        self._counters = counters
+        self._generation = generation
+        self._resource = resource
+
+    def GetDevicePluginOptions(
+        self, request: dp.Empty, context: grpc.ServicerContext
+    ) -> dp.DevicePluginOptions:
+        return options()
+
+    def ListAndWatch(
+        self, request: dp.Empty, context: grpc.ServicerContext
+    ) -> Iterator[dp.ListAndWatchResponse]:
+        stream = self._hub.open(self._generation)
+        if not context.add_callback(lambda: self._hub.terminated(stream)):
+            self._hub.terminated(stream)  # already over
+            return
+        LOG.info("ListAndWatch opened resource=%s", self._resource)
+        seen = -1
+        while True:
+            update = self._hub.next_snapshot(stream, seen)
+            if update is None or not context.is_active():
+                return
+            snapshot, seen = update
+            yield snapshot
+
+    def Allocate(self, request: dp.AllocateRequest, context: grpc.ServicerContext) -> Any:
+        start = time.perf_counter()
+        published = self._hub.published
+        problem = _allocate_problem(published, request)
+        if problem is not None:
+            code, message = problem
+            self._counters.allocation(False, time.perf_counter() - start)
+            LOG.warning("Allocate refused resource=%s: %s", self._resource, message)
+            context.abort(code, message)
+        assert published is not None
+        response = dp.AllocateResponse()
+        for container in request.container_requests:
+            answer = response.container_responses.add()
+            if container.devices_ids:
+                answer.CopyFrom(published.container_answer)
+        self._counters.allocation(True, time.perf_counter() - start)
+        return response
+
+    def GetPreferredAllocation(
+        self, request: dp.PreferredAllocationRequest, context: grpc.ServicerContext
+    ) -> dp.PreferredAllocationResponse:
+        # Every ID is equivalent: the must-include IDs, then the first available ones, is as good
+        # as any choice, and always a valid answer.
+        response = dp.PreferredAllocationResponse()
+        for container in request.container_requests:
+            chosen: list[str] = []
+            for device_id in [*container.must_include_deviceIDs, *container.available_deviceIDs]:
+                if len(chosen) >= max(container.allocation_size, 0):
+                    break
+                if device_id not in chosen:
+                    chosen.append(device_id)
+            response.container_responses.add().deviceIDs.extend(chosen)
+        return response
+
+    def PreStartContainer(
+        self, request: dp.PreStartContainerRequest, context: grpc.ServicerContext
+    ) -> dp.PreStartContainerResponse:
+        return dp.PreStartContainerResponse()
+
+
+def _allocate_problem(
+    published: Published | None, request: dp.AllocateRequest
+) -> tuple[grpc.StatusCode, str] | None:
+    if published is None:
+        return grpc.StatusCode.UNAVAILABLE, "the worker has no device set yet; retry"
+    plan = published.plan
+    unknown: list[str] = []
+    for container in request.container_requests:
+        for device_id in planning.unknown_ids(plan, container.devices_ids):
+            if device_id not in unknown:
+                unknown.append(device_id)
+    if unknown:
+        shown = ", ".join(repr(i) for i in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        return (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{plan.resource.full_name}: device IDs {shown}{more} were never advertised "
+            f"(this resource advertises {len(plan.device_ids)} IDs)",
+        )
+    wanted = any(c.devices_ids for c in request.container_requests)
+    if wanted and not plan.can_allocate:
+        return (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"{plan.resource.full_name}: no usable RDMA device is matched right now "
+            "(char devices missing); the devices are advertised Unhealthy",
+        )
+    return None
+
+
+class RegistrationServicer(reg_grpc.RegistrationServicer):  # type: ignore[misc]
+    """`pluginregistration.Registration`, served on the same socket in watcher mode."""
+
+    def __init__(
+        self, events: EventQueue, generation: int, resource_name: str, endpoint: str
+    ) -> None:
+        self._events = events
+        self._generation = generation
+        self._info = reg.PluginInfo(
+            type=PLUGIN_TYPE,
+            name=resource_name,
+            endpoint=endpoint,
+            supported_versions=[API_VERSION],
+        )
+
+    def GetInfo(self, request: reg.InfoRequest, context: grpc.ServicerContext) -> reg.PluginInfo:
+        return self._info
+
+    def NotifyRegistrationStatus(
+        self, request: reg.RegistrationStatus, context: grpc.ServicerContext
+    ) -> reg.RegistrationStatusResponse:
+        self._events.post(WatcherStatus(self._generation, request.plugin_registered, request.error))
+        return reg.RegistrationStatusResponse()
+
+
+def add_services(
+    server: grpc.Server,
+    hub: StreamHub,
+    counters: Counters,
+    events: EventQueue,
+    generation: int,
+    resource_name: str,
+    watcher_endpoint: str | None,
+) -> None:
+    dp_grpc.add_DevicePluginServicer_to_server(
+        DevicePluginServicer(hub, counters, generation, resource_name), server
+    )
+    if watcher_endpoint is not None:
+        reg_grpc.add_RegistrationServicer_to_server(
+            RegistrationServicer(events, generation, resource_name, watcher_endpoint), server
+        )
