@@ -6,11 +6,14 @@ import argparse
 import json
 import os
 import sys
-import tempfile
+from typing import TYPE_CHECKING
 
 from common import exitcodes
-from common.config import Config, ConfigError, load_config_file
+from common.config import Config, ConfigError, load_config_bytes, load_config_file
 from common.logs import setup_logging
+
+if TYPE_CHECKING:
+    from supervisor.observer import Observer
 
 
 def _print_config_errors(err: ConfigError, path: str) -> None:
@@ -55,34 +58,78 @@ def discover(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Build the simulated node and show what the plugin sees on it.
+    """Run the real plugin on a simulated node, narrated (`simulator.demo`).
 
-    The supervisor (`run`) is not built yet; until it is, the demo stops at discovery.
+    The kubelet simulator speaks gRPC, and this process must stay free of it, so the demo runs
+    in a fresh interpreter that in turn starts `rdma-shared-dp run` as its own subprocess.
     """
-    from simulator.demo_config import demo_config
-    from simulator.sysfs import build_demo_node
+    import subprocess
 
-    workdir = args.workdir or tempfile.mkdtemp(prefix="rdma-shared-dp-demo-")
-    build_demo_node(workdir)
-    config_path = os.path.join(workdir, "config.json")
-    with open(config_path, "w", encoding="utf-8") as f:
-        json.dump(demo_config(), f, indent=2)
-    print(f"simulated node written to {workdir} (config {config_path})\n")
-    ns = argparse.Namespace(
-        config_file=config_path,
-        host_root=workdir,
-        json=False,
-        log_level="warning",
-        log_format="text",
-    )
-    return discover(ns)
+    command = [sys.executable, "-m", "simulator.demo"]
+    if args.workdir:
+        command += ["--workdir", args.workdir]
+    if getattr(args, "keep_running", False):
+        command.append("--keep-running")
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return exitcodes.OK
 
 
 def status(args: argparse.Namespace) -> int:
-    print("status: the supervisor is not built yet (issue 4)", file=sys.stderr)
-    return exitcodes.USAGE
+    from supervisor.status_client import StatusError, fetch_status, render_json, render_text
+
+    try:
+        answer = fetch_status(args.runtime_dir)
+    except StatusError as err:
+        print(f"status: {err}", file=sys.stderr)
+        return 1
+    print(render_json(answer) if args.json else render_text(answer), end="")
+    return exitcodes.OK
 
 
 def run(args: argparse.Namespace) -> int:
-    print("run: the supervisor is not built yet (issue 4)", file=sys.stderr)
-    return exitcodes.USAGE
+    """Load and check the config, then run the supervisor loop until SIGTERM/SIGINT."""
+    from supervisor.arbiter import Arbiter, Options
+
+    setup_logging(args.log_level, args.log_format, process="supervisor")
+    try:
+        with open(args.config_file, "rb") as f:
+            data = f.read()
+        config = load_config_bytes(data, args.config_file)
+    except OSError:
+        data = b""
+        try:
+            config = load_config_file(args.config_file)  # the loader words the OS error well
+        except ConfigError as err:
+            _print_config_errors(err, args.config_file)
+            return exitcodes.CONFIG_INVALID
+    except ConfigError as err:
+        _print_config_errors(err, args.config_file)
+        return exitcodes.CONFIG_INVALID
+    uevent_source = os.environ.get("RDMA_SHARED_DP_UEVENT_SOURCE", "kernel").strip() or "kernel"
+    if uevent_source not in ("kernel", "udev", "off"):
+        print(
+            f"RDMA_SHARED_DP_UEVENT_SOURCE must be kernel, udev or off, not {uevent_source!r}",
+            file=sys.stderr,
+        )
+        return exitcodes.USAGE
+    options = Options(
+        config_file=args.config_file,
+        host_root=args.host_root,
+        runtime_dir=args.runtime_dir,
+        device_plugin_dir=args.device_plugin_dir,
+        plugins_registry_dir=args.plugins_registry_dir,
+        registration_mode=args.registration_mode,
+        use_cdi=args.use_cdi,
+        cdi_dir=args.cdi_dir,
+        log_level=args.log_level,
+        log_format=args.log_format,
+        uevent_source=uevent_source,
+    )
+    return Arbiter(options, config, data, observer=_observer(args)).run()
+
+
+def _observer(args: argparse.Namespace) -> Observer | None:
+    """The metrics hook (issue 5) plugs in here: build it from `args.metrics_address`."""
+    return None
