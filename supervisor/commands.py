@@ -63,6 +63,7 @@ def demo(args: argparse.Namespace) -> int:
     The kubelet simulator speaks gRPC, and this process must stay free of it, so the demo runs
     in a fresh interpreter that in turn starts `rdma-shared-dp run` as its own subprocess.
     """
+    import signal
     import subprocess
 
     command = [sys.executable, "-m", "simulator.demo"]
@@ -70,10 +71,11 @@ def demo(args: argparse.Namespace) -> int:
         command += ["--workdir", args.workdir]
     if getattr(args, "keep_running", False):
         command.append("--keep-running")
-    try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
-        return exitcodes.OK
+    child = subprocess.Popen(command)
+    # Ctrl-C reaches the demo too (same process group); it stops the plugin and exits, and
+    # this process waits for that instead of leaving its output behind the shell prompt.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return child.wait()
 
 
 def status(args: argparse.Namespace) -> int:

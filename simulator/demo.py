@@ -1,0 +1,344 @@
+"""`rdma-shared-dp demo`: the real plugin on a simulated node, narrated (demo process).
+
+Runs in its own interpreter (the CLI execs `python -m simulator.demo`) because the kubelet
+simulator speaks gRPC and the supervisor must never load it. This process builds the simulated
+node (`simulator.sysfs.build_demo_node`), serves the kubelet simulator in-process, and starts the
+real `rdma-shared-dp run` as a subprocess, then walks through a scenario:
+
+1. the plugin starts: one worker per resource registers with the "kubelet";
+2. each resource's `ListAndWatch` snapshot: device IDs, health, NUMA nodes;
+3. an `Allocate` answer for one container;
+4. a port goes DOWN: its resource turns Unhealthy; back ACTIVE: Healthy again;
+5. a worker is killed: only it restarts, the other streams stay open;
+6. the kubelet restarts: every resource registers again;
+7. `rdma-shared-dp status`, then SIGTERM: everything stops and nothing is left behind.
+
+It takes about 10 s; `--keep-running` leaves the plugin up until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+from simulator.kubelet import HEALTHY, DeviceState, KubeletSimulator
+from simulator.sysfs import SysfsTree, build_demo_node
+
+T = TypeVar("T")
+
+#: The demo node's resources: its InfiniBand HCAs, its RoCE functions and its E810.
+DEMO_CONFIG: dict[str, Any] = {
+    # Short, so the demo shows a port change within a second; nodes use the default 60 s and
+    # rely on kernel uevents, which a simulated tree does not produce.
+    "periodicUpdateInterval": 1,
+    "configList": [
+        {
+            "resourceName": "hca_ib",
+            "resourcePrefix": "rdma",
+            "rdmaHcaMax": 16,
+            "selectors": {"linkTypes": ["infiniband"]},
+        },
+        {
+            "resourceName": "hca_roce",
+            "resourcePrefix": "rdma",
+            "rdmaHcaMax": 8,
+            "selectors": {"vendors": ["15b3"], "linkTypes": ["ether"]},
+        },
+        {
+            "resourceName": "irdma",
+            "resourcePrefix": "rdma",
+            "rdmaHcaMax": 4,
+            "selectors": {"drivers": ["ice"]},
+        },
+    ],
+}
+RESOURCES = tuple(f"rdma/{r['resourceName']}" for r in DEMO_CONFIG["configList"])
+STEP_TIMEOUT = 10.0
+REPO = Path(__file__).resolve().parent.parent
+
+
+class DemoFailed(Exception):
+    pass
+
+
+class Narrator:
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.step = 0
+
+    def title(self, text: str) -> None:
+        self.step += 1
+        print(f"\n[{time.monotonic() - self.t0:5.2f}s] {self.step}. {text}", flush=True)
+
+    def say(self, text: str) -> None:
+        print(f"         {text}", flush=True)
+
+
+def wait_for(predicate: Callable[[], T], what: str, timeout: float = STEP_TIMEOUT) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def summarise(devices: list[DeviceState]) -> str:
+    if not devices:
+        return "no devices"
+    healths = sorted({d.health for d in devices})
+    numa = sorted({n for d in devices for n in d.numa_nodes})
+    ids = f"{devices[0].id}..{devices[-1].id}" if len(devices) > 1 else devices[0].id
+    return (
+        f"{len(devices)} device IDs ({ids}), {'/'.join(healths)}, "
+        f"NUMA {','.join(map(str, numa)) or 'unknown'}"
+    )
+
+
+class Demo:
+    def __init__(self, workdir: Path, keep_running: bool) -> None:
+        self.workdir = workdir
+        self.keep_running = keep_running
+        self.node = workdir / "node"
+        self.dp_dir = workdir / "device-plugins"
+        self.runtime_dir = workdir / "run"
+        self.config_path = workdir / "config.json"
+        self.log_path = workdir / "plugin.log"
+        self.kubelet = KubeletSimulator(self.dp_dir)
+        self.plugin: subprocess.Popen[bytes] | None = None
+        self.say = Narrator()
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "supervisor", *args]
+
+    def run(self) -> int:
+        n = self.say
+        n.title(f"Building a simulated GPU node in {self.node}")
+        build_demo_node(self.node)
+        self.config_path.write_text(json.dumps(DEMO_CONFIG, indent=2))
+        n.say("4 ConnectX-7 InfiniBand HCAs, 2 ConnectX-6 Dx RoCE ports (+1 sub-function),")
+        n.say(
+            "an Intel E810 with irdma, a management NIC and 4 GPUs; config: " + ", ".join(RESOURCES)
+        )
+        self.kubelet.start()
+        n.say(f"kubelet simulator serving {self.kubelet.kubelet_socket}")
+
+        n.title("Starting the plugin: rdma-shared-dp run (one worker process per resource)")
+        started = time.monotonic()
+        self.plugin = subprocess.Popen(
+            self.command(
+                "run",
+                "--config-file",
+                str(self.config_path),
+                "--host-root",
+                str(self.node),
+                "--device-plugin-dir",
+                str(self.dp_dir),
+                "--plugins-registry-dir",
+                str(self.workdir / "plugins_registry"),
+                "--cdi-dir",
+                str(self.workdir / "cdi"),
+                "--runtime-dir",
+                str(self.runtime_dir),
+                "--metrics-address",
+                "",
+            ),
+            cwd=REPO,
+            env={**os.environ, "RDMA_SHARED_DP_UEVENT_SOURCE": "off"},
+            stdout=subprocess.DEVNULL,
+            stderr=self.log_path.open("wb"),
+            start_new_session=True,
+        )
+        for resource in RESOURCES:
+            reg = self.kubelet.wait_for_registration(resource, timeout=STEP_TIMEOUT)
+            n.say(
+                f"{resource:<14} registered after {reg.time - started:.2f}s "
+                f"(endpoint {reg.endpoint}, API {reg.version})"
+            )
+
+        n.title("What the kubelet sees (ListAndWatch snapshots)")
+        for resource in RESOURCES:
+            devices = self.kubelet.wait_for_devices(resource, bool, STEP_TIMEOUT)
+            n.say(f"{resource:<14} {summarise(devices)}")
+
+        n.title("A pod asks for rdma/hca_ib: Allocate(['0'])")
+        answer = self.kubelet.allocate("rdma/hca_ib", [["0"]])
+        container = answer.container_responses[0]
+        paths = [d.container_path for d in container.devices]
+        n.say(f"{len(paths)} device nodes, permissions {container.devices[0].permissions}:")
+        for line in _wrap(paths, 84):
+            n.say(f"  {line}")
+
+        tree = SysfsTree(self.node)
+        n.title("Port 1 of irdma0 goes DOWN (the E810 behind rdma/irdma)")
+        tree.set_port_state("irdma0", 1, "DOWN")
+        changed = time.monotonic()
+        devices = self.kubelet.wait_for_devices(
+            "rdma/irdma", lambda ds: all(d.health != HEALTHY for d in ds), STEP_TIMEOUT
+        )
+        n.say(f"rdma/irdma     {summarise(devices)} after {time.monotonic() - changed:.2f}s")
+        n.say("(found by the periodic rescan, 1 s here; a kernel uevent triggers it at once)")
+        tree.set_port_state("irdma0", 1, "ACTIVE")
+        changed = time.monotonic()
+        devices = self.kubelet.wait_for_devices(
+            "rdma/irdma", lambda ds: all(d.health == HEALTHY for d in ds), STEP_TIMEOUT
+        )
+        n.say(f"back ACTIVE:   {summarise(devices)} after {time.monotonic() - changed:.2f}s")
+
+        n.title("The worker of rdma/hca_roce is killed (kill -9)")
+        victim = self.worker_pid("rdma/hca_roce")
+        regs_before = len(
+            [r for r in self.kubelet.registrations() if r.resource_name == "rdma/hca_roce"]
+        )
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        self.kubelet.wait_for_registration("rdma/hca_roce", STEP_TIMEOUT, count=regs_before + 1)
+        n.say(
+            f"pid {victim} killed; a new worker registered after {time.monotonic() - killed:.2f}s"
+        )
+        others = [r for r in RESOURCES if r != "rdma/hca_roce"]
+        open_streams = [r for r in others if self.kubelet.stream_open(r)]
+        n.say(f"streams of {', '.join(open_streams)} stayed open (not restarted)")
+
+        n.title("The kubelet restarts (sockets wiped, new kubelet.sock)")
+        counts = {
+            r: len([x for x in self.kubelet.registrations() if x.resource_name == r])
+            for r in RESOURCES
+        }
+        restarted = time.monotonic()
+        self.kubelet.restart()
+        for resource in RESOURCES:
+            self.kubelet.wait_for_registration(resource, STEP_TIMEOUT, count=counts[resource] + 1)
+        took = time.monotonic() - restarted
+        n.say(f"all {len(RESOURCES)} resources registered again {took:.2f}s after the restart")
+
+        n.title("rdma-shared-dp status")
+        out = subprocess.run(
+            self.command("status", "--runtime-dir", str(self.runtime_dir)),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=STEP_TIMEOUT,
+        )
+        for line in out.stdout.splitlines():
+            n.say(line)
+
+        if self.keep_running:
+            n.title("Running until Ctrl-C (plugin log: " + str(self.log_path) + ")")
+            _wait_for_interrupt()
+
+        n.title("Stopping: SIGTERM to the supervisor")
+        stop_started = time.monotonic()
+        self.plugin.send_signal(signal.SIGTERM)
+        code = self.plugin.wait(STEP_TIMEOUT)
+        left = sorted(p.name for p in self.dp_dir.iterdir() if p.name != "kubelet.sock")
+        n.say(
+            f"exit status {code} after {time.monotonic() - stop_started:.2f}s; "
+            f"plugin sockets left: {', '.join(left) or 'none'}"
+        )
+        self.plugin = None
+        print(f"\ndemo finished in {time.monotonic() - n.t0:.1f}s", flush=True)
+        return 0 if code == 0 and not left else 1
+
+    def worker_pid(self, resource: str) -> int:
+        out = subprocess.run(
+            self.command("status", "--json", "--runtime-dir", str(self.runtime_dir)),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=STEP_TIMEOUT,
+        )
+        for worker in json.loads(out.stdout)["workers"]:
+            if worker["resource"] == resource and worker["pid"]:
+                return int(worker["pid"])
+        raise DemoFailed(f"no running worker for {resource}")
+
+    def close(self) -> None:
+        if self.plugin is not None and self.plugin.poll() is None:
+            self.plugin.send_signal(signal.SIGTERM)
+            try:
+                self.plugin.wait(STEP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.plugin.kill()
+                self.plugin.wait()
+        self.kubelet.stop()
+
+
+def _wrap(items: list[str], width: int) -> list[str]:
+    lines, line = [], ""
+    for item in items:
+        if line and len(line) + 1 + len(item) > width:
+            lines.append(line)
+            line = item
+        else:
+            line = f"{line} {item}".strip()
+    return [*lines, line] if line else lines
+
+
+def _wait_for_interrupt() -> None:
+    stop = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.append(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop:
+            signal.pause()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m simulator.demo",
+        description="Run the real rdma-shared-dp on a simulated node with a kubelet simulator.",
+    )
+    parser.add_argument("--workdir", default=None, help="folder to use (default: a temp folder)")
+    parser.add_argument(
+        "--keep-running", action="store_true", help="stay up after the scenario until Ctrl-C"
+    )
+    args = parser.parse_args(argv)
+    # Unix socket paths are limited to 107 bytes: keep the temp folder short.
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="rdp-demo-", dir="/tmp"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    # The simulator's own log (streams ending, ...) goes to a file, not into the narration.
+    handler = logging.FileHandler(workdir / "kubelet-simulator.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    demo = Demo(workdir.absolute(), args.keep_running)
+    try:
+        return demo.run()
+    except (DemoFailed, TimeoutError, OSError) as err:
+        print(f"\ndemo failed: {err}\nplugin log: {demo.log_path}", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            tail = demo.log_path.read_text(errors="replace").splitlines()[-20:]
+            print("\n".join(tail), file=sys.stderr)
+        args.workdir = str(workdir)  # keep the evidence
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        demo.close()
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

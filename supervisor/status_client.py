@@ -1,0 +1,113 @@
+"""`rdma-shared-dp status`: ask the running supervisor for its worker table (CLI process).
+
+Connects a DEALER to the supervisor's control socket, sends one `status_request` and prints the
+`status` answer as a table or JSON. The runtime folder is mode 0700, so this works for the
+supervisor's user (root in the DaemonSet: `kubectl exec` into the pod).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict
+
+import zmq
+
+from common.messages import ProtocolError, Status, StatusRequest, decode, encode
+from supervisor.control import SOCKET_NAME, endpoint_for
+
+TIMEOUT = 3.0
+
+
+class StatusError(Exception):
+    pass
+
+
+def fetch_status(runtime_dir: str, timeout: float = TIMEOUT) -> Status:
+    path = os.path.join(runtime_dir, SOCKET_NAME)
+    if not os.path.exists(path):
+        raise StatusError(
+            f"no supervisor control socket at {path}: is `rdma-shared-dp run` running with "
+            "this --runtime-dir?"
+        )
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    try:
+        sock.setsockopt(zmq.LINGER, 0)
+        # Unique per call: a ROUTER refuses a new peer whose id is still held by an old one.
+        sock.setsockopt(zmq.ROUTING_ID, f"status/{os.getpid()}/{uuid.uuid4().hex[:12]}".encode())
+        sock.connect(endpoint_for(runtime_dir))
+        request = StatusRequest()
+        sock.send(encode(request))
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not sock.poll(int(left * 1000) + 1):
+                break
+            try:
+                msg = decode(sock.recv())
+            except ProtocolError as err:
+                raise StatusError(f"the supervisor answered something unreadable: {err}") from None
+            if isinstance(msg, Status) and msg.parent == request.id:
+                return msg
+        raise StatusError(f"no answer from the supervisor at {path} within {timeout:.0f}s")
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
+def _when(unix: float) -> str:
+    if unix <= 0:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
+
+
+def render_text(status: Status) -> str:
+    header = (
+        "RESOURCE",
+        "STATE",
+        "PID",
+        "RESTARTS",
+        "DEVICES",
+        "HEALTHY",
+        "REGISTERED SINCE",
+        "ALLOCATIONS",
+    )
+    rows = [header]
+    for w in status.workers:
+        since = _when(w.registered_since) if w.registered else "no"
+        rows.append(
+            (
+                w.resource,
+                w.state,
+                str(w.pid or "-"),
+                str(w.restarts),
+                str(w.devices),
+                str(w.healthy),
+                since,
+                str(w.allocations),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = [
+        f"supervisor pid {status.pid}, up since {_when(status.started)}, config "
+        f"{status.config_file} (loaded {_when(status.config_loaded)})",
+        "",
+    ]
+    lines += ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in rows]
+    notes = [
+        f"  {w.resource}: {w.state}: {w.reason}"
+        for w in status.workers
+        if w.state in ("backoff", "fatal") and w.reason
+    ]
+    if notes:
+        lines += ["", "not serving:", *notes]
+    return "\n".join(lines) + "\n"
+
+
+def render_json(status: Status) -> str:
+    data = asdict(status)
+    data.pop("id", None)
+    data.pop("parent", None)
+    return json.dumps(data, indent=2) + "\n"

@@ -1,0 +1,75 @@
+"""Starting and signalling one worker process (supervisor process).
+
+A worker is a fresh interpreter (`python -m workers`), never a fork of the supervisor: gRPC is not
+fork-safe, and a fresh process holds only what it imports. It runs in its own session, so a
+terminal's Ctrl-C reaches the supervisor only (which then stops the workers in order), with only
+the file descriptors it needs and an explicit environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+# The folder holding the `common`, `workers` and `supervisor` packages: set as PYTHONPATH, so a
+# worker imports the same code as its supervisor even from a plain checkout.
+CODE_ROOT = str(Path(__file__).resolve().parent.parent)
+#: Environment variables passed through to workers when set (locale and CA settings only).
+PASSED_THROUGH = ("LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "GRPC_DNS_RESOLVER")
+
+
+def worker_env(log_level: str, log_format: str) -> dict[str, str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "PYTHONPATH": CODE_ROOT,
+        "PYTHONUNBUFFERED": "1",
+        "RDMA_SHARED_DP_LOG_LEVEL": log_level.upper(),
+        "RDMA_SHARED_DP_LOG_FORMAT": log_format,
+    }
+    env.update({k: os.environ[k] for k in PASSED_THROUGH if k in os.environ})
+    return env
+
+
+def worker_command(resource_name: str, endpoint: str) -> list[str]:
+    return [sys.executable, "-m", "workers", "--resource", resource_name, "--control", endpoint]
+
+
+class WorkerProcess:
+    """One running worker: a Popen with the few operations the supervisor needs."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = proc
+        self.pid = proc.pid
+
+    @classmethod
+    def spawn(
+        cls, resource_name: str, endpoint: str, log_level: str, log_format: str
+    ) -> WorkerProcess:
+        proc = subprocess.Popen(
+            worker_command(resource_name, endpoint),
+            cwd="/",
+            env=worker_env(log_level, log_format),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+        return cls(proc)
+
+    def poll(self) -> int | None:
+        """The exit status once it has exited (negative: killed by that signal), else None."""
+        return self._proc.poll()
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        if self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signum)

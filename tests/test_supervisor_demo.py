@@ -1,0 +1,36 @@
+"""`rdma-shared-dp demo` runs the real plugin end to end and leaves nothing behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_demo_runs_the_scenario_and_exits_cleanly(tmp_path: Path) -> None:
+    workdir = Path("/tmp") / f"rdp-demo-test-{tmp_path.name[-12:]}"
+    out = subprocess.run(
+        [sys.executable, "-m", "supervisor", "demo", "--workdir", str(workdir)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    try:
+        assert out.returncode == 0, out.stdout + out.stderr
+        text = out.stdout
+        for resource in ("rdma/hca_ib", "rdma/hca_roce", "rdma/irdma"):
+            assert f"{resource:<14} registered after" in text
+        assert "16 device IDs (0..15), Healthy, NUMA 0,1" in text
+        assert "/dev/infiniband/rdma_cm" in text
+        assert "Unhealthy" in text and "back ACTIVE:" in text
+        assert "a new worker registered after" in text
+        assert "all 3 resources registered again" in text
+        assert "RESOURCE" in text and "running" in text
+        assert "exit status 0" in text and "plugin sockets left: none" in text
+        assert "demo finished in" in text
+        assert not (workdir / "run").exists()
+    finally:
+        subprocess.run(["rm", "-rf", str(workdir)], check=False)
