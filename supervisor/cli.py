@@ -61,6 +61,13 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         "--pod-resources-socket",
         default=_env("pod-resources-socket", "/var/lib/kubelet/pod-resources/kubelet.sock"),
     )
+    p.add_argument(
+        "--uevent-source",
+        choices=("kernel", "udev", "off"),
+        default=_env("uevent-source", "kernel"),
+        help="where device-change hints come from: the kernel's netlink socket (works without "
+        "udevd), udevd's processed events, or off (periodic rescans only)",
+    )
     _add_log_flags(p)
 
 
@@ -104,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run on a built-in simulated node with a kubelet simulator", allow_abbrev=False
     )
     demo.add_argument("--workdir", default=None, help="where to build the node (default: temp)")
+    demo.add_argument(
+        "--keep-running", action="store_true", help="stay up after the scenario until Ctrl-C"
+    )
 
     sub.add_parser("version", help="print the version")
 

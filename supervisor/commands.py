@@ -109,13 +109,6 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         _print_config_errors(err, args.config_file)
         return exitcodes.CONFIG_INVALID
-    uevent_source = os.environ.get("RDMA_SHARED_DP_UEVENT_SOURCE", "kernel").strip() or "kernel"
-    if uevent_source not in ("kernel", "udev", "off"):
-        print(
-            f"RDMA_SHARED_DP_UEVENT_SOURCE must be kernel, udev or off, not {uevent_source!r}",
-            file=sys.stderr,
-        )
-        return exitcodes.USAGE
     options = Options(
         config_file=args.config_file,
         host_root=args.host_root,
@@ -127,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         cdi_dir=args.cdi_dir,
         log_level=args.log_level,
         log_format=args.log_format,
-        uevent_source=uevent_source,
+        uevent_source=args.uevent_source,
     )
     return Arbiter(options, config, data, observer=_observer(args)).run()
 
