@@ -268,7 +268,10 @@ class Rig:
         use_cdi: bool = False,
         heartbeat_interval: float = 0.2,
         start_kubelet: bool = True,
+        legacy_kubelet: bool = False,
     ) -> None:
+        """`legacy_kubelet`: the simulator behaves like kubelets 1.26-1.35 on re-registration
+        (kubernetes#121994), where ending an old stream disconnects the new registration."""
         from simulator.kubelet import KubeletSimulator
 
         self.root = root
@@ -285,7 +288,9 @@ class Rig:
             heartbeat_interval=heartbeat_interval,
         )
         self.kubelet = KubeletSimulator(
-            self.dp_dir, self.reg_dir if mode in ("watcher", "auto") else None
+            self.dp_dir,
+            self.reg_dir if mode in ("watcher", "auto") else None,
+            legacy_reregistration=legacy_kubelet,
         )
         if start_kubelet:
             self.kubelet.start()
@@ -301,6 +306,15 @@ class Rig:
         proc = self.supervisor.spawn(resource.resource_name, log)
         self.procs[resource.resource_name] = proc
         return proc
+
+    def heartbeats(self, resource: str = "hca_a") -> int:
+        """How many heartbeats the worker has sent: waiting for two more means it has run its
+        loop (and its 50 ms checks) several times since."""
+        return len(self.supervisor.received(resource, Heartbeat))
+
+    def wait_heartbeats(self, count: int = 2, resource: str = "hca_a") -> None:
+        target = self.heartbeats(resource) + count
+        wait_until(lambda: self.heartbeats(resource) >= target, 10, what=f"{count} heartbeats more")
 
     def log(self, resource: str) -> str:
         path = self.logs.get(resource)

@@ -1,9 +1,15 @@
 """A real worker process registering with the kubelet simulator, in both modes, and again after
-everything the kubelet does to it (restart, broken stream, refusal, absence)."""
+everything the kubelet does to it (restart, broken stream, refusal, absence).
+
+The re-registration tests run against both simulator behaviours: the default one, and
+`legacy_reregistration` (kubelets 1.26-1.35, kubernetes#121994), where a stream of an old
+registration ending disconnects the current one.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from common.messages import Heartbeat, Ready
+from common.messages import Error, Heartbeat, Ready, Reregister
 from proto.pluginregistration.v1 import api_pb2 as reg
 from proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from tests.conditions import wait_until
@@ -22,18 +28,35 @@ FULL = "example.com/hca_a"
 DEVICES = (make_candidate(0), make_candidate(1, numa_node=1))
 
 
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(tmp_path)
+KUBELETS = pytest.mark.parametrize("legacy", [False, True], ids=["kubelet", "legacy-kubelet"])
+
+
+@pytest.fixture(params=[False, True], ids=["kubelet", "legacy-kubelet"])
+def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rig]:
+    r = Rig(tmp_path, legacy_kubelet=request.param)
     yield r
     r.close()
 
 
-@pytest.fixture
-def watcher_rig(tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(tmp_path, mode="watcher")
+@pytest.fixture(params=[False, True], ids=["kubelet", "legacy-kubelet"])
+def watcher_rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rig]:
+    r = Rig(tmp_path, mode="watcher", legacy_kubelet=request.param)
     yield r
     r.close()
+
+
+def _errors(rig: Rig, code: str, resource: str = "hca_a") -> list[Error]:
+    return [
+        m
+        for m in rig.supervisor.received(resource, Error)
+        if isinstance(m, Error) and m.code == code
+    ]
+
+
+def _registered_and_streaming(rig: Rig) -> None:
+    rig.kubelet.wait_for_registration(FULL, timeout=10)
+    wait_until(lambda: rig.kubelet.stream_open(FULL), what="stream open")
+    rig.supervisor.wait_registered("hca_a")
 
 
 def _counters(rig: Rig, resource: str = "hca_a") -> Heartbeat:
@@ -93,8 +116,9 @@ def test_auto_mode_follows_the_registry_folder(
         rig.close()
 
 
-def test_kubelet_absent_at_start(tmp_path: Path) -> None:
-    rig = Rig(tmp_path, start_kubelet=False)
+@KUBELETS
+def test_kubelet_absent_at_start(tmp_path: Path, legacy: bool) -> None:
+    rig = Rig(tmp_path, start_kubelet=False, legacy_kubelet=legacy)
     try:
         proc = rig.start_worker(RESOURCE, DEVICES)
         # It serves, keeps trying, and never exits while the kubelet is away.
@@ -114,6 +138,8 @@ def test_kubelet_absent_at_start(tmp_path: Path) -> None:
         # Backoff is capped at 1 s, and a new kubelet.sock is tried at once.
         assert time.monotonic() - started < 1.5
         assert proc.poll() is None
+        # An absent kubelet is no refusal: the supervisor is not bothered with it.
+        assert _errors(rig, "register_refused") == []
     finally:
         rig.close()
 
@@ -152,11 +178,15 @@ def test_broken_stream_leads_to_reregistration(rig: Rig) -> None:
     assert "stream broke" in reasons
 
 
-def test_refused_registration_is_retried(rig: Rig) -> None:
-    rig.kubelet.fail_next_registrations(2, "simulated refusal")
+def test_refused_registration_is_retried_and_reported_once(rig: Rig) -> None:
+    rig.kubelet.fail_next_registrations(3, "simulated refusal")
     rig.start_worker(RESOURCE, DEVICES)
     rig.kubelet.wait_for_registration(FULL, timeout=10)
-    assert [r for _, r in rig.kubelet.failed_registrations()] == ["simulated refusal"] * 2
+    assert [r for _, r in rig.kubelet.failed_registrations()] == ["simulated refusal"] * 3
+    # One report for the whole run of refusals, naming the kubelet's reason.
+    refused = _errors(rig, "register_refused")
+    assert len(refused) == 1
+    assert "simulated refusal" in refused[0].message
 
 
 def test_watcher_refusal_is_logged_and_retried(watcher_rig: Rig) -> None:
@@ -168,6 +198,8 @@ def test_watcher_refusal_is_logged_and_retried(watcher_rig: Rig) -> None:
     assert rig.kubelet.notifications()[0] == (socket_path, False, "simulated refusal")
     wait_until(lambda: (socket_path, True, "") in rig.kubelet.notifications())
     assert "simulated refusal" in rig.log("hca_a")
+    refused = _errors(rig, "register_refused")
+    assert len(refused) == 1 and "simulated refusal" in refused[0].message
 
 
 def test_watcher_mode_survives_a_kubelet_restart(watcher_rig: Rig) -> None:
@@ -179,19 +211,93 @@ def test_watcher_mode_survives_a_kubelet_restart(watcher_rig: Rig) -> None:
     rig.kubelet.wait_for_devices(FULL, lambda ds: len(ds) == 4 and ds[0].health == "Healthy")
 
 
-def test_reregister_message(rig: Rig) -> None:
-    from common.messages import Reregister
+def _still_one_healthy_registration(rig: Rig) -> None:
+    assert len(rig.kubelet.registrations()) == 1
+    assert rig.kubelet.is_registered(FULL) and rig.kubelet.stream_open(FULL)
+    devices = rig.kubelet.devices(FULL)
+    assert devices is not None and len(devices) == 4
+    assert all(d.health == "Healthy" for d in devices)
 
+
+def test_reregister_while_the_stream_is_live_is_only_noted(rig: Rig) -> None:
+    # The live stream proves the kubelet has us; registering again beside it would make a
+    # 1.26-1.35 kubelet drop the new registration once the old stream ends.
     rig.start_worker(RESOURCE, DEVICES)
-    rig.kubelet.wait_for_registration(FULL, timeout=10)
+    _registered_and_streaming(rig)
     rig.supervisor.send("hca_a", Reregister("test"))
-    rig.kubelet.wait_for_registration(FULL, timeout=3, count=2)
+    wait_until(lambda: "re-register request noted" in rig.log("hca_a"), what="request noted")
+    rig.wait_heartbeats()
+    _still_one_healthy_registration(rig)
 
 
-def test_own_socket_removed_is_noticed_quickly(tmp_path: Path) -> None:
+def test_a_chmod_of_kubelet_sock_is_no_kubelet_restart(rig: Rig) -> None:
+    rig.start_worker(RESOURCE, DEVICES)
+    _registered_and_streaming(rig)
+    kubelet_sock = rig.dp_dir / "kubelet.sock"
+    before = os.stat(kubelet_sock)
+    os.chmod(kubelet_sock, before.st_mode & 0o7777)  # same mode: only the change time moves
+    rig.wait_heartbeats(3)  # the worker looked at kubelet.sock many times since
+    _still_one_healthy_registration(rig)
+    assert _counters(rig).counters.kubelet_restarts == 0  # type: ignore[union-attr]
+
+
+def test_another_live_server_on_our_socket_is_left_alone(tmp_path: Path) -> None:
+    # A second process for the same resource (an old worker outliving a restarted supervisor,
+    # or the Go plugin during migration) finds our socket live: it must not take it over.
+    rig = Rig(tmp_path, heartbeat_interval=1.0)
+    try:
+        first = rig.start_worker(RESOURCE, DEVICES)
+        _registered_and_streaming(rig)
+        ours = os.stat(rig.dp_dir / "hca_a.sock").st_ino
+        second = rig.supervisor.spawn("hca_a", tmp_path / "second.log")
+        in_use = rig.supervisor.wait_for(
+            "hca_a", lambda m: isinstance(m, Error) and m.code == "socket_in_use", timeout=10
+        )
+        assert isinstance(in_use, Error) and "hca_a.sock" in in_use.message
+        assert os.stat(rig.dp_dir / "hca_a.sock").st_ino == ours
+        _still_one_healthy_registration(rig)
+        assert second.poll() is None and first.poll() is None
+        # The first one goes (removing its socket): the second one takes over at once.
+        first.terminate()
+        first.wait(5)
+        rig.kubelet.wait_for_registration(FULL, timeout=3, count=2)
+        assert len(_errors(rig, "socket_in_use")) == 1  # told once, not per look
+    finally:
+        rig.supervisor.kill_workers()
+        rig.close()
+
+
+def test_our_socket_replaced_by_a_live_server_is_not_taken_back(rig: Rig) -> None:
+    rig.start_worker(RESOURCE, DEVICES)
+    _registered_and_streaming(rig)
+    path = rig.dp_dir / "hca_a.sock"
+    path.unlink()
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        other.bind(str(path))
+        other.listen(8)
+        theirs = os.stat(path).st_ino
+        rig.supervisor.wait_for(
+            "hca_a", lambda m: isinstance(m, Error) and m.code == "socket_in_use", timeout=5
+        )
+        rig.wait_heartbeats()
+        assert path.is_socket() and os.stat(path).st_ino == theirs
+        assert len(rig.kubelet.registrations()) == 1
+    finally:
+        other.close()
+    # The other server goes: ours is served and registered again without waiting 5 s.
+    path.unlink()
+    gone = time.monotonic()
+    registration = rig.kubelet.wait_for_registration(FULL, timeout=3, count=2)
+    assert registration.time - gone < 1.0
+    rig.kubelet.wait_for_devices(FULL, lambda ds: len(ds) == 4 and ds[0].health == "Healthy")
+
+
+@KUBELETS
+def test_own_socket_removed_is_noticed_quickly(tmp_path: Path, legacy: bool) -> None:
     # What a kubelet's wipe does, without the stream breaking: only the socket watch can tell.
     # Heartbeats every second, so they do not wake the loop in time by chance.
-    rig = Rig(tmp_path, heartbeat_interval=1.0)
+    rig = Rig(tmp_path, heartbeat_interval=1.0, legacy_kubelet=legacy)
     try:
         _own_socket_removed(rig)
     finally:

@@ -157,9 +157,27 @@ def write_spec(cdi_dir: str, file_name: str, spec: dict[str, Any]) -> bool:
     return True
 
 
-def remove_spec(cdi_dir: str, file_name: str) -> bool:
-    """Remove our spec file (and a leftover temp file of ours); True when a spec was removed."""
+FileIdentity = tuple[int, int, int, int]
+
+
+def spec_identity(cdi_dir: str, file_name: str) -> FileIdentity | None:
+    """(device, inode, mtime, size) of the spec file, or None when there is none."""
+    try:
+        st = os.stat(os.path.join(cdi_dir, file_name))
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def remove_spec(cdi_dir: str, file_name: str, owned: FileIdentity | None = None) -> bool:
+    """Remove our spec file (and a leftover temp file of ours); True when a spec was removed.
+
+    With `owned`, only a file that is still the one we wrote (same inode, mtime and size) goes:
+    another writer's file at that name (a newer instance of this worker) is left alone.
+    """
     _unlink(os.path.join(cdi_dir, f".{file_name}.tmp{os.getpid()}"))
+    if owned is not None and spec_identity(cdi_dir, file_name) != owned:
+        return False
     return _unlink(os.path.join(cdi_dir, file_name))
 
 

@@ -9,12 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import threading
 from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class StreamOpened:
-    generation: int  # server generation that serves the stream
 
 
 @dataclass(frozen=True)
@@ -32,7 +28,9 @@ class AttemptDone:
     ok: bool
     error: str = ""
     self_check_failed: bool = False
-    kubelet_identity: tuple[int, int, int] | None = None  # kubelet.sock when the attempt began
+    #: The kubelet answered and said no (Register's UNKNOWN, or another status that is not
+    #: "nobody there"): retried slowly and reported, unlike an absent kubelet.
+    refused: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,33 +42,46 @@ class WatcherStatus:
     error: str
 
 
-Event = StreamOpened | StreamLost | AttemptDone | WatcherStatus
+Event = StreamLost | AttemptDone | WatcherStatus
 
 
 class EventQueue:
-    """Thread-safe queue with a wakeup file descriptor for `zmq.Poller`."""
+    """Thread-safe queue with a wakeup file descriptor for `zmq.Poller`.
+
+    gRPC threads may still post while the worker shuts down: once closed, posts are dropped, and
+    the lock makes sure no post writes to a descriptor number that close() already released
+    (and the process may have reused).
+    """
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self._read_fd, self._write_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
         os.set_blocking(self._write_fd, False)
+        self._lock = threading.Lock()
+        self._closed = False
 
     def fileno(self) -> int:
         return self._read_fd
 
     def post(self, event: Event) -> None:
-        self._queue.put(event)
-        # A full pipe means the loop is already due to wake.
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._write_fd, b"\0")
+        with self._lock:
+            if self._closed:
+                return
+            self._queue.put(event)
+            # A full pipe means the loop is already due to wake.
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._write_fd, b"\0")
 
     def drain(self) -> list[Event]:
-        try:
-            while os.read(self._read_fd, 4096):
+        with self._lock:
+            if self._closed:
+                return []
+            try:
+                while os.read(self._read_fd, 4096):
+                    pass
+            except BlockingIOError:
                 pass
-        except BlockingIOError:
-            pass
         events: list[Event] = []
         while True:
             try:
@@ -79,6 +90,10 @@ class EventQueue:
                 return events
 
     def close(self) -> None:
-        for fd in (self._read_fd, self._write_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for fd in (self._read_fd, self._write_fd):
+                with contextlib.suppress(OSError):
+                    os.close(fd)

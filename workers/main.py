@@ -8,18 +8,27 @@ Each pass of the loop reconciles what is with what should be, so no single event
 load-bearing:
 - our socket must exist and be the one our server listens on, or we serve afresh (a new server
   "generation");
-- classic mode: we must be registered for (this generation, this `kubelet.sock`), or an attempt
-  is started, with a backoff capped at 1 s while the kubelet is absent or refuses;
+- classic mode: we must be registered for this generation, or an attempt is started, with a
+  backoff capped at 1 s while the kubelet is absent and at 30 s once it refuses;
 - watcher mode: the kubelet's plugin watcher must have told us `registered`, and a refusal or a
-  lost stream re-creates the socket so the watcher sees it again.
+  lost stream re-creates the socket so the watcher sees it again;
+- with `--use-cdi`, the current plan's spec must be on disk, or the write is retried (and
+  Allocate refuses meanwhile).
+
+A live ListAndWatch stream of the current registration, on our intact socket, proves the kubelet
+still has us: a `reregister` request or a `kubelet.sock` change is then only noted. Registering
+again beside a live stream makes kubelets 1.26-1.35 drop the *new* registration as soon as the
+old stream ends (kubernetes#121994); when a new registration is really needed, the old stream
+is ended first.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import errno
 import logging
 import os
+import re
 import signal
 import socket
 import stat
@@ -52,8 +61,8 @@ from common.messages import (
     type_name,
 )
 from workers import cdi, registration
-from workers.events import AttemptDone, Event, EventQueue, StreamLost, StreamOpened, WatcherStatus
-from workers.kubelet_watch import POLL_INTERVAL, KubeletSocketWatch, socket_identity
+from workers.events import AttemptDone, Event, EventQueue, StreamLost, WatcherStatus
+from workers.kubelet_watch import POLL_INTERVAL, Inode, KubeletSocketWatch, socket_identity
 from workers.plan import Plan, make_plan
 from workers.servicer import Counters, StreamHub, add_services, publish
 
@@ -71,6 +80,34 @@ GRPC_THREADS = 8
 STUCK_ATTEMPT = 1.0
 #: sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
+#: Another live server holds our socket path: look again this often (at once if it goes away).
+IN_USE_RETRY = 5.0
+#: A failed CDI write is retried with this backoff: 50 ms doubling, at most every 2 s.
+CDI_RETRY_FIRST = 0.05
+CDI_RETRY_CAP = 2.0
+#: How long an attempt waits for a stream we ended to be over before it calls Register.
+END_STREAM_WAIT = 1.0
+#: --resource becomes a file name (<name>.sock) and a routing id.
+RESOURCE_ARG = re.compile(r"[A-Za-z0-9_]+\Z")
+
+
+class SocketInUse(OSError):
+    """Our socket path is held by a live server that is not ours."""
+
+
+def socket_answers(path: str) -> bool:
+    """Whether something accepts connections on the unix socket at `path`.
+
+    Only "refused" and "no such file" mean nobody is there; anything else (a full backlog,
+    no permission) may be a live server, which we must not delete.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)
+        try:
+            probe.connect(path)
+        except OSError as exc:
+            return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
+    return True
 
 
 @dataclass
@@ -108,29 +145,38 @@ class Worker:
 
         self.resource: ResourceConfig | None = None
         self.settings: WorkerSettings | None = None
-        self.devices: tuple[Candidate, ...] = ()
         self.plan: Plan | None = None
+        self.published: tuple[Plan, str | None] | None = None  # what the hub serves now
         self.mode = ""
-        self.cdi_file: tuple[str, str] | None = None  # (dir, file name) we wrote
+        # (dir, file name, identity) of the spec we wrote: removed at shutdown only if unchanged.
+        self.cdi_file: tuple[str, str, cdi.FileIdentity | None] | None = None
+        self.cdi_problem: str | None = None  # the current plan's spec is not on disk: why
+        self.cdi_failures = 0
+        self.next_cdi_at = 0.0
 
         self.server: _Server | None = None
         self.generation = 0
         self.serve_failures = 0
+        self.serve_reported = ""  # error code told to the supervisor in this run of failures
+        self.socket_in_use = False
         self.next_serve_at = 0.0
 
         self.kubelet: KubeletSocketWatch | None = None
         self.kubelet_seen = False
         self.registered = False
         self.registered_since = time.time()
-        self.registered_for: tuple[int, tuple[int, int, int] | None] | None = None
+        self.registered_for: tuple[int, int] | None = None  # (generation, attempt)
         self.attempt = 0
         self.attempt_in_flight = False
-        self.attempt_key: tuple[int, tuple[int, int, int] | None] = (-1, None)
+        self.attempt_key: tuple[int, Inode | None] = (-1, None)
         self.attempt_started = 0.0
         self.attempt_lost = False  # the in-flight attempt is stale (stream broke, reregister)
         self.self_checked_generation = -1
         self.failures = 0
+        self.refused = False  # this run of failures includes a refusal: the slow backoff applies
+        self.refusal_reported = False
         self.next_attempt_at = 0.0
+        self.stopped = False
 
         now = time.monotonic()
         self.started = now
@@ -177,6 +223,8 @@ class Worker:
             deadlines.append(self.next_serve_at)
         elif self._wants_attempt():
             deadlines.append(self.next_attempt_at)
+        if self.cdi_problem is not None:
+            deadlines.append(self.next_cdi_at)
         return max(0.0, min(deadlines) - now)
 
     def _step(self) -> int | None:
@@ -263,10 +311,19 @@ class Worker:
                 return None
             return self._apply(self.resource, self.settings, msg.devices)
         if isinstance(msg, Reregister):
-            LOG.info("re-registering on request: %s", msg.reason or "no reason given")
-            self._lose_registration(msg.reason or "supervisor asked")
+            reason = msg.reason or "supervisor asked"
+            if self._stream_proves_registration():
+                LOG.info(
+                    "re-register request noted, not acted on (%s): the kubelet holds our live "
+                    "ListAndWatch stream, so it still has us",
+                    reason,
+                )
+                return None
+            LOG.info("re-registering on request: %s", reason)
+            self._lose_registration(reason)
             # An attempt already in flight may predate what the supervisor saw: do another.
             self.attempt_lost = self.attempt_in_flight
+            self.failures = 0
             self.next_attempt_at = 0.0
             if self.mode == "watcher":
                 self._stop_server()
@@ -303,36 +360,57 @@ class Worker:
             self._shutdown("config invalid")
             return exitcodes.CONFIG_INVALID
 
-        first = self.settings is None
-        identity_changed = not first and (
-            settings != self.settings or resource.full_name != self._full_name()
+        first = self.settings is None or self.resource is None
+        # Only where and how we register needs a new server and registration; the CDI settings
+        # change the Allocate answer and the spec file, the heartbeat only the loop's pace.
+        reserve = (
+            self.settings is not None
+            and self.resource is not None
+            and _serving_key(settings, resource) != _serving_key(self.settings, self.resource)
         )
-        if identity_changed:
-            LOG.info("serving settings or resource name changed; serving afresh")
+        if reserve:
+            LOG.info("registration settings or resource name changed; serving afresh")
             self._stop_server()
-            self._remove_cdi()
             self._lose_registration("settings changed")
-        self.resource, self.settings, self.devices = resource, settings, devices
-        if first or identity_changed:
+        if not first and settings.heartbeat_interval != self._interval():
+            self.next_heartbeat = time.monotonic()
+        self.resource, self.settings = resource, settings
+        if first or reserve:
             self.mode = self._choose_mode(settings)
             self.kubelet = KubeletSocketWatch(self._kubelet_socket())
             self.kubelet_seen = self.kubelet.current is not None
             self.next_heartbeat = time.monotonic()
             self.last_heard = time.monotonic()
-        self._write_cdi(plan)
         self.plan = plan
-        self.hub.publish(publish(plan))
-        LOG.info(
-            "device set applied matched=%d usable=%d ids=%d health=%s numa=%s",
-            len(plan.matched),
-            len(plan.usable),
-            len(plan.device_ids),
-            plan.health,
-            ",".join(map(str, plan.numa_nodes)) or "none",
-        )
+        self._sync_cdi()
+        self._publish()
         if first:
             self._send_ready("configured")
         return None
+
+    def _interval(self) -> float:
+        return self.settings.heartbeat_interval if self.settings is not None else 1.0
+
+    def _publish(self) -> None:
+        """Hand the handlers the current plan, unless they already have exactly that."""
+        plan = self.plan
+        if plan is None:
+            return
+        key = (plan, self.cdi_problem)
+        if key == self.published:
+            LOG.debug("device set unchanged; nothing to publish")
+            return
+        self.published = key
+        self.hub.publish(publish(plan, self.cdi_problem))
+        LOG.info(
+            "device set applied matched=%d usable=%d ids=%d health=%s numa=%s%s",
+            len(plan.matched),
+            len(plan.usable),
+            len(plan.device_ids),
+            plan.health if self.cdi_problem is None else "Unhealthy (CDI spec not written)",
+            ",".join(map(str, plan.numa_nodes)) or "none",
+            " cdi=pending" if self.cdi_problem is not None else "",
+        )
 
     def _full_name(self) -> str:
         return self.resource.full_name if self.resource is not None else ""
@@ -361,11 +439,24 @@ class Worker:
 
     # ---- CDI -----------------------------------------------------------------------------
 
-    def _write_cdi(self, plan: Plan) -> None:
-        """Before the plan is published, so no CDI name is handed out before its spec exists."""
-        if self.settings is None or not self.settings.use_cdi:
+    def _sync_cdi(self) -> None:
+        """Make the disk match the current plan, before it is published.
+
+        So no CDI name is handed out before its spec exists: while the write fails, the plan is
+        published with a refusal (Allocate says why; every ID is advertised Unhealthy, so the
+        scheduler stops sending pods here instead of the kubelet failing their admission) and
+        the reconcile loop retries with backoff.
+        """
+        plan, settings = self.plan, self.settings
+        if plan is None or settings is None:
             return
-        folder, name = self.settings.cdi_dir, cdi.spec_file_name(plan.resource)
+        target = (settings.cdi_dir, cdi.spec_file_name(plan.resource)) if settings.use_cdi else None
+        if self.cdi_file is not None and (target is None or self.cdi_file[:2] != target):
+            self._remove_cdi()  # CDI turned off, or the file moved: the old one goes
+        if target is None:
+            self.cdi_problem = None
+            return
+        folder, name = target
         spec = cdi.build_spec(plan.resource, plan.usable)
         try:
             if spec is None:
@@ -375,37 +466,68 @@ class Worker:
             else:
                 if cdi.write_spec(folder, name, spec):
                     LOG.info("CDI spec written file=%s devices=%d", name, len(spec["devices"]))
-                self.cdi_file = (folder, name)
+                self.cdi_file = (folder, name, cdi.spec_identity(folder, name))
         except OSError as exc:
-            LOG.error(
-                "cannot write CDI spec dir=%s file=%s: %s; containers will fail to start until "
-                "the folder is writable",
+            self.cdi_failures += 1
+            delay = min(CDI_RETRY_CAP, CDI_RETRY_FIRST * 2 ** min(self.cdi_failures - 1, 10))
+            self.next_cdi_at = time.monotonic() + delay
+            self.cdi_problem = (
+                f"{plan.resource.full_name}: the CDI spec {os.path.join(folder, name)} cannot be "
+                f"written ({exc}); nothing is allocated until it is (the worker keeps retrying)"
+            )
+            log = LOG.error if self.cdi_failures == 1 or self.cdi_failures % 30 == 0 else LOG.debug
+            log(
+                "cannot write CDI spec dir=%s file=%s: %s; Allocate refuses until the folder "
+                "is writable (retry in %.2fs)",
                 folder,
                 name,
                 exc,
+                delay,
             )
-            self._send(Error("cdi_write_failed", f"{folder}/{name}: {exc}"))
+            if self.cdi_failures == 1:
+                self._send(Error("cdi_write_failed", f"{folder}/{name}: {exc}"))
+            return
+        if self.cdi_problem is not None:
+            LOG.info("CDI spec on disk again after %d failed writes", self.cdi_failures)
+        self.cdi_problem = None
+        self.cdi_failures = 0
 
     def _remove_cdi(self) -> None:
+        """Remove the spec we wrote, unless someone has replaced it since."""
         if self.cdi_file is not None:
-            folder, name = self.cdi_file
+            folder, name, identity = self.cdi_file
+            self.cdi_file = None
             try:
-                cdi.remove_spec(folder, name)
+                removed = identity is not None and cdi.remove_spec(folder, name, owned=identity)
+                if not removed and cdi.spec_identity(folder, name) is not None:
+                    LOG.warning(
+                        "CDI spec %s/%s was rewritten by someone else; left in place", folder, name
+                    )
             except OSError as exc:
                 LOG.warning("cannot remove CDI spec %s/%s: %s", folder, name, exc)
-            self.cdi_file = None
 
     # ---- serving and registration --------------------------------------------------------
 
     def _registration_current(self) -> bool:
         if self.mode == "watcher":
             return self.registered
-        kubelet = self.kubelet.current if self.kubelet is not None else None
         return (
             self.server is not None
-            and self.registered_for == (self.server.generation, kubelet)
-            and kubelet is not None
+            and self.registered_for is not None
+            and self.registered_for[0] == self.server.generation
         )
+
+    def _stream_proves_registration(self) -> bool:
+        """The kubelet holds a live stream of our current registration on our intact socket."""
+        server = self.server
+        if server is None or not self.registered or not server.intact():
+            return False
+        live = self.hub.live(server.generation)
+        if live is None:
+            return False
+        if self.mode == "watcher":
+            return True
+        return self.registered_for == (server.generation, live.attempt)
 
     def _reconcile(self, now: float) -> None:
         if self.kubelet is not None:
@@ -414,20 +536,33 @@ class Worker:
                 self._on_kubelet_change(change)
 
         if self.server is not None and not self.server.intact():
-            LOG.warning(
-                "own socket %s was removed or replaced (kubelet restart?); serving afresh",
-                self.server.socket_path,
-            )
+            path = self.server.socket_path
+            if socket_identity(path) is not None and socket_answers(path):
+                LOG.warning(
+                    "own socket %s was replaced by another live server (another instance of "
+                    "this plugin?); not taking it back",
+                    path,
+                )
+            else:
+                LOG.warning("own socket %s was removed (kubelet restart?); serving afresh", path)
             self._stop_server()
             self._lose_registration("own socket removed")
         if self.server is None:
             if now < self.next_serve_at:
-                return
+                if not (self.socket_in_use and not os.path.lexists(self._socket_path())):
+                    return
+                LOG.info("the other server's socket is gone; serving now")
             if not self._serve():
                 self.serve_failures += 1
-                self.next_serve_at = now + registration.backoff(self.serve_failures)
+                delay = registration.backoff(self.serve_failures)
+                self.next_serve_at = now + (IN_USE_RETRY if self.socket_in_use else delay)
                 return
             self.serve_failures = 0
+            self.serve_reported = ""
+
+        if self.cdi_problem is not None and now >= self.next_cdi_at:
+            self._sync_cdi()
+            self._publish()
 
         if self._wants_attempt() and now >= self.next_attempt_at:
             self._start_attempt()
@@ -449,36 +584,58 @@ class Worker:
         )
 
     def _on_kubelet_change(self, change: str) -> None:
+        live = self._stream_proves_registration()
         if change == "gone":
+            if live:
+                LOG.warning("kubelet.sock went away, but our stream is live; watching")
+                return
             LOG.warning("kubelet.sock went away; waiting for the kubelet")
             self._lose_registration("kubelet.sock gone")
             return
         if self.kubelet_seen:
             self.counters.add("kubelet_restarts")
-            LOG.info("kubelet.sock %s: the kubelet restarted; registering again", change)
-            if self.mode == "classic" and not self._registration_current():
-                self._lose_registration("kubelet restarted")
         self.kubelet_seen = True
+        # A (new) kubelet deserves a prompt try, whatever the previous one said.
         self.failures = 0
+        self.refused = False
         self.next_attempt_at = 0.0
+        if live:
+            LOG.info(
+                "kubelet.sock %s, but the kubelet holds our live stream: it still has us; "
+                "not registering again",
+                change,
+            )
+            return
+        LOG.info("kubelet.sock %s: the kubelet (re)started; registering again", change)
+        if self.mode == "classic":
+            self._lose_registration("kubelet restarted")
 
     def _serve(self) -> bool:
+        """Serve on our socket path, never deleting or replacing a socket someone else serves.
+
+        gRPC unlinks whatever is at its unix path when its server stops (and before it binds),
+        even a socket another process put there since. So the server binds a private dot name
+        (ignored by the plugin watcher), which is hard-linked to the real name (EEXIST if
+        someone got there first) and then unlinked: gRPC only ever touches the private name.
+        """
         assert self.resource is not None
         path = self._socket_path()
-        problem = ""
-        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-            problem = (
-                f"socket path is {len(os.fsencode(path))} bytes, more than the {MAX_SOCKET_PATH} "
-                "a unix socket allows; use a shorter folder"
+        private = os.path.join(os.path.dirname(path), f".{os.getpid()}.sock")
+        longest = max(len(os.fsencode(path)), len(os.fsencode(private)))
+        if longest > MAX_SOCKET_PATH:
+            self._serve_failed(
+                path,
+                f"socket path is {longest} bytes, more than the {MAX_SOCKET_PATH} a unix socket "
+                "allows; use a shorter folder",
             )
-        else:
-            try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                self._remove_stale(path)
-            except OSError as exc:
-                problem = str(exc)
-        if problem:
-            self._serve_failed(path, problem)
+            return False
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._remove_stale(path)
+        except SocketInUse as exc:
+            return self._in_use(path, str(exc))
+        except OSError as exc:
+            self._serve_failed(path, str(exc))
             return False
         self.generation += 1
         server = grpc.server(self.pool, options=[("grpc.so_reuseport", 0)])
@@ -492,30 +649,53 @@ class Worker:
             path if self.mode == "watcher" else None,
         )
         try:
-            if server.add_insecure_port(f"unix:{path}") == 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(private)  # a leftover of ours: the name has our pid
+            if server.add_insecure_port(f"unix:{private}") == 0:
                 raise RuntimeError("gRPC could not bind")
             server.start()
-        except RuntimeError as exc:
+            try:
+                os.link(private, path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(private)
+        except FileExistsError:
+            server.stop(None)
+            return self._in_use(path, f"another process created {path} just now")
+        except (RuntimeError, OSError) as exc:
             server.stop(None)
             self._serve_failed(path, f"{exc} (is the folder writable?)")
             return False
+        self.socket_in_use = False
         self.server = _Server(self.generation, server, path, socket_identity(path))
         LOG.info("serving socket=%s generation=%d mode=%s", path, self.generation, self.mode)
         return True
 
-    def _serve_failed(self, path: str, problem: str) -> None:
-        # Told once per run of failures; the log keeps repeating at the retry pace.
+    def _in_use(self, path: str, problem: str) -> bool:
+        self.socket_in_use = True
+        self._serve_failed(path, problem, "socket_in_use")
+        return False
+
+    def _serve_failed(self, path: str, problem: str, code: str = "serve_failed") -> None:
+        # Told once per run of failures (again if the reason changes); the log repeats.
         LOG.error("cannot serve on %s: %s; retrying", path, problem)
-        if self.serve_failures == 0:
-            self._send(Error("serve_failed", f"{path}: {problem}"))
+        if self.serve_reported != code:
+            self.serve_reported = code
+            self._send(Error(code, f"{path}: {problem}"))
 
     def _remove_stale(self, path: str) -> None:
+        """Delete a socket nobody serves; a live one is another process's (SocketInUse)."""
         try:
             st = os.lstat(path)
         except FileNotFoundError:
             return
         if not stat.S_ISSOCK(st.st_mode):
             raise OSError(f"{path} exists and is not a socket; remove it by hand")
+        if socket_answers(path):
+            raise SocketInUse(
+                f"another live server holds {path} (another instance of this plugin, or the Go "
+                f"plugin?); not deleting it, looking again every {IN_USE_RETRY:.0f}s"
+            )
         os.unlink(path)
         LOG.info("removed stale socket %s", path)
 
@@ -531,7 +711,7 @@ class Worker:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(current.socket_path)
 
-    def _attempt_key(self) -> tuple[int, tuple[int, int, int] | None]:
+    def _attempt_key(self) -> tuple[int, Inode | None]:
         generation = self.server.generation if self.server is not None else -1
         return generation, self.kubelet.current if self.kubelet is not None else None
 
@@ -544,6 +724,16 @@ class Worker:
         self.attempt_in_flight = True
         self.attempt_lost = False
         classic = self.mode == "classic"
+        before_register = None
+        old = self.hub.end_live() if classic else None
+        if old is not None:
+            # Registering beside a live stream and ending it later makes kubelets 1.26-1.35
+            # drop the new registration (kubernetes#121994): end it first, wait until it is over.
+            LOG.info("ending the old ListAndWatch stream before registering again")
+
+            def before_register() -> None:
+                self.hub.wait_over(old, END_STREAM_WAIT)
+
         registration.start_attempt(
             self.events,
             self.server.generation,
@@ -553,6 +743,7 @@ class Worker:
             self.resource.full_name,
             os.path.basename(self.server.socket_path),
             check_self=self.self_checked_generation != self.server.generation,
+            before_register=before_register,
         )
 
     def _lose_registration(self, reason: str) -> None:
@@ -567,10 +758,14 @@ class Worker:
         if isinstance(event, AttemptDone):
             self._on_attempt_done(event, current)
         elif isinstance(event, StreamLost):
-            if event.generation != current or event.attempt != self.attempt:
-                return  # a stream of a server or registration we already replaced
+            if event.generation != current:
+                return  # a stream of a server we already replaced
+            if self.mode == "classic" and event.attempt != (
+                self.registered_for[1] if self.registered_for is not None else self.attempt
+            ):
+                return  # a stream of a registration we already replaced
             LOG.warning("ListAndWatch stream broke: the kubelet lost us; registering again")
-            if self.attempt_in_flight:
+            if self.attempt_in_flight and event.attempt == self.attempt:
                 self.attempt_lost = True
             self._lose_registration("stream broke")
             self.next_attempt_at = 0.0
@@ -586,15 +781,17 @@ class Worker:
             else:
                 self.counters.add("registrations_failed")
                 self.failures += 1
+                self.refused = True
+                delay = registration.backoff(self.failures, refused=True)
                 LOG.error(
-                    "the kubelet refused the registration: %s; retrying with a new socket",
+                    "the kubelet refused the registration: %s; retrying with a new socket in %.2fs",
                     event.error or "no reason given",
+                    delay,
                 )
+                self._report_refusal(event.error or "no reason given")
                 self._lose_registration(f"refused: {event.error}")
                 self._stop_server()
-                self.next_serve_at = time.monotonic() + registration.backoff(self.failures)
-        elif isinstance(event, StreamOpened):
-            pass
+                self.next_serve_at = time.monotonic() + delay
 
     def _on_attempt_done(self, event: AttemptDone, current: int) -> None:
         if event.attempt != self.attempt:
@@ -612,23 +809,34 @@ class Worker:
             return
         if event.ok and not self.attempt_lost and event.generation == current:
             self.counters.add("registrations_ok")
-            self.failures = 0
-            self.registered_for = (event.generation, event.kubelet_identity)
+            self.registered_for = (event.generation, event.attempt)
             self._set_registered("registered")
             return
         if event.ok:
             return  # stale success: the loop registers again for what is current
-        self._schedule_retry(event.error)
+        self._schedule_retry(event.error, event.refused)
 
-    def _schedule_retry(self, error: str) -> None:
+    def _schedule_retry(self, error: str, refused: bool = False) -> None:
         self.counters.add("registrations_failed")
         self.failures += 1
-        delay = registration.backoff(self.failures)
+        self.refused = self.refused or refused
+        delay = registration.backoff(self.failures, self.refused)
         self.next_attempt_at = time.monotonic() + delay
         log = LOG.warning if self.failures <= 3 or self.failures % 30 == 0 else LOG.debug
         log("registration failed (%d in a row, next try in %.2fs): %s", self.failures, delay, error)
+        if refused:
+            self._report_refusal(error)
+
+    def _report_refusal(self, reason: str) -> None:
+        """Tell the supervisor once per run of failures that the kubelet says no."""
+        if not self.refusal_reported:
+            self.refusal_reported = True
+            self._send(Error("register_refused", reason))
 
     def _set_registered(self, reason: str) -> None:
+        self.failures = 0
+        self.refused = False
+        self.refusal_reported = False
         if not self.registered:
             self.registered = True
             self.registered_since = time.time()
@@ -639,6 +847,9 @@ class Worker:
 
     def _shutdown(self, reason: str) -> None:
         """End streams, stop the server within 2 s, remove socket and CDI spec; idempotent."""
+        if self.stopped:
+            return
+        self.stopped = True
         self.hub.end_generation(None)
         self._stop_server()
         self._remove_cdi()
@@ -650,6 +861,16 @@ class Worker:
         self.sock.close(linger=200)
         self.events.close()
         LOG.info("worker stopped: %s", reason)
+
+
+def _serving_key(settings: WorkerSettings, resource: ResourceConfig) -> tuple[str, ...]:
+    """What decides where our socket lives and what we register as."""
+    return (
+        settings.device_plugin_dir,
+        settings.plugins_registry_dir,
+        settings.registration_mode,
+        resource.full_name,
+    )
 
 
 def _setup_logging(resource: str, level: str, fmt: str) -> None:
@@ -681,43 +902,65 @@ def _setup_logging(resource: str, level: str, fmt: str) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
+USAGE = (
+    "usage: python -m workers --resource NAME --control ENDPOINT [--connect-timeout SECONDS]\n"
+    "                         [--log-level LEVEL] [--log-format text|json]\n"
+    "One rdma-shared-dp worker: serves one resource to the kubelet. Started by the supervisor,\n"
+    "never by hand."
+)
+_OPTIONS = ("--resource", "--control", "--connect-timeout", "--log-level", "--log-format")
+
+
+def parse_args(argv: list[str]) -> dict[str, str]:
+    """`--name value` or `--name=value` for the options above; ValueError says what is wrong.
+
+    A few lines instead of argparse: the worker is started by the supervisor with a fixed
+    command line, and argparse (with gettext) costs every worker about 0.4 MiB.
+    """
+    values: dict[str, str] = {}
+    rest = list(argv)
+    while rest:
+        arg = rest.pop(0)
+        name, eq, value = arg.partition("=")
+        if name not in _OPTIONS:
+            raise ValueError(f"unknown argument {arg!r}")
+        if not eq:
+            if not rest:
+                raise ValueError(f"{name} needs a value")
+            value = rest.pop(0)
+        values[name[2:].replace("-", "_")] = value
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m workers",
-        description="One rdma-shared-dp worker: serves one resource to the kubelet. "
-        "Started by the supervisor, never by hand.",
-    )
-    parser.add_argument("--resource", required=True, help="resourceName this worker serves")
-    parser.add_argument("--control", required=True, help="supervisor endpoint, ipc://...")
-    parser.add_argument(
-        "--connect-timeout",
-        type=float,
-        default=10.0,
-        help="seconds to wait for the supervisor's configure before giving up",
-    )
-    parser.add_argument("--log-level", default=os.environ.get("RDMA_SHARED_DP_LOG_LEVEL", "INFO"))
-    parser.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        default=os.environ.get("RDMA_SHARED_DP_LOG_FORMAT", "text"),
-    )
+    args = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in args):
+        print(USAGE)
+        return exitcodes.OK
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return exitcodes.USAGE if exc.code else exitcodes.OK
-    if not args.resource or not args.control.startswith(("ipc://", "tcp://", "inproc://")):
-        print(
-            "error: --resource must be set and --control must be a ZeroMQ endpoint", file=sys.stderr
-        )
-        return exitcodes.USAGE
-    try:
-        _setup_logging(args.resource, args.log_level, args.log_format)
+        values = parse_args(args)
+        resource = values.get("resource", "")
+        control = values.get("control", "")
+        if not RESOURCE_ARG.match(resource):
+            raise ValueError(
+                f"--resource must be set to letters, digits and '_' only, not {resource!r}"
+            )
+        if not control.startswith(("ipc://", "tcp://", "inproc://")):
+            raise ValueError("--control must be a ZeroMQ endpoint (ipc://...)")
+        timeout = float(values.get("connect_timeout", "10"))
+        if not timeout > 0:
+            raise ValueError("--connect-timeout must be a positive number of seconds")
+        log_format = values.get("log_format", os.environ.get("RDMA_SHARED_DP_LOG_FORMAT", "text"))
+        if log_format not in ("text", "json"):
+            raise ValueError(f"--log-format must be text or json, not {log_format!r}")
+        log_level = values.get("log_level", os.environ.get("RDMA_SHARED_DP_LOG_LEVEL", "INFO"))
+        _setup_logging(resource, log_level, log_format)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{USAGE}\nerror: {exc}", file=sys.stderr)
         return exitcodes.USAGE
     try:
-        worker = Worker(args.resource, args.control, args.connect_timeout)
+        worker = Worker(resource, control, timeout)
     except zmq.ZMQError as exc:
-        LOG.error("cannot connect to the supervisor at %s: %s", args.control, exc)
+        LOG.error("cannot connect to the supervisor at %s: %s", control, exc)
         return exitcodes.USAGE
     return worker.run()

@@ -10,27 +10,38 @@ takes its time; the result comes back as an `AttemptDone` event.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import grpc
 
 from proto.deviceplugin.v1beta1 import api_pb2 as dp
 from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from workers.events import AttemptDone, EventQueue
-from workers.kubelet_watch import socket_identity
 from workers.servicer import API_VERSION, options
 
 SELF_CHECK_TIMEOUT = 2.0
 #: The kubelet may spend up to 10 s dialling us inside Register.
 REGISTER_TIMEOUT = 15.0
 BACKOFF_FIRST = 0.05
+#: While the kubelet is absent (no kubelet.sock, UNAVAILABLE): every second counts once it is back.
 BACKOFF_CAP = 1.0
+#: When the kubelet answers "no": asking again every second changes nothing and floods its log.
+REFUSED_BACKOFF_CAP = 30.0
+#: Status codes that mean nobody (or nobody working) answered, rather than a refusal.
+_ABSENT_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
 
 
-def backoff(failures: int) -> float:
-    """Delay before the next attempt after `failures` consecutive failures (capped at 1 s)."""
+def backoff(failures: int, refused: bool = False) -> float:
+    """Delay before the next attempt after `failures` consecutive failures.
+
+    Capped at 1 s while the kubelet is absent, at 30 s once it has refused us.
+    """
     if failures <= 0:
         return 0.0
-    return min(BACKOFF_CAP, BACKOFF_FIRST * float(2 ** min(failures - 1, 10)))
+    cap = REFUSED_BACKOFF_CAP if refused else BACKOFF_CAP
+    return min(cap, BACKOFF_FIRST * float(2 ** min(failures - 1, 20)))
 
 
 def rpc_reason(err: grpc.RpcError) -> str:
@@ -57,8 +68,8 @@ def self_check(socket_path: str) -> str:
     return ""
 
 
-def register_classic(kubelet_socket: str, endpoint: str, resource_name: str) -> str:
-    """'' when the kubelet accepted the registration, else its refusal or why it failed."""
+def register_classic(kubelet_socket: str, endpoint: str, resource_name: str) -> tuple[str, bool]:
+    """('', False) when the kubelet accepted, else (why, whether the kubelet refused)."""
     channel = grpc.insecure_channel(f"unix:{kubelet_socket}")
     try:
         dp_grpc.RegistrationStub(channel).Register(
@@ -71,10 +82,11 @@ def register_classic(kubelet_socket: str, endpoint: str, resource_name: str) -> 
             timeout=REGISTER_TIMEOUT,
         )
     except grpc.RpcError as err:
-        return f"Register on {kubelet_socket} failed: {rpc_reason(err)}"
+        code = err.code() if hasattr(err, "code") else None
+        return f"Register on {kubelet_socket} failed: {rpc_reason(err)}", code not in _ABSENT_CODES
     finally:
         channel.close()
-    return ""
+    return "", False
 
 
 def start_attempt(
@@ -86,18 +98,27 @@ def start_attempt(
     resource_name: str,
     endpoint: str,
     check_self: bool,
+    before_register: Callable[[], None] | None = None,
 ) -> threading.Thread:
-    """Run one attempt in a daemon thread; `kubelet_socket=None` means only the self-check."""
+    """Run one attempt in a daemon thread; `kubelet_socket=None` means only the self-check.
+
+    `before_register` runs (in the thread) right before `Register`: the main loop uses it to
+    wait until a stream it ended is really over, so the kubelet sees that end before the new
+    registration (kubernetes#121994).
+    """
 
     def run() -> None:
-        identity = socket_identity(kubelet_socket) if kubelet_socket else None
         if check_self:
             problem = self_check(socket_path)
             if problem:
-                events.post(AttemptDone(generation, attempt, False, problem, True, identity))
+                events.post(AttemptDone(generation, attempt, False, problem, True))
                 return
-        error = register_classic(kubelet_socket, endpoint, resource_name) if kubelet_socket else ""
-        events.post(AttemptDone(generation, attempt, not error, error, False, identity))
+        error, refused = "", False
+        if kubelet_socket:
+            if before_register is not None:
+                before_register()
+            error, refused = register_classic(kubelet_socket, endpoint, resource_name)
+        events.post(AttemptDone(generation, attempt, not error, error, False, refused))
 
     thread = threading.Thread(target=run, name=f"register-{attempt}", daemon=True)
     thread.start()

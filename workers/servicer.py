@@ -23,7 +23,7 @@ from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from proto.pluginregistration.v1 import api_pb2 as reg
 from proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from workers import plan as planning
-from workers.events import EventQueue, StreamLost, StreamOpened, WatcherStatus
+from workers.events import EventQueue, StreamLost, WatcherStatus
 
 LOG = logging.getLogger("workers.servicer")
 
@@ -48,14 +48,18 @@ class Published:
     plan: planning.Plan
     snapshot: dp.ListAndWatchResponse
     container_answer: dp.ContainerAllocateResponse
+    #: Set while the worker cannot honour what `container_answer` promises (the CDI spec is not
+    #: on disk): Allocate refuses with this text and every ID is advertised Unhealthy.
+    refusal: str | None = None
 
 
-def publish(plan: planning.Plan) -> Published:
+def publish(plan: planning.Plan, refusal: str | None = None) -> Published:
     topology = None
     if plan.numa_nodes:
         topology = dp.TopologyInfo(nodes=[dp.NUMANode(ID=n) for n in plan.numa_nodes])
+    health = planning.UNHEALTHY if refusal is not None else plan.health
     snapshot = dp.ListAndWatchResponse(
-        devices=[dp.Device(ID=i, health=plan.health, topology=topology) for i in plan.device_ids]
+        devices=[dp.Device(ID=i, health=health, topology=topology) for i in plan.device_ids]
     )
     answer = dp.ContainerAllocateResponse()
     if plan.use_cdi:
@@ -68,7 +72,7 @@ def publish(plan: planning.Plan) -> Published:
             dp.DeviceSpec(container_path=p, host_path=p, permissions=planning.PERMISSIONS)
             for p in plan.device_paths
         )
-    return Published(plan, snapshot, answer)
+    return Published(plan, snapshot, answer, refusal)
 
 
 class Counters:
@@ -127,7 +131,7 @@ class _Stream:
     generation: int
     attempt: int
     ended: bool = False  # set when we end it (replaced, server stopping); the kubelet did not
-    done: bool = False  # the RPC has terminated
+    over: bool = False  # the RPC has terminated (gRPC's callback ran)
 
 
 class StreamHub:
@@ -170,8 +174,32 @@ class StreamHub:
             self._live = stream
             self._counters.stream_open = True
             self._cond.notify_all()
-        self._events.post(StreamOpened(generation))
         return stream
+
+    def live(self, generation: int) -> _Stream | None:
+        """The live stream, when the server of `generation` serves it and we have not ended it."""
+        with self._cond:
+            live = self._live
+            if live is None or live.ended or live.generation != generation:
+                return None
+            return live
+
+    def end_live(self) -> _Stream | None:
+        """End the live stream ourselves (not counted as lost); returns it, or None."""
+        with self._cond:
+            live = self._live
+            if live is None:
+                return None
+            live.ended = True
+            self._live = None
+            self._counters.stream_open = False
+            self._cond.notify_all()
+            return live
+
+    def wait_over(self, stream: _Stream, timeout: float) -> bool:
+        """Block until the RPC of `stream` has terminated; False when `timeout` passed first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: stream.over, timeout)
 
     def end_generation(self, generation: int | None = None) -> None:
         """We are stopping a server (None: every server): its streams end, not counted as lost.
@@ -193,7 +221,7 @@ class StreamHub:
     def terminated(self, stream: _Stream) -> None:
         """gRPC's callback: the RPC is over, for whatever reason."""
         with self._cond:
-            stream.done = True
+            stream.over = True
             lost = not stream.ended
             stream.ended = True
             if self._live is stream:
@@ -305,6 +333,8 @@ def _allocate_problem(
             f"(this resource advertises {len(plan.device_ids)} IDs)",
         )
     wanted = any(c.devices_ids for c in request.container_requests)
+    if wanted and published.refusal is not None:
+        return grpc.StatusCode.FAILED_PRECONDITION, published.refusal
     if wanted and not plan.can_allocate:
         return (
             grpc.StatusCode.FAILED_PRECONDITION,
