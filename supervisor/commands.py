@@ -122,9 +122,26 @@ def run(args: argparse.Namespace) -> int:
         log_format=args.log_format,
         uevent_source=args.uevent_source,
     )
-    return Arbiter(options, config, data, observer=_observer(args)).run()
+    try:
+        observer = _observer(args)
+    except ValueError as err:  # --metrics-address does not parse: say so before starting
+        print(f"--metrics-address: {err}", file=sys.stderr)
+        return exitcodes.USAGE
+    except OSError as err:  # ... or cannot be bound (busy port, no such address here)
+        print(f"--metrics-address: {err}", file=sys.stderr)
+        return exitcodes.FATAL
+    try:
+        return Arbiter(options, config, data, observer=observer).run()
+    finally:
+        if observer is not None:
+            observer.stopped()  # idempotent; covers a loop that never started
 
 
 def _observer(args: argparse.Namespace) -> Observer | None:
-    """The metrics hook (issue 5) plugs in here: build it from `args.metrics_address`."""
-    return None
+    """The metrics hook (issue 5): the HTTP endpoint and the PodResources poller, or None when
+    `--metrics-address` is empty (then neither prometheus_client nor psutil is loaded)."""
+    if not args.metrics_address.strip():
+        return None
+    from supervisor.metrics_observer import start_metrics_observer
+
+    return start_metrics_observer(args.metrics_address, args.pod_resources_socket)

@@ -1,0 +1,217 @@
+"""The metrics hook of the supervisor loop: Observer events -> Metrics and probes (supervisor
+process).
+
+`start_metrics_observer()` binds the HTTP endpoint (so a bad or busy `--metrics-address` fails
+before the loop starts) and returns a `MetricsObserver`; the arbiter then calls its hooks on the
+loop's thread. Everything here is cheap and never blocks: `Metrics` setters take one lock, the
+probes store one value, the PodResources reader only drains a non-blocking pipe, and psutil reads
+a worker's /proc entry at most every `SAMPLE_EVERY` seconds per worker.
+
+This module, prometheus_client and psutil are imported only when the metrics address is not
+empty (`supervisor.commands._observer`), so a supervisor without metrics does not pay for them.
+Per-resource events are counted only for resources in the running config: a worker still stopping
+after its resource left the config must not bring that resource's series back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection, Mapping, Sequence
+
+import psutil
+
+from common.config import Config
+from common.devices import Candidate, Scan
+from common.messages import WorkerCounters, WorkerStatus
+from supervisor.cli import VERSION
+from supervisor.http_server import MetricsServer, Probes, start_metrics_server
+from supervisor.metrics import Metrics
+from supervisor.observer import Observer, StatusSource
+from supervisor.pod_resources import PodAllocation, PodResourcesReader
+
+LOG = logging.getLogger(__name__)
+
+#: psutil looks at a worker at most this often (heartbeats come every second); a new process of
+#: the resource is looked at on its first heartbeat.
+SAMPLE_EVERY = 5.0
+#: /healthz fails when the loop has not turned for this long (it turns at least every second).
+STALL_AFTER = 10.0
+
+
+class MetricsObserver(Observer):
+    def __init__(
+        self,
+        metrics: Metrics,
+        probes: Probes,
+        server: MetricsServer | None = None,
+        pod_resources: PodResourcesReader | None = None,
+    ) -> None:
+        self.metrics = metrics
+        self.probes = probes
+        self.server = server
+        self.pod_resources = pod_resources
+        self._source: StatusSource | None = None
+        #: The running config's resources (full name -> rdmaHcaMax), in config order.
+        self._hca_max: dict[str, int] = {}
+        self._selections: dict[str, tuple[Candidate, ...]] = {}
+        #: resource -> (process, when it was last sampled).
+        self._processes: dict[str, tuple[psutil.Process, float]] = {}
+        self._pod_rows: list[PodAllocation] = []
+
+    # ---- config and devices ------------------------------------------------------------------
+
+    def started(self, source: StatusSource) -> None:
+        self._source = source
+        self._publish_readiness()
+
+    def config_applied(self, config: Config) -> None:
+        now = time.time()
+        hca_max = {r.full_name: r.rdma_hca_max for r in config.resources}
+        for gone in self._hca_max.keys() - hca_max.keys():  # removed or renamed
+            self._forget(gone)
+        self._hca_max = hca_max
+        self.metrics.config_loaded(now)
+        # rdmaHcaMax may have changed without any device moving: publish again now.
+        self._publish_resources()
+        self._publish_pods()
+        self._publish_readiness()
+
+    def config_reloaded(self, ok: bool, problems: Sequence[str]) -> None:
+        self.metrics.config_reload(ok, time.time())
+
+    def scan_finished(
+        self,
+        trigger: str,
+        scan: Scan,
+        seconds: float,
+        selections: Mapping[str, tuple[Candidate, ...]],
+    ) -> None:
+        self.metrics.device_scan(trigger, seconds, scan.problems)
+        self.metrics.set_ports(scan.candidates)
+        self._selections = dict(selections)
+        self._publish_resources()
+
+    def resource_removed(self, resource: str) -> None:
+        self._forget(resource)
+        self._publish_readiness()
+
+    # ---- workers -----------------------------------------------------------------------------
+
+    def worker_state_changed(self, resource: str, state: str, previous: str, reason: str) -> None:
+        if resource in self._hca_max:
+            self.metrics.worker_up(resource, state == "running")
+            if state != "running":
+                self._processes.pop(resource, None)
+        self._publish_readiness()
+
+    def worker_restarted(self, resource: str, reason: str) -> None:
+        if resource in self._hca_max:
+            self.metrics.worker_restarted(resource, reason)
+
+    def worker_ready(self, resource: str, registered: bool, mode: str) -> None:
+        self._publish_readiness()
+
+    def heartbeat(self, resource: str, pid: int, counters: WorkerCounters) -> None:
+        if resource not in self._hca_max:
+            return
+        self.metrics.worker_counters(resource, pid, counters)
+        self._sample_process(resource, pid)
+
+    def kubelet_restarted(self) -> None:
+        self.metrics.kubelet_restart()
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def poll_fds(self) -> Sequence[int]:
+        return () if self.pod_resources is None else (self.pod_resources.fileno(),)
+
+    def poll_timeout(self) -> float | None:
+        return None if self.pod_resources is None else self.pod_resources.timeout()
+
+    def loop_turned(self, readable: Collection[int]) -> None:
+        self.probes.loop_turned()
+        if self.pod_resources is None:
+            return
+        # read() also restarts a dead poller when its backoff is over, so it runs every turn,
+        # not only when the pipe is readable; it never blocks.
+        rows = self.pod_resources.read()
+        if rows is not None:
+            self._pod_rows = rows
+            self._publish_pods()
+
+    def stopped(self) -> None:
+        """Idempotent: `run` calls it again in case the loop never started."""
+        if self.server is not None:
+            self.server.stop()
+        if self.pod_resources is not None:
+            self.pod_resources.stop()
+
+    # ---- publishing --------------------------------------------------------------------------
+
+    def _forget(self, resource: str) -> None:
+        self.metrics.remove_resource(resource)
+        self._selections.pop(resource, None)
+        self._processes.pop(resource, None)
+
+    def _publish_resources(self) -> None:
+        # Only resources a scan has matched: before the first scan, no series beats a false 0.
+        for name, hca_max in self._hca_max.items():
+            if name in self._selections:
+                self.metrics.set_resource(name, hca_max, self._selections[name])
+
+    def _publish_pods(self) -> None:
+        mine = self._hca_max.keys()
+        self.metrics.set_pod_allocations([r for r in self._pod_rows if r.resource in mine])
+
+    def _publish_readiness(self) -> None:
+        if self._source is None:
+            return  # before `started`: /readyz says "starting"
+        statuses = {s.resource: s for s in self._source.worker_statuses()}
+        self.probes.set_resources({name: _not_ready(statuses.get(name)) for name in self._hca_max})
+
+    def _sample_process(self, resource: str, pid: int) -> None:
+        now = time.monotonic()
+        known = self._processes.get(resource)
+        if known is not None and known[0].pid == pid and now - known[1] < SAMPLE_EVERY:
+            return
+        try:
+            proc = known[0] if known is not None and known[0].pid == pid else psutil.Process(pid)
+            with proc.oneshot():
+                rss = proc.memory_info().rss
+                cpu = proc.cpu_times()
+        except psutil.Error:
+            self._processes.pop(resource, None)
+            return  # it just exited: the state machine reports that
+        self._processes[resource] = (proc, now)
+        self.metrics.worker_process(resource, rss, cpu.user + cpu.system, pid)
+
+
+def _not_ready(status: WorkerStatus | None) -> str | None:
+    """None when registered with the kubelet, else one short line saying why not."""
+    if status is None:
+        return "no worker yet"
+    if status.registered:
+        return None
+    if status.state == "running":  # its state reason ("configured") would say nothing here
+        return "not registered with the kubelet yet (worker running)"
+    why = f": {status.reason}" if status.reason else ""
+    return f"not registered (worker {status.state}{why})"
+
+
+def start_metrics_observer(address: str, pod_resources_socket: str) -> MetricsObserver:
+    """Serve /metrics, /healthz and /readyz on `address` and poll the PodResources API.
+
+    Raises `AddressError` (a ValueError) for an address that does not parse and OSError when it
+    cannot be bound. An empty `pod_resources_socket` turns the pod series off.
+    """
+    metrics = Metrics(VERSION)
+    probes = Probes(stall_after=STALL_AFTER)
+    server = start_metrics_server(address, metrics, probes.health, probes.ready)
+    reader: PodResourcesReader | None = None
+    if pod_resources_socket.strip():
+        try:
+            reader = PodResourcesReader(pod_resources_socket.strip())
+        except OSError as err:  # no pipe: metrics without pod series beat no supervisor
+            LOG.error("cannot start the PodResources poller: %s; no pod series", err)
+    return MetricsObserver(metrics, probes, server, reader)
