@@ -67,8 +67,8 @@ LOG = logging.getLogger(__name__)
 #: Seconds between heartbeats, both ways. A worker that hears nothing for 3 of them exits, so
 #: a killed supervisor leaves no worker behind for more than 3 s plus the worker's 2 s stop.
 HEARTBEAT_INTERVAL = 1.0
-#: A running worker silent this long is hung: killed and restarted.
-HUNG_AFTER = 5 * HEARTBEAT_INTERVAL
+#: A running worker silent for this many heartbeat intervals is hung: killed and restarted.
+HUNG_AFTER_BEATS = 5
 #: A worker that has not said hello this long after spawning is killed and restarted.
 START_TIMEOUT = 15.0
 CONFIG_POLL_INTERVAL = 1.0
@@ -333,10 +333,10 @@ class Arbiter:
         pid, run_seconds = record.pid, now - record.started_at
         self.timers.cancel(("term", record.name, pid))
         self.timers.cancel(("kill", record.name, pid))
+        if code < 0:  # killed (by us, the OOM killer, a crash): it left its socket and CDI spec
+            remove_leftovers(record.served or record.config, self.settings)
         if record.state is WorkerState.STOPPING:
             record.forget_process()
-            if code < 0:  # killed: it could not remove its socket and CDI spec itself
-                remove_leftovers(record.served or record.config, self.settings)
             LOG.info(
                 "worker stopped resource=%s pid=%d status=%s",
                 record.full_name,
@@ -583,7 +583,7 @@ class Arbiter:
                 continue
             if record.state is WorkerState.RUNNING:
                 self._send(record, Heartbeat())
-                if now - record.last_heard > HUNG_AFTER:
+                if now - record.last_heard > HUNG_AFTER_BEATS * self.options.heartbeat_interval:
                     self._kill_hung(record, "hung", f"silent for {now - record.last_heard:.1f}s")
             elif record.state is WorkerState.STARTING and now - record.started_at > START_TIMEOUT:
                 self._kill_hung(record, "start_timeout", f"no hello after {START_TIMEOUT:.0f}s")
@@ -691,6 +691,8 @@ class Arbiter:
     # ---- config --------------------------------------------------------------------------
 
     def _poll_config(self, forced: bool) -> None:
+        if self.stopping:  # a reload now could start workers nothing would ever stop
+            return
         data = self.config_watch.poll()
         if data is None:
             if forced:
@@ -790,10 +792,8 @@ class Arbiter:
         # A registration after (detection - poll interval) happened after the restart.
         since = self.kubelet_restart_at - KUBELET_POLL_INTERVAL
         for record in self.table:
-            if (
-                record.state is WorkerState.RUNNING
-                and record.registered
-                and record.registered_at < since
+            if record.state is WorkerState.RUNNING and (
+                not record.registered or record.registered_at < since
             ):
                 LOG.warning(
                     "worker did not re-register after the kubelet restart resource=%s; telling it",

@@ -8,13 +8,17 @@ what works. The supervisor calls `poll()` from its timer and on SIGHUP.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+
+LOG = logging.getLogger(__name__)
 
 
 class ConfigWatch:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._digest: str | None = None
+        self._unreadable = False
 
     def read(self) -> tuple[bytes | None, str]:
         """The file's bytes (None when unreadable) and the reason it is unreadable."""
@@ -30,11 +34,17 @@ class ConfigWatch:
     def poll(self) -> bytes | None:
         """New content since the last `mark_seen` or `poll`, or None when nothing changed.
 
-        An unreadable file counts as no change: the running config stays.
+        An unreadable file counts as no change: the running config stays (logged once).
         """
-        data, _ = self.read()
+        data, why = self.read()
         if data is None:
+            if not self._unreadable:
+                LOG.warning("%s; keeping the running config until it is readable again", why)
+            self._unreadable = True
             return None
+        if self._unreadable:
+            LOG.info("config file %s is readable again", self.path)
+            self._unreadable = False
         digest = hashlib.sha256(data).hexdigest()
         if digest == self._digest:
             return None

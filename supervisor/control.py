@@ -21,6 +21,8 @@ LOG = logging.getLogger(__name__)
 SOCKET_NAME = "control.sock"
 #: Messages queued per peer before sends to it fail (a worker that stopped reading).
 HIGH_WATER_MARK = 1000
+#: Most messages one `receive` call reads (one loop turn).
+RECEIVE_BATCH = 256
 
 
 def endpoint_for(runtime_dir: str) -> str:
@@ -42,13 +44,17 @@ class ControlChannel:
         os.chmod(self.path, 0o600)
 
     def receive(self) -> list[tuple[bytes, Message]]:
-        """Every message waiting now, as (routing id, message); bad frames are answered."""
+        """Messages waiting now, as (routing id, message); bad frames are answered.
+
+        At most RECEIVE_BATCH per call: a worker flooding the socket must not starve timers and
+        signals. The poller reports the socket readable again, so nothing is lost.
+        """
         received: list[tuple[bytes, Message]] = []
-        while True:
+        for _ in range(RECEIVE_BATCH):
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return received
+                break
             if len(frames) != 2:
                 LOG.warning("control message with %d frames dropped (expected 1)", len(frames) - 1)
                 continue
@@ -58,6 +64,7 @@ class ControlChannel:
             except ProtocolError as err:
                 LOG.error("refused a control message peer=%s: %s", _peer_name(peer), err)
                 self.send(peer, Error("protocol", str(err)))
+        return received
 
     def send(self, peer: bytes, msg: Message) -> bool:
         """Queue `msg` for `peer`; False (logged at debug) when the peer is gone or full."""

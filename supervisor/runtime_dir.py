@@ -51,9 +51,12 @@ class RuntimeDir:
                 f"runtime dir {self.path} belongs to uid {st.st_uid}, not to this user; "
                 "pick another --runtime-dir"
             )
-        os.chmod(self.path, 0o700)
         lock_path = os.path.join(self.path, LOCK_NAME)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.chmod(self.path, 0o700)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            raise RuntimeDirError(f"cannot lock runtime dir {self.path}: {err}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -6,6 +6,8 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
+
 from supervisor.config_watch import ConfigWatch
 from supervisor.kubelet_watch import KubeletWatch
 
@@ -78,3 +80,18 @@ def test_kubelet_socket_appearing_counts(tmp_path: Path) -> None:
         assert watch.poll()
     finally:
         s.close()
+
+
+def test_unreadable_config_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    f = tmp_path / "config.json"
+    f.write_bytes(b"x")
+    watch = ConfigWatch(f)
+    assert watch.poll() == b"x"
+    f.unlink()
+    with caplog.at_level("WARNING"):
+        assert watch.poll() is None
+        assert watch.poll() is None
+    warnings = [r for r in caplog.records if "keeping the running config" in r.getMessage()]
+    assert len(warnings) == 1
+    f.write_bytes(b"y")
+    assert watch.poll() == b"y"
