@@ -13,13 +13,14 @@ docs/configuration.md is the operator's description of every rule here.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 DEFAULT_RESOURCE_PREFIX = "rdma"
 DEFAULT_PERIODIC_UPDATE_INTERVAL = 60
@@ -792,6 +793,8 @@ def _link_type(text: str) -> tuple[str | None, str]:
         return lowered, ""
     suggestion = _LINK_TYPE_ALIASES.get(lowered)
     if suggestion is None:
+        import difflib  # only for a suggestion in an error: workers never pay for it
+
         close = difflib.get_close_matches(lowered, sorted(LINK_TYPES), n=1, cutoff=0.6)
         suggestion = close[0] if close else None
     if suggestion is not None:
@@ -884,6 +887,8 @@ def _unknown_key(key: str, level: str) -> str:
                 return f"unknown key {_q(key)} here; {_q(k)} belongs {_WHERE[other]}"
     known = _KEYS_BY_LEVEL[level]
     folded_known = {_fold(k): k for k in known}
+    import difflib  # only for a suggestion in an error: workers never pay for it
+
     close = difflib.get_close_matches(folded, list(folded_known), n=1, cutoff=0.6)
     if close:
         return f"unknown key {_q(key)}; did you mean {_q(folded_known[close[0]])}?"

@@ -25,6 +25,8 @@ Messages (type: direction, body)
     configure   supervisor -> worker  {resource: ResourceConfig, settings: WorkerSettings,
                 devices: [Candidate, ...]}
                 The answer to hello: the resource's config, how to serve it, and the matched set.
+                `resource.rdma_hca_max` must be 0..MAX_RDMA_HCA_MAX (common.config), as the config
+                loader requires; anything else is refused as a protocol error.
     devices     supervisor -> worker  {devices: [Candidate, ...]}
                 The resource's new matched device set (always the full set).
     reregister  supervisor -> worker  {reason}
@@ -67,7 +69,7 @@ import uuid
 from dataclasses import KW_ONLY, MISSING, dataclass, field, fields, is_dataclass
 from typing import Any
 
-from common.config import ResourceConfig
+from common.config import MAX_RDMA_HCA_MAX, ResourceConfig
 from common.devices import Candidate
 
 PROTOCOL_VERSION = 1
@@ -304,8 +306,11 @@ def _check_semantics(msg: Message, kind: str) -> None:
             raise ProtocolError(f"{kind}: settings.heartbeat_interval must be > 0")
         if not s.device_plugin_dir:
             raise ProtocolError(f"{kind}: settings.device_plugin_dir must not be empty")
-        if msg.resource.rdma_hca_max < 0:
-            raise ProtocolError(f"{kind}: resource.rdma_hca_max must be >= 0")
+        if not 0 <= msg.resource.rdma_hca_max <= MAX_RDMA_HCA_MAX:
+            # The worker builds one ID per unit: an unchecked count could exhaust its memory.
+            raise ProtocolError(
+                f"{kind}: resource.rdma_hca_max must be between 0 and {MAX_RDMA_HCA_MAX}"
+            )
         if not msg.resource.resource_name or not msg.resource.resource_prefix:
             raise ProtocolError(f"{kind}: resource name and prefix must not be empty")
 

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import pytest
 
 from common import exitcodes
 from common.config import ResourceConfig, Selectors
-from common.messages import Error, Hello, Ready, Stop
+from common.messages import Configure, Error, Hello, Ready, Stop
 from tests.conditions import wait_until
 from tests.standin_supervisor import REPO, Rig, make_candidate, make_resource
 
@@ -160,7 +164,19 @@ def test_ready_reports_registration(rig: Rig) -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [[], ["--resource", "a"], ["--resource", "a", "--control", "not-an-endpoint"]]
+    "args",
+    [
+        [],
+        ["--resource", "a"],
+        ["--resource", "a", "--control", "not-an-endpoint"],
+        # --resource becomes a file name: no path tricks.
+        ["--resource", "../a", "--control", "ipc:///tmp/x"],
+        ["--resource", "a/b", "--control", "ipc:///tmp/x"],
+        ["--resource", "a", "--control", "ipc:///tmp/x", "--connect-timeout", "soon"],
+        ["--resource", "a", "--control", "ipc:///tmp/x", "--log-format", "xml"],
+        ["--resource", "a", "--control", "ipc:///tmp/x", "--bogus", "1"],
+        ["--resource", "a", "--control"],
+    ],
 )
 def test_usage_errors(args: list[str]) -> None:
     proc = subprocess.run(
@@ -171,10 +187,6 @@ def test_usage_errors(args: list[str]) -> None:
 
 
 def test_configure_again_applies_in_place_or_serves_afresh(rig: Rig) -> None:
-    from dataclasses import replace
-
-    from common.messages import Configure
-
     _serving(rig)
     rig.kubelet.wait_for_devices(FULL, lambda ds: len(ds) == 4)
     # Same name and settings: a new snapshot on the same stream, no new registration.
@@ -183,13 +195,87 @@ def test_configure_again_applies_in_place_or_serves_afresh(rig: Rig) -> None:
     )
     rig.kubelet.wait_for_devices(FULL, lambda ds: [d.id for d in ds] == ["0", "1"])
     assert len(rig.kubelet.registrations()) == 1
-    # Settings changed (CDI off): served afresh, registered again, our CDI spec gone.
-    plain = replace(rig.settings, use_cdi=False)
+    # CDI off and a new heartbeat pace: only the Allocate answer and the spec file change; the
+    # kubelet sees no blip (no new registration, the same stream).
+    plain = replace(rig.settings, use_cdi=False, heartbeat_interval=0.3)
     rig.supervisor.send("hca_a", Configure(RESOURCE, plain, DEVICES))
-    rig.kubelet.wait_for_registration(FULL, timeout=3, count=2)
     wait_until(lambda: not (rig.cdi_dir / SPEC).exists(), what="CDI spec removed")
+    rig.kubelet.wait_for_devices(FULL, lambda ds: len(ds) == 4)
     answer = rig.kubelet.allocate(FULL, [["0"]]).container_responses[0]
     assert answer.devices and not answer.cdi_devices
+    assert len(rig.kubelet.registrations()) == 1
+    assert rig.kubelet.streams_opened(FULL) == 1
+    # CDI on again: the spec is back before any name is handed out.
+    rig.supervisor.send("hca_a", Configure(RESOURCE, rig.settings, DEVICES))
+    wait_until(lambda: (rig.cdi_dir / SPEC).exists(), what="CDI spec written")
+    wait_until(
+        lambda: rig.kubelet.allocate(FULL, [["0"]]).container_responses[0].cdi_devices,
+        what="CDI answer",
+    )
+    assert len(rig.kubelet.registrations()) == 1
+    # A new prefix is a new resource name: served afresh and registered under it.
+    other = replace(RESOURCE, resource_prefix="example.org")
+    rig.supervisor.send("hca_a", Configure(other, rig.settings, DEVICES))
+    rig.kubelet.wait_for_registration("example.org/hca_a", timeout=5)
+    wait_until(lambda: not (rig.cdi_dir / SPEC).exists(), what="old CDI spec removed")
+    assert (rig.cdi_dir / "rdma-shared-dp_example.org_hca_a.json").exists()
+
+
+def test_an_identical_device_set_is_not_republished(rig: Rig) -> None:
+    _serving(rig)
+    rig.kubelet.wait_for_devices(FULL, lambda ds: len(ds) == 4)
+    wait_until(lambda: len(rig.kubelet.snapshots(FULL)) == 1, what="first snapshot")
+    rig.supervisor.update_devices("hca_a", DEVICES)
+    # Messages are handled in order: once the answer to this one is in, the devices were too.
+    rig.supervisor.send("hca_a", Hello("hca_a", 1))
+    wait_until(lambda: rig.supervisor.received("hca_a", Error), what="the probe's answer")
+    with pytest.raises(AssertionError):
+        wait_until(lambda: len(rig.kubelet.snapshots(FULL)) > 1, 0.5, what="a needless snapshot")
+    # A real change still goes out.
+    rig.supervisor.update_devices("hca_a", DEVICES[:1])
+    rig.kubelet.wait_for_devices(FULL, lambda ds: len(ds) == 4 and ds[0].numa_nodes == (0,))
+    assert len(rig.kubelet.snapshots(FULL)) == 2
+
+
+def test_cdi_folder_unwritable_refuses_allocate_then_recovers(rig: Rig) -> None:
+    # A file where the CDI folder should be: the spec cannot be written.
+    rig.cdi_dir.write_text("in the way")
+    rig.start_worker(RESOURCE, DEVICES)
+    rig.kubelet.wait_for_registration(FULL, timeout=10)
+    failed = rig.supervisor.wait_for(
+        "hca_a", lambda m: isinstance(m, Error) and m.code == "cdi_write_failed", timeout=5
+    )
+    assert isinstance(failed, Error) and SPEC in failed.message
+    # Nothing is handed out that the runtime could not resolve; the devices say so too.
+    rig.kubelet.wait_for_devices(
+        FULL, lambda ds: len(ds) == 4 and all(d.health == "Unhealthy" for d in ds)
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        rig.kubelet.allocate(FULL, [["0"]])
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "CDI spec" in caught.value.details() and SPEC in caught.value.details()
+    # The folder becomes usable: the spec appears, the devices turn healthy, Allocate works.
+    rig.cdi_dir.unlink()
+    wait_until(lambda: (rig.cdi_dir / SPEC).is_file(), 5, what="CDI spec written on retry")
+    rig.kubelet.wait_for_devices(
+        FULL, lambda ds: len(ds) == 4 and all(d.health == "Healthy" for d in ds)
+    )
+    names = [d.name for d in rig.kubelet.allocate(FULL, [["0"]]).container_responses[0].cdi_devices]
+    assert names == ["example.com/hca_a=0000:03:00.0", "example.com/hca_a=0000:04:00.0"]
+    assert len([m for m in rig.supervisor.received("hca_a", Error)]) == 1  # told once
+    assert len(rig.kubelet.registrations()) == 1
+
+
+def test_a_cdi_spec_rewritten_by_someone_else_is_left_at_shutdown(rig: Rig) -> None:
+    proc = _serving(rig)
+    # A newer instance of this worker (say) rewrote the file: it is not ours to delete now.
+    theirs = rig.cdi_dir / ".theirs"
+    theirs.write_text(json.dumps({"written": "by someone else"}))
+    os.replace(theirs, rig.cdi_dir / SPEC)
+    proc.send_signal(signal.SIGTERM)
+    assert _wait_exit(proc, 5) == exitcodes.OK
+    assert json.loads((rig.cdi_dir / SPEC).read_text()) == {"written": "by someone else"}
+    assert "rewritten by someone else" in rig.log("hca_a")
 
 
 def test_a_file_in_the_way_is_reported_and_retried(rig: Rig) -> None:

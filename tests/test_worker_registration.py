@@ -155,6 +155,11 @@ def test_kubelet_restart_leads_to_reregistration(rig: Rig) -> None:
         assert registration.time - restarted < 0.5
         rig.kubelet.wait_for_devices(FULL, lambda ds: len(ds) == 4 and ds[0].health == "Healthy")
         assert rig.kubelet.stream_open(FULL)
+        # Exactly one registration per restart: the signals (socket wiped, kubelet.sock new,
+        # stream broken) arrive in any order and must not add up to extra registrations.
+        rig.wait_heartbeats()
+        assert len(rig.kubelet.registrations()) == count
+        assert rig.kubelet.stream_open(FULL)
     # Two restarts closer together than one 50 ms look at kubelet.sock can count as one.
     wait_until(
         lambda: _counters(rig).counters.kubelet_restarts >= 1,  # type: ignore[union-attr]

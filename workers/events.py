@@ -18,7 +18,7 @@ class StreamLost:
     """The kubelet cancelled the stream or a send failed: it has lost us."""
 
     generation: int
-    attempt: int  # registration attempt current when the stream opened
+    opened_at: float  # time.monotonic() when the stream opened
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,9 @@ class AttemptDone:
     #: The kubelet answered and said no (Register's UNKNOWN, or another status that is not
     #: "nobody there"): retried slowly and reported, unlike an absent kubelet.
     refused: bool = False
+    kubelet: tuple[int, int] | None = None  # kubelet.sock (device, inode) when Register was called
+    superseded: bool = False  # not tried: its server was replaced meanwhile (no failure)
+    sent_at: float = 0.0  # time.monotonic() right before Register was sent
 
 
 @dataclass(frozen=True)

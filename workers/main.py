@@ -87,6 +87,11 @@ CDI_RETRY_FIRST = 0.05
 CDI_RETRY_CAP = 2.0
 #: How long an attempt waits for a stream we ended to be over before it calls Register.
 END_STREAM_WAIT = 1.0
+#: The kubelet opens ListAndWatch right after Register returns; registered this long without a
+#: live stream means the kubelet lost us (a stream break we could not attribute, say).
+STREAM_GRACE = 1.0
+#: After a success for a replaced server, how long to wait for its stream on the current one.
+ADOPT_WAIT = 0.2
 #: --resource becomes a file name (<name>.sock) and a routing id.
 RESOURCE_ARG = re.compile(r"[A-Za-z0-9_]+\Z")
 
@@ -165,7 +170,11 @@ class Worker:
         self.kubelet_seen = False
         self.registered = False
         self.registered_since = time.time()
-        self.registered_for: tuple[int, int] | None = None  # (generation, attempt)
+        # (server generation, when its Register was sent, kubelet.sock inode it registered with)
+        self.registered_for: tuple[int, float, Inode | None] | None = None
+        self.registered_at = 0.0  # time.monotonic() of the current registration
+        # A success for a server replaced meanwhile: (sent_at, kubelet) until adopted or expired.
+        self.adoptable: tuple[float, Inode | None] | None = None
         self.attempt = 0
         self.attempt_in_flight = False
         self.attempt_key: tuple[int, Inode | None] = (-1, None)
@@ -527,9 +536,18 @@ class Worker:
             return False
         if self.mode == "watcher":
             return True
-        return self.registered_for == (server.generation, live.attempt)
+        return (
+            not self.attempt_in_flight
+            and self.registered_for is not None
+            and self.registered_for[0] == server.generation
+            and live.opened_at >= self.registered_for[1]
+        )
 
     def _reconcile(self, now: float) -> None:
+        if self.cdi_problem is not None and now >= self.next_cdi_at:
+            self._sync_cdi()
+            self._publish()
+
         if self.kubelet is not None:
             change = self.kubelet.poll()
             if change:
@@ -560,10 +578,23 @@ class Worker:
             self.serve_failures = 0
             self.serve_reported = ""
 
-        if self.cdi_problem is not None and now >= self.next_cdi_at:
-            self._sync_cdi()
-            self._publish()
+        if (
+            self.mode == "classic"
+            and self._registration_current()
+            and not self.attempt_in_flight
+            and now - self.registered_at > STREAM_GRACE
+            and self.server is not None
+            and self.hub.live(self.server.generation) is None
+        ):
+            LOG.warning(
+                "no ListAndWatch stream %.1fs after registering: the kubelet lost us; "
+                "registering again",
+                STREAM_GRACE,
+            )
+            self._lose_registration("no stream")
+            self.next_attempt_at = 0.0
 
+        self._adopt()
         if self._wants_attempt() and now >= self.next_attempt_at:
             self._start_attempt()
 
@@ -606,6 +637,14 @@ class Worker:
                 change,
             )
             return
+        current = self.kubelet.current if self.kubelet is not None else None
+        if (
+            self._registration_current()
+            and self.registered_for is not None
+            and self.registered_for[2] == current
+        ):
+            LOG.info("kubelet.sock %s; already registered with this kubelet", change)
+            return
         LOG.info("kubelet.sock %s: the kubelet (re)started; registering again", change)
         if self.mode == "classic":
             self._lose_registration("kubelet restarted")
@@ -619,6 +658,7 @@ class Worker:
         someone got there first) and then unlinked: gRPC only ever touches the private name.
         """
         assert self.resource is not None
+        self.socket_in_use = False
         path = self._socket_path()
         private = os.path.join(os.path.dirname(path), f".{os.getpid()}.sock")
         longest = max(len(os.fsencode(path)), len(os.fsencode(private)))
@@ -666,7 +706,6 @@ class Worker:
             server.stop(None)
             self._serve_failed(path, f"{exc} (is the folder writable?)")
             return False
-        self.socket_in_use = False
         self.server = _Server(self.generation, server, path, socket_identity(path))
         LOG.info("serving socket=%s generation=%d mode=%s", path, self.generation, self.mode)
         return True
@@ -720,20 +759,23 @@ class Worker:
         self.attempt_key = self._attempt_key()
         self.attempt_started = time.monotonic()
         self.attempt += 1
-        self.hub.attempt = self.attempt
         self.attempt_in_flight = True
         self.attempt_lost = False
         classic = self.mode == "classic"
         before_register = None
-        old = self.hub.end_live() if classic else None
-        if old is not None:
+        old = self.hub.end_all() if classic else []
+        if old:
             # Registering beside a live stream and ending it later makes kubelets 1.26-1.35
             # drop the new registration (kubernetes#121994): end it first, wait until it is over.
-            LOG.info("ending the old ListAndWatch stream before registering again")
+            LOG.info("ending %d old ListAndWatch stream(s) before registering again", len(old))
 
             def before_register() -> None:
                 self.hub.wait_over(old, END_STREAM_WAIT)
 
+        generation = self.server.generation
+        LOG.debug(
+            "attempt %d starts generation=%d kubelet=%s", self.attempt, generation, self.attempt_key
+        )
         registration.start_attempt(
             self.events,
             self.server.generation,
@@ -744,6 +786,7 @@ class Worker:
             os.path.basename(self.server.socket_path),
             check_self=self.self_checked_generation != self.server.generation,
             before_register=before_register,
+            still_current=lambda: self.server is not None and self.server.generation == generation,
         )
 
     def _lose_registration(self, reason: str) -> None:
@@ -760,12 +803,18 @@ class Worker:
         elif isinstance(event, StreamLost):
             if event.generation != current:
                 return  # a stream of a server we already replaced
-            if self.mode == "classic" and event.attempt != (
-                self.registered_for[1] if self.registered_for is not None else self.attempt
-            ):
-                return  # a stream of a registration we already replaced
-            LOG.warning("ListAndWatch stream broke: the kubelet lost us; registering again")
-            if self.attempt_in_flight and event.attempt == self.attempt:
+            if self.mode == "classic":
+                if self.attempt_in_flight:
+                    # Most likely the kubelet replacing an old registration's stream because of
+                    # our Register; if it was the new one's, the check in _reconcile notices.
+                    return
+                if self.registered_for is None or event.opened_at < self.registered_for[1]:
+                    return  # a stream of a registration we already replaced
+            LOG.warning(
+                "ListAndWatch stream broke: the kubelet lost us; registering again (generation=%d)",
+                event.generation,
+            )
+            if self.attempt_in_flight:
                 self.attempt_lost = True
             self._lose_registration("stream broke")
             self.next_attempt_at = 0.0
@@ -794,9 +843,21 @@ class Worker:
                 self.next_serve_at = time.monotonic() + delay
 
     def _on_attempt_done(self, event: AttemptDone, current: int) -> None:
+        LOG.debug(
+            "attempt %d done generation=%d current=%d ok=%s lost=%s %s",
+            event.attempt,
+            event.generation,
+            current,
+            event.ok,
+            self.attempt_lost,
+            event.error,
+        )
         if event.attempt != self.attempt:
             return
         self.attempt_in_flight = False
+        if event.superseded:
+            self.next_attempt_at = 0.0
+            return
         if event.self_check_failed:
             LOG.error("%s; serving afresh", event.error)
             if event.generation == current:
@@ -809,12 +870,37 @@ class Worker:
             return
         if event.ok and not self.attempt_lost and event.generation == current:
             self.counters.add("registrations_ok")
-            self.registered_for = (event.generation, event.attempt)
+            self.registered_for = (event.generation, event.sent_at, event.kubelet)
+            self.registered_at = time.monotonic()
             self._set_registered("registered")
+            return
+        if event.ok and not self.attempt_lost and self.server is not None:
+            # Registered while our server was being replaced: the kubelet dials the socket path
+            # (retrying for up to 10 s), so it may well have reached the current server. If it
+            # streams from it, that is our registration; registering again would replace it and
+            # end its stream. Give it a moment to open the stream before trying again.
+            self.adoptable = (event.sent_at, event.kubelet)
+            self.next_attempt_at = time.monotonic() + ADOPT_WAIT
+            self._adopt()
             return
         if event.ok:
             return  # stale success: the loop registers again for what is current
         self._schedule_retry(event.error, event.refused)
+
+    def _adopt(self) -> None:
+        """Take a registration made for a replaced server, if the kubelet streams from ours."""
+        if self.adoptable is None or self.server is None:
+            return
+        sent_at, kubelet = self.adoptable
+        live = self.hub.live(self.server.generation)
+        if live is not None and live.opened_at >= sent_at:
+            self.adoptable = None
+            self.counters.add("registrations_ok")
+            self.registered_for = (self.server.generation, sent_at, kubelet)
+            self.registered_at = time.monotonic()
+            self._set_registered("registered")
+        elif time.monotonic() >= self.next_attempt_at:
+            self.adoptable = None
 
     def _schedule_retry(self, error: str, refused: bool = False) -> None:
         self.counters.add("registrations_failed")

@@ -10,6 +10,7 @@ takes its time; the result comes back as an `AttemptDone` event.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import grpc
@@ -17,6 +18,7 @@ import grpc
 from proto.deviceplugin.v1beta1 import api_pb2 as dp
 from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from workers.events import AttemptDone, EventQueue
+from workers.kubelet_watch import socket_inode
 from workers.servicer import API_VERSION, options
 
 SELF_CHECK_TIMEOUT = 2.0
@@ -70,6 +72,10 @@ def self_check(socket_path: str) -> str:
 
 def register_classic(kubelet_socket: str, endpoint: str, resource_name: str) -> tuple[str, bool]:
     """('', False) when the kubelet accepted, else (why, whether the kubelet refused)."""
+    if socket_inode(kubelet_socket) is None:
+        # No kubelet: fail now. A channel would keep connecting and could reach the next kubelet
+        # after our server has been replaced, registering behind the main loop's back.
+        return f"no kubelet: {kubelet_socket} does not exist (yet)", False
     channel = grpc.insecure_channel(f"unix:{kubelet_socket}")
     try:
         dp_grpc.RegistrationStub(channel).Register(
@@ -80,6 +86,7 @@ def register_classic(kubelet_socket: str, endpoint: str, resource_name: str) -> 
                 options=options(),
             ),
             timeout=REGISTER_TIMEOUT,
+            wait_for_ready=False,
         )
     except grpc.RpcError as err:
         code = err.code() if hasattr(err, "code") else None
@@ -99,12 +106,15 @@ def start_attempt(
     endpoint: str,
     check_self: bool,
     before_register: Callable[[], None] | None = None,
+    still_current: Callable[[], bool] | None = None,
 ) -> threading.Thread:
     """Run one attempt in a daemon thread; `kubelet_socket=None` means only the self-check.
 
     `before_register` runs (in the thread) right before `Register`: the main loop uses it to
     wait until a stream it ended is really over, so the kubelet sees that end before the new
-    registration (kubernetes#121994).
+    registration (kubernetes#121994). `still_current` says whether our server is still the one
+    serving our socket: the kubelet dials the socket path, so a Register made for a server that
+    was replaced meanwhile would register the new one behind the main loop's back.
     """
 
     def run() -> None:
@@ -113,12 +123,21 @@ def start_attempt(
             if problem:
                 events.post(AttemptDone(generation, attempt, False, problem, True))
                 return
-        error, refused = "", False
+        error, refused, kubelet, sent_at = "", False, None, 0.0
         if kubelet_socket:
             if before_register is not None:
                 before_register()
+            if still_current is not None and not still_current():
+                events.post(AttemptDone(generation, attempt, False, "superseded", superseded=True))
+                return
+            kubelet = socket_inode(kubelet_socket)
+            sent_at = time.monotonic()
             error, refused = register_classic(kubelet_socket, endpoint, resource_name)
-        events.post(AttemptDone(generation, attempt, not error, error, False, refused))
+        events.post(
+            AttemptDone(
+                generation, attempt, not error, error, False, refused, kubelet, sent_at=sent_at
+            )
+        )
 
     thread = threading.Thread(target=run, name=f"register-{attempt}", daemon=True)
     thread.start()

@@ -129,17 +129,23 @@ class Counters:
 @dataclass(eq=False)
 class _Stream:
     generation: int
-    attempt: int
+    #: time.monotonic() at open: a stream opened before the current registration's Register
+    #: was sent belongs to an older registration.
+    opened_at: float
     ended: bool = False  # set when we end it (replaced, server stopping); the kubelet did not
     over: bool = False  # the RPC has terminated (gRPC's callback ran)
 
 
 class StreamHub:
-    """The published state and the one live ListAndWatch stream.
+    """The published state and the ListAndWatch streams.
 
-    A new stream replaces the old one (the kubelet opens one per registration). A stream that
-    terminates without us having ended it means the kubelet lost us: that is reported as
-    StreamLost.
+    The newest stream is the live one (the kubelet opens one per registration). An older stream
+    is never ended just because a newer one opened: kubelets 1.26-1.35 keep an old
+    registration's stream open, and when it ends they disconnect the *current* registration
+    (kubernetes#121994). The kubelet ends old streams itself, or we end them all right before we
+    register again. The live stream terminating without us having ended it means the kubelet
+    lost us: that is reported as StreamLost (an older one's end too; the main loop tells them
+    apart by `opened_at`).
     """
 
     def __init__(self, events: EventQueue, counters: Counters) -> None:
@@ -149,8 +155,8 @@ class StreamHub:
         self._published: Published | None = None
         self._version = 0
         self._live: _Stream | None = None
+        self._open: set[_Stream] = set()
         self._first_live_generation = 0
-        self.attempt = 0  # set by the main loop when it starts a registration attempt
 
     @property
     def published(self) -> Published | None:
@@ -163,14 +169,13 @@ class StreamHub:
             self._cond.notify_all()
 
     def open(self, generation: int) -> _Stream:
-        stream = _Stream(generation=generation, attempt=self.attempt)
+        stream = _Stream(generation=generation, opened_at=time.monotonic())
         with self._cond:
             if generation < self._first_live_generation:
                 # Its server is being stopped: end at once, and it was not the kubelet's doing.
                 stream.ended = True
                 return stream
-            if self._live is not None:
-                self._live.ended = True
+            self._open.add(stream)
             self._live = stream
             self._counters.stream_open = True
             self._cond.notify_all()
@@ -184,22 +189,22 @@ class StreamHub:
                 return None
             return live
 
-    def end_live(self) -> _Stream | None:
-        """End the live stream ourselves (not counted as lost); returns it, or None."""
+    def end_all(self) -> list[_Stream]:
+        """End every open stream ourselves (not counted as lost); returns them."""
         with self._cond:
-            live = self._live
-            if live is None:
-                return None
-            live.ended = True
+            ended = list(self._open)
+            for stream in ended:
+                stream.ended = True
+            self._open.clear()
             self._live = None
             self._counters.stream_open = False
             self._cond.notify_all()
-            return live
+            return ended
 
-    def wait_over(self, stream: _Stream, timeout: float) -> bool:
-        """Block until the RPC of `stream` has terminated; False when `timeout` passed first."""
+    def wait_over(self, streams: list[_Stream], timeout: float) -> bool:
+        """Block until the RPCs of `streams` have terminated; False when `timeout` passed first."""
         with self._cond:
-            return self._cond.wait_for(lambda: stream.over, timeout)
+            return self._cond.wait_for(lambda: all(s.over for s in streams), timeout)
 
     def end_generation(self, generation: int | None = None) -> None:
         """We are stopping a server (None: every server): its streams end, not counted as lost.
@@ -207,13 +212,14 @@ class StreamHub:
         Streams that open on that server from now on end at once too.
         """
         with self._cond:
-            live = self._live
             if generation is None:
                 self._first_live_generation = 2**62
             else:
                 self._first_live_generation = max(self._first_live_generation, generation + 1)
-            if live is not None and live.generation < self._first_live_generation:
-                live.ended = True
+            for stream in [s for s in self._open if s.generation < self._first_live_generation]:
+                stream.ended = True
+                self._open.discard(stream)
+            if self._live is not None and self._live.ended:
                 self._live = None
                 self._counters.stream_open = False
             self._cond.notify_all()
@@ -224,12 +230,13 @@ class StreamHub:
             stream.over = True
             lost = not stream.ended
             stream.ended = True
+            self._open.discard(stream)
             if self._live is stream:
                 self._live = None
                 self._counters.stream_open = False
             self._cond.notify_all()
         if lost:
-            self._events.post(StreamLost(stream.generation, stream.attempt))
+            self._events.post(StreamLost(stream.generation, stream.opened_at))
 
     def next_snapshot(
         self, stream: _Stream, seen: int
@@ -264,7 +271,7 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
         if not context.add_callback(lambda: self._hub.terminated(stream)):
             self._hub.terminated(stream)  # already over
             return
-        LOG.info("ListAndWatch opened resource=%s", self._resource)
+        LOG.info("ListAndWatch opened resource=%s generation=%d", self._resource, stream.generation)
         seen = -1
         while True:
             update = self._hub.next_snapshot(stream, seen)
