@@ -11,6 +11,11 @@ state is shared between threads and nothing needs a lock. What happens where:
 - timers: heartbeats and liveness, config polling, kubelet.sock polling, the periodic rescan,
   backoff restarts, the stop ladder (stop message -> SIGTERM -> SIGKILL) and the stop budget.
 
+A handler that raises is a bug, but one bad event must not take the node down: each event is
+handled under a guard that logs the traceback, counts the error per event (`loop_errors`) and
+carries on. Only a burst of errors (MAX_LOOP_ERRORS within LOOP_ERROR_WINDOW) ends the loop, and
+then through the normal stop ladder; workers are SIGKILLed only if that ladder itself fails.
+
 Every place an operator-visible event happens calls one method of an `Observer` (metrics hook).
 The supervisor never imports grpc: workers are separate interpreters.
 """
@@ -22,6 +27,7 @@ import os
 import signal
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -53,7 +59,7 @@ from supervisor.config_watch import ConfigWatch
 from supervisor.control import ControlChannel
 from supervisor.device_state import DeviceState, healthy_count
 from supervisor.kubelet_watch import KubeletWatch
-from supervisor.leftovers import remove_leftovers
+from supervisor.leftovers import remove_leftovers, remove_stale_cdi_specs
 from supervisor.observer import Observer
 from supervisor.restart_policy import RestartPolicy
 from supervisor.runtime_dir import RuntimeDir, RuntimeDirError, orphaned_workers, stop_processes
@@ -86,6 +92,13 @@ SHUTDOWN_BUDGET = 4.2
 #: Waiting for a previous supervisor's orphaned workers to go before ours bind their sockets.
 ORPHAN_WAIT = 3.0
 MAX_POLL_WAIT = 1.0
+#: Handler errors within LOOP_ERROR_WINDOW seconds that make the supervisor stop (in order).
+MAX_LOOP_ERRORS = 20
+LOOP_ERROR_WINDOW = 10.0
+#: Past the stop budget by this much, the loop gives up on the ladder and kills what is left.
+STOP_OVERRUN = 1.0
+#: Routing ids of workers that exited, remembered to drop their last messages quietly.
+DEPARTED_PEERS = 64
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,7 @@ class Options:
     log_format: str = "text"
     uevent_source: str = "kernel"  # kernel, udev or off
     heartbeat_interval: float = HEARTBEAT_INTERVAL
+    config_poll_interval: float = CONFIG_POLL_INTERVAL
 
     def worker_settings(self) -> WorkerSettings:
         return WorkerSettings(
@@ -144,6 +158,15 @@ class Arbiter:
         self.started = time.time()
         self.config_loaded = time.time()
         self.stopping = False
+        self.stop_started = 0.0
+        self.exit_code: int = exitcodes.OK
+        #: Handler errors per event ("timer:heartbeat", "message:ready", ...), since start.
+        self.loop_errors: dict[str, int] = {}
+        self._recent_errors: list[float] = []
+        #: peer -> full name of workers that exited: their last messages are not strangers'.
+        self.departed: OrderedDict[bytes, str] = OrderedDict()
+        self._poller: zmq.Poller | None = None
+        self._extra_fds: tuple[int, ...] = ()
 
     # ---- entry ---------------------------------------------------------------------------
 
@@ -165,12 +188,23 @@ class Arbiter:
             self._open_uevents()
             self._start()
             self._loop(signals)
-            return exitcodes.OK
+            return self.exit_code
         except Exception:
             LOG.exception("the supervisor loop failed (a bug: please report it); stopping")
+            self._stop_in_order(signals)
             return exitcodes.FATAL
         finally:
             self._close(signals)
+
+    def _stop_in_order(self, signals: SignalInbox | None) -> None:
+        """After the loop itself failed: the normal stop ladder, if the loop can still turn."""
+        if signals is None or self.control is None or not any(r.proc for r in self.table):
+            return
+        try:
+            self.begin_shutdown("the supervisor loop failed")
+            self._loop(signals)
+        except Exception:
+            LOG.exception("stopping the workers in order failed too; killing them")
 
     def _start(self) -> None:
         now = self.clock()
@@ -183,29 +217,22 @@ class Arbiter:
             self.control.endpoint if self.control else "",
         )
         self._observe(self.observer.config_applied, self.config)
+        if self.options.use_cdi:
+            remove_stale_cdi_specs(
+                self.options.cdi_dir, {r.full_name for r in self.config.resources}
+            )
         self._rescan("start")
         for resource in self.config.resources:
             self._spawn(self.table.add(resource), "configured")
         self.timers.set(("heartbeat",), now + self.options.heartbeat_interval)
-        self.timers.set(("config",), now + CONFIG_POLL_INTERVAL)
+        self.timers.set(("config",), now + self.options.config_poll_interval)
         self.timers.set(("kubelet",), now + KUBELET_POLL_INTERVAL)
         self._schedule_periodic(now)
         self._observe(self.observer.started, self)
 
     def _loop(self, signals: SignalInbox) -> None:
         assert self.control is not None
-        poller = zmq.Poller()
-        poller.register(self.control.socket, zmq.POLLIN)
-        poller.register(signals.fileno(), zmq.POLLIN)
-        if self.uevents is not None:
-            poller.register(self.uevents.fileno(), zmq.POLLIN)
-        extra_fds: tuple[int, ...] = ()
-        try:
-            extra_fds = tuple(self.observer.poll_fds())
-        except Exception:
-            LOG.exception("observer poll_fds failed; carrying on without them")
-        for fd in extra_fds:
-            poller.register(fd, zmq.POLLIN)
+        poller, extra_fds = self._poll_set(signals)
         while True:
             deadline = self.timers.next_deadline()
             wait = MAX_POLL_WAIT if deadline is None else deadline - self.clock()
@@ -213,19 +240,63 @@ class Arbiter:
             if wanted is not None:
                 wait = min(wait, wanted)
             ready = dict(poller.poll(int(max(0.0, min(wait, MAX_POLL_WAIT)) * 1000)))
-            self._on_signals(signals.drain())
-            self._reap()
+            self._guarded("signals", self._on_signals, signals.drain())
+            self._guarded("reap", self._reap)
             if self.control.socket in ready:
                 for peer, msg in self.control.receive():
-                    self._on_message(peer, msg)
+                    self._guarded(f"message:{type_name(msg)}", self._on_message, peer, msg)
             if self.uevents is not None and self.uevents.fileno() in ready:
-                self._on_uevents()
+                self._guarded("uevents", self._on_uevents)
             for key in self.timers.pop_due(self.clock()):
-                self._on_timer(key)
-            self._reap()
+                kind = key[0] if isinstance(key, tuple) and key else key
+                self._guarded(f"timer:{kind}", self._on_timer, key)
+            self._guarded("reap", self._reap)
             self._observe(self.observer.loop_turned, {fd for fd in extra_fds if fd in ready})
             if self.stopping and not any(r.proc for r in self.table):
                 return
+            if self.stopping and self.clock() > self.stop_started + SHUTDOWN_BUDGET + STOP_OVERRUN:
+                LOG.error("the stop ladder overran its budget; killing what is left")
+                return
+
+    def _poll_set(self, signals: SignalInbox) -> tuple[zmq.Poller, tuple[int, ...]]:
+        """The poller, built once (the loop may be entered again to stop in order)."""
+        if self._poller is not None:
+            return self._poller, self._extra_fds
+        assert self.control is not None
+        poller = zmq.Poller()
+        poller.register(self.control.socket, zmq.POLLIN)
+        poller.register(signals.fileno(), zmq.POLLIN)
+        if self.uevents is not None:
+            poller.register(self.uevents.fileno(), zmq.POLLIN)
+        try:
+            self._extra_fds = tuple(self.observer.poll_fds())
+        except Exception:
+            LOG.exception("observer poll_fds failed; carrying on without them")
+        for fd in self._extra_fds:
+            poller.register(fd, zmq.POLLIN)
+        self._poller = poller
+        return poller, self._extra_fds
+
+    def _guarded(self, event: str, handler: Callable[..., None], *args: Any) -> None:
+        """Run one event's handler; an error is logged and counted, and the loop goes on."""
+        try:
+            handler(*args)
+        except Exception:
+            count = self.loop_errors[event] = self.loop_errors.get(event, 0) + 1
+            LOG.exception(
+                "handling %s failed (a bug: please report it); carrying on errors=%d",
+                event,
+                count,
+            )
+            self._observe(self.observer.loop_error, event)
+            now = self.clock()
+            self._recent_errors = [t for t in self._recent_errors if now - t < LOOP_ERROR_WINDOW]
+            self._recent_errors.append(now)
+            if len(self._recent_errors) >= MAX_LOOP_ERRORS and not self.stopping:
+                self.exit_code = exitcodes.FATAL
+                self.begin_shutdown(
+                    f"{len(self._recent_errors)} handler errors within {LOOP_ERROR_WINDOW:.0f}s"
+                )
 
     def _close(self, signals: SignalInbox | None) -> None:
         for record in self.table:
@@ -321,6 +392,7 @@ class Arbiter:
             LOG.error("cannot start a worker resource=%s: %s", record.full_name, err)
             record.failures += 1
             delay = self.table.policy.delay(record.failures, self.table.rng.random())
+            record.backoff_delay = delay
             self.table.move(record, WorkerState.BACKOFF, f"cannot start: {err}")
             self.timers.set(("start", record.name), now + delay)
             return
@@ -335,6 +407,8 @@ class Arbiter:
         self.timers.cancel(("kill", record.name, pid))
         if code < 0:  # killed (by us, the OOM killer, a crash): it left its socket and CDI spec
             remove_leftovers(record.served or record.config, self.settings)
+        if record.peer is not None:
+            self._remember_departed(record.peer, record.full_name)
         if record.state is WorkerState.STOPPING:
             record.forget_process()
             LOG.info(
@@ -367,6 +441,7 @@ class Arbiter:
             self.table.move(record, WorkerState.FATAL, decision.description)
             return
         record.restarts += 1
+        record.backoff_delay = decision.delay
         LOG.warning(
             "worker exited unexpectedly resource=%s pid=%d: %s; restarting in %.2fs",
             record.full_name,
@@ -397,8 +472,34 @@ class Arbiter:
         self.timers.set(("term", record.name, record.pid), now + STOP_TERM_AFTER)
         self.timers.set(("kill", record.name, record.pid), now + STOP_KILL_AFTER)
 
+    def _remember_departed(self, peer: bytes, full_name: str) -> None:
+        self.departed[peer] = full_name
+        while len(self.departed) > DEPARTED_PEERS:
+            self.departed.popitem(last=False)
+
+    def _retry_early(self, record: WorkerRecord, why: str) -> None:
+        """Start a worker in backoff now, because its config or device set changed.
+
+        At most once per backoff period: a device that keeps coming and going must not restart
+        a crash-looping worker on every rescan. Otherwise it starts when its backoff ends (with
+        the newest config and devices: both are read at start).
+        """
+        now = self.clock()
+        if now - record.early_retry_at < record.backoff_delay:
+            LOG.info(
+                "worker in backoff resource=%s: %s; already retried early in this backoff, "
+                "next start as scheduled",
+                record.full_name,
+                why,
+            )
+            return
+        record.early_retry_at = now
+        self._spawn(record, f"{why}: an early retry")
+
     def _drop(self, record: WorkerRecord) -> None:
         self.table.remove(record.name)
+        # Its worker is gone; a spec it could not remove (a pod killed whole) goes now.
+        remove_leftovers(record.served or record.config, self.settings, "a removed resource left")
         self._observe(self.observer.resource_removed, record.full_name)
         LOG.info("resource removed resource=%s", record.full_name)
 
@@ -407,6 +508,7 @@ class Arbiter:
             return
         LOG.info("stopping every worker: %s", reason)
         self.stopping = True
+        self.stop_started = self.clock()
         for record in self.table:
             self._stop(record, "supervisor stopping")
         self.timers.set(("shutdown",), self.clock() + SHUTDOWN_BUDGET)
@@ -471,6 +573,10 @@ class Arbiter:
     def _refuse_stranger(self, peer: bytes, msg: Message) -> None:
         """A worker we did not start (a previous supervisor's orphan): tell it to stop."""
         assert self.control is not None
+        departed = self.departed.get(peer)
+        if departed is not None:  # its last words, read after it was reaped
+            LOG.debug("%s from a worker that exited resource=%s: ignored", type_name(msg), departed)
+            return
         if isinstance(msg, Heartbeat | Ready):
             LOG.info("telling an unknown worker to stop peer=%s", peer.decode(errors="replace"))
             self.control.send(peer, Stop("not a worker of this supervisor"))
@@ -537,22 +643,24 @@ class Arbiter:
         assert isinstance(key, tuple)
         now = self.clock()
         kind = key[0]
+        # A recurring timer is set again before its handler runs: a handler that raises must
+        # not end the heartbeats (the workers would think the supervisor gone).
         if kind == "heartbeat":
-            self._heartbeat(now)
             self.timers.set(key, now + self.options.heartbeat_interval)
+            self._heartbeat(now)
         elif kind == "config":
+            self.timers.set(key, now + self.options.config_poll_interval)
             if not self.stopping:
                 self._poll_config(forced=False)
-            self.timers.set(key, now + CONFIG_POLL_INTERVAL)
         elif kind == "kubelet":
-            self._poll_kubelet(now)
             self.timers.set(key, now + KUBELET_POLL_INTERVAL)
+            self._poll_kubelet(now)
         elif kind == "kubelet_check":
             self._kubelet_check()
         elif kind == "periodic":
+            self._schedule_periodic(now)
             if not self.stopping:
                 self._rescan("periodic")
-            self._schedule_periodic(now)
         elif kind == "rescan":
             if not self.stopping:
                 self._rescan("uevent")
@@ -684,9 +792,12 @@ class Arbiter:
                     self._send(record, Devices(selected))
                     record.sent_devices = selected
             elif (
-                record.state is WorkerState.BACKOFF and record.name in changed and not self.stopping
+                record.state is WorkerState.BACKOFF
+                and record.name in changed
+                and record.name in self.devices.moved  # its set, not only its health
+                and not self.stopping
             ):
-                self._spawn(record, "devices changed")  # an immediate retry: things moved
+                self._retry_early(record, "devices changed")
 
     # ---- config --------------------------------------------------------------------------
 
@@ -722,7 +833,7 @@ class Arbiter:
     def apply_config(self, new: Config) -> None:
         """Reload = diff -> apply, touching only what changed."""
         diff = diff_configs(self.config, new)
-        interval_changed = new.periodic_update_interval != self.config.periodic_update_interval
+        interval_changed = diff.interval_changed
         self.config = new
         self.config_loaded = time.time()
         LOG.info(
@@ -741,38 +852,44 @@ class Arbiter:
             changed_devices = self.devices.update(result, new.resources)
         else:
             changed_devices = self.devices.reselect(new.resources)
-        wanted = {r.resource_name: r for r in new.resources}
-        for record in self.table:
-            if record.name not in wanted and record.wanted:
-                record.wanted = False
-                record.respawn_after_stop = False
-                self._stop(record, "resource removed from the config")
-        for name, resource in wanted.items():
-            found = self.table.get(name)
+        # The diff is keyed by full name: a changed prefix or name is a removal plus an addition
+        # under the same socket name (resource name), which the same record serves.
+        renamed = {r.resource_name for r in diff.added}
+        for old in diff.removed:
+            found = self.table.get(old.resource_name)
+            if found is None or old.resource_name in renamed:
+                continue
+            found.wanted = False
+            found.respawn_after_stop = False
+            self._stop(found, "resource removed from the config")
+        for resource in diff.added:
+            found = self.table.get(resource.resource_name)
             if found is None:
                 self._spawn(self.table.add(resource), "added to the config")
                 continue
-            record = found
-            same = record.config == resource and record.wanted
-            renamed = record.config.full_name != resource.full_name
-            record.config = resource
-            if same:
+            # Renamed, or removed earlier and still stopping: a new registration, a new process.
+            previous, found.config, found.wanted = found.served, resource, True
+            if found.proc is not None:
+                found.respawn_after_stop = True
+                self._stop(found, "resource renamed")
+            else:
+                if previous is not None and previous.full_name != resource.full_name:
+                    remove_leftovers(previous, self.settings, "a renamed resource left")
+                self._spawn(found, "config changed")
+        for _, resource in diff.changed:
+            found = self.table.get(resource.resource_name)
+            if found is None:
                 continue
-            if not record.wanted or renamed:
-                # A new name (or a comeback) is a new registration: a new process.
-                record.wanted = True
-                if record.proc is not None:
-                    record.respawn_after_stop = True
-                    self._stop(record, "resource renamed")
-                else:
-                    self._spawn(record, "config changed")
-            elif record.state is WorkerState.RUNNING and record.configured:
-                selected = self.devices.selected(name)
-                self._send(record, Configure(resource, self.settings, selected))
-                record.sent_devices = selected
-            elif record.state in (WorkerState.BACKOFF, WorkerState.FATAL):
-                self._spawn(record, "config changed")
-            # STARTING: its hello will get the new config; STOPPING: it restarts with it.
+            found.config = resource
+            if found.state is WorkerState.RUNNING and found.configured:
+                selected = self.devices.selected(resource.resource_name)
+                self._send(found, Configure(resource, self.settings, selected))
+                found.sent_devices = selected
+            elif found.state is WorkerState.BACKOFF:
+                self._retry_early(found, "config changed")
+            elif found.state is WorkerState.FATAL:
+                self._spawn(found, "config changed")
+            # STARTING: its hello gets the new config; STOPPING: it restarts with it if wanted.
         if result is not None:
             self._after_scan("config", result, seconds, changed_devices)  # pushes devices too
         else:

@@ -3,7 +3,9 @@
 A full scan is the truth; this module only remembers the last one and each resource's selection,
 so the loop sends a `devices` message to exactly the resources whose set or health moved.
 Candidates are frozen values that carry port states, operstates and char-device presence, so
-plain equality covers "health changed" too.
+plain equality covers "health changed" too. `moved` keeps apart the resources whose device *set*
+changed (a device came or went), which is what justifies restarting a worker in backoff early;
+a health change alone does not (a flapping port must not defeat the backoff).
 """
 
 from __future__ import annotations
@@ -19,10 +21,17 @@ def healthy_count(devices: Iterable[Candidate]) -> int:
     return sum(1 for d in devices if d.usable and d.healthy)
 
 
+def device_names(devices: Iterable[Candidate]) -> frozenset[str]:
+    """A device set without its health: which functions, not in what state."""
+    return frozenset(d.name for d in devices)
+
+
 class DeviceState:
     def __init__(self) -> None:
         self.scan = Scan()
         self._selected: dict[str, tuple[Candidate, ...]] = {}  # resource name -> matched set
+        #: Names whose matched device set (not just health) changed in the last update/reselect.
+        self.moved: set[str] = set()
 
     def selected(self, resource_name: str) -> tuple[Candidate, ...]:
         return self._selected.get(resource_name, ())
@@ -40,6 +49,11 @@ class DeviceState:
         before = self._selected
         self._selected = {
             r.resource_name: select(r, self.scan.candidates).selected for r in resources
+        }
+        self.moved = {
+            name
+            for name, devices in self._selected.items()
+            if name not in before or device_names(before[name]) != device_names(devices)
         }
         return {
             name

@@ -5,6 +5,11 @@ could not, so the supervisor removes them after it is gone: the worker's socket 
 device-plugin and plugins-registry folders (only if it is a socket), and a CDI spec of this
 plugin (file name starts with the `rdma-shared-dp_` producer tag) whose `kind` is the resource's.
 Nothing else is ever touched.
+
+At start, and when a resource leaves the config while no worker runs for it, the supervisor also
+removes this plugin's CDI specs whose kind is no longer configured: a pod killed as a whole (tini
+as PID 1 SIGKILLs every process) leaves the specs of resources a later config dropped, and no
+worker would ever remove them. This assumes one supervisor per `--cdi-dir` (one per node).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Collection
 
 from common.config import ResourceConfig
 from common.messages import WorkerSettings
@@ -29,11 +35,11 @@ def worker_sockets(resource: ResourceConfig, settings: WorkerSettings) -> list[s
     return [os.path.join(folder, name) for folder in folders if folder]
 
 
-def cdi_specs(resource: ResourceConfig, cdi_dir: str) -> list[str]:
-    """This plugin's CDI spec files in `cdi_dir` whose kind is `resource`'s."""
+def tagged_cdi_specs(cdi_dir: str) -> list[tuple[str, str]]:
+    """(path, kind) of each readable CDI spec file of this plugin in `cdi_dir`."""
     found = []
     try:
-        names = os.listdir(cdi_dir)
+        names = sorted(os.listdir(cdi_dir))
     except OSError:
         return []
     for name in names:
@@ -44,14 +50,34 @@ def cdi_specs(resource: ResourceConfig, cdi_dir: str) -> list[str]:
             with open(path, "rb") as f:
                 kind = json.loads(f.read(1024 * 1024)).get("kind")
         except (OSError, ValueError, AttributeError):
-            continue
-        if kind == resource.full_name:
-            found.append(path)
+            continue  # not ours to judge: a spec we cannot read stays
+        if isinstance(kind, str):
+            found.append((path, kind))
     return found
 
 
-def remove_leftovers(resource: ResourceConfig, settings: WorkerSettings) -> list[str]:
-    """Remove a killed worker's socket(s) and CDI spec; the paths removed."""
+def cdi_specs(resource: ResourceConfig, cdi_dir: str) -> list[str]:
+    """This plugin's CDI spec files in `cdi_dir` whose kind is `resource`'s."""
+    return [path for path, kind in tagged_cdi_specs(cdi_dir) if kind == resource.full_name]
+
+
+def remove_stale_cdi_specs(cdi_dir: str, kinds: Collection[str]) -> list[str]:
+    """Remove this plugin's CDI specs whose kind is not in `kinds`; the paths removed."""
+    removed = []
+    for path, kind in tagged_cdi_specs(cdi_dir):
+        if kind in kinds:
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            removed.append(path)
+            LOG.info("removed a stale CDI spec kind=%s path=%s (not in the config)", kind, path)
+    return removed
+
+
+def remove_leftovers(
+    resource: ResourceConfig, settings: WorkerSettings, why: str = "a killed worker left"
+) -> list[str]:
+    """Remove a killed (or gone) worker's socket(s) and CDI spec; the paths removed."""
     removed = []
     for path in worker_sockets(resource, settings):
         with contextlib.suppress(OSError):
@@ -65,7 +91,8 @@ def remove_leftovers(resource: ResourceConfig, settings: WorkerSettings) -> list
                 removed.append(path)
     if removed:
         LOG.info(
-            "removed what a killed worker left resource=%s files=%s",
+            "removed what %s resource=%s files=%s",
+            why,
             resource.full_name,
             ",".join(removed),
         )

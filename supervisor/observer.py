@@ -68,6 +68,10 @@ class Observer:
     def config_applied(self, config: Config) -> None:
         """The running config: at start (before the first scan) and after each good reload."""
 
+    def loop_error(self, event: str) -> None:
+        """Handling `event` ("timer:heartbeat", "message:ready", "reap", ...) raised: a bug,
+        logged with its traceback; the loop carried on."""
+
     def stopped(self) -> None:
         """The supervisor is stopping; release anything `started` took."""
 

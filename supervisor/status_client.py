@@ -27,11 +27,17 @@ class StatusError(Exception):
 
 def fetch_status(runtime_dir: str, timeout: float = TIMEOUT) -> Status:
     path = os.path.join(runtime_dir, SOCKET_NAME)
-    if not os.path.exists(path):
+    try:
+        os.stat(path)
+    except PermissionError:
+        raise StatusError(_denied(path)) from None
+    except OSError:
         raise StatusError(
             f"no supervisor control socket at {path}: is `rdma-shared-dp run` running with "
             "this --runtime-dir?"
-        )
+        ) from None
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise StatusError(_denied(path))
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     try:
@@ -57,10 +63,20 @@ def fetch_status(runtime_dir: str, timeout: float = TIMEOUT) -> Status:
         ctx.term()
 
 
+def _denied(path: str) -> str:
+    return (
+        f"permission denied on the supervisor control socket {path}: run this as the "
+        "supervisor's user (root in the DaemonSet: `kubectl exec` into the pod)"
+    )
+
+
 def _when(unix: float) -> str:
-    if unix <= 0:
+    if not unix > 0:  # also NaN
         return "-"
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
+    except (OverflowError, OSError, ValueError):  # a time no calendar here can show
+        return f"?({unix:g})"
 
 
 def render_text(status: Status) -> str:

@@ -69,6 +69,8 @@ class WorkerRecord:
     last_heard: float = 0.0  # monotonic
     failures: int = 0  # consecutive quick failures, for the restart policy
     restarts: int = 0
+    backoff_delay: float = 0.0  # the delay of the current (or last) backoff
+    early_retry_at: float = float("-inf")  # monotonic time of the last early retry from backoff
     kill_reason: str = ""  # set when the supervisor killed it for being hung
     configured: bool = False  # a configure reached the current process
     sent_devices: tuple[Candidate, ...] | None = None

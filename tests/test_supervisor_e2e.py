@@ -209,7 +209,11 @@ def test_device_removed_seen_through_a_real_uevent() -> None:
         rig.close()
 
 
-@pytest.mark.parametrize("plant", [{"interval": 1}], indirect=True)
+def _periodic_scans(rig: Plant) -> int:
+    return rig.log().count("device scan trigger=periodic")
+
+
+@pytest.mark.parametrize("plant", [{"interval": 1, "rig": {"log_level": "debug"}}], indirect=True)
 def test_device_removed_seen_by_the_periodic_rescan(plant: Plant) -> None:
     for name in ABC:
         plant.kubelet.wait_for_devices(full(name), lambda ds: len(ds) == 4)
@@ -224,8 +228,8 @@ def test_device_removed_seen_by_the_periodic_rescan(plant: Plant) -> None:
     # A broken sysfs entry is logged once, not at every rescan.
     plant.tree.write(plant.tree.function_dir("0000:bc:00.0") + "/numa_node", b"\xff\xfe")
     wait_until(lambda: "device scan skipped an entry" in plant.log(), timeout=5, what="warning")
-    deadline = time.monotonic() + 2.2  # two more periodic scans
-    wait_until(lambda: time.monotonic() > deadline, timeout=5)
+    scans = _periodic_scans(plant)
+    wait_until(lambda: _periodic_scans(plant) >= scans + 2, timeout=5, what="two more scans")
     assert plant.log().count("device scan skipped an entry") == 1
     assert "numa_node" in plant.log()
 
@@ -247,6 +251,8 @@ def test_port_down_turns_unhealthy_and_back(plant: Plant) -> None:
 
 def test_kubelet_restart_is_followed_by_reregistration_of_all(plant: Plant) -> None:
     plant.kubelet.restart()
+    # The supervisor's own watch saw it (the workers also notice by themselves).
+    wait_until(lambda: "kubelet.sock was replaced" in plant.log(), timeout=5, what="the watch")
     plant.wait_registered(ABC, count=2)
     for name in ABC:
         plant.kubelet.wait_for_devices(full(name), lambda ds: len(ds) == 4)
@@ -315,9 +321,9 @@ def test_invalid_config_at_start_prints_every_error_and_exits() -> None:
 
 
 def test_worker_that_cannot_serve_its_config_waits_in_fatal() -> None:
-    config = three_resources()
+    config = three_resources(interval=1)  # periodic scans: the clock this test waits on
     config["configList"][2]["resourceName"] = "9c"  # valid for the kubelet, not as a CDI kind
-    rig = Plant(config, use_cdi=True)
+    rig = Plant(config, use_cdi=True, log_level="debug")
     try:
         rig.start()
         rig.wait_registered(["a", "b"])
@@ -325,10 +331,11 @@ def test_worker_that_cannot_serve_its_config_waits_in_fatal() -> None:
         assert row.pid == 0 and "config invalid" in row.reason
         starts = rig.log().count("worker started resource=example.com/9c")
         assert starts == 1
-        # No restart loop: still one start a few heartbeats later...
-        deadline = time.monotonic() + 1.5
-        wait_until(lambda: time.monotonic() > deadline, timeout=3)
+        # No restart loop: still one start two periodic scans (over a second) later...
+        scans = _periodic_scans(rig)
+        wait_until(lambda: _periodic_scans(rig) >= scans + 2, timeout=5, what="two more scans")
         assert rig.log().count("worker started resource=example.com/9c") == 1
+        assert rig.worker("9c").state == "fatal"
         # ...until its config changes.
         config["configList"][2]["rdmaHcaMax"] = 2
         rig.write_config(config)
@@ -389,3 +396,55 @@ def test_a_stuck_worker_is_killed_within_the_stop_budget_and_cleaned_up(plant: P
     assert plant.sockets() == []  # b's socket removed by the supervisor
     assert list(plant.cdi_dir.glob("*.json")) == []  # and its CDI spec
     assert plant.worker_processes() == []
+
+
+def _snapshots(rig: Plant) -> dict[str, int]:
+    return {n: len(rig.kubelet.snapshots(full(n))) for n in ABC}
+
+
+def test_a_reload_leaves_unchanged_resources_alone(plant: Plant) -> None:
+    pids, streams, snapshots = _pids(plant), _streams(plant), _snapshots(plant)
+    config = three_resources()
+    config["configList"][1]["rdmaHcaMax"] = 2  # b changes; a and c do not
+    plant.write_config(config)
+    plant.kubelet.wait_for_devices(full("b"), lambda ds: len(ds) == 2)
+    config["configList"][2]["rdmaHcaMax"] = 3  # then c; a still not
+    plant.write_config(config)
+    plant.kubelet.wait_for_devices(full("c"), lambda ds: len(ds) == 3)
+    assert _pids(plant) == pids  # a changed rdmaHcaMax needs no new process either
+    assert _streams(plant) == streams
+    # a got no new snapshot through either reload (b and c got one each, then the next).
+    assert len(plant.kubelet.snapshots(full("a"))) == snapshots["a"]
+    assert plant.registrations("a") == 1
+
+
+def test_a_selector_change_keeps_the_process_and_sends_the_new_device_set(plant: Plant) -> None:
+    pids = _pids(plant)
+    before = plant.kubelet.devices(full("a")) or []
+    assert {d.numa_nodes for d in before} == {(0,)}  # mlx5_0 and mlx5_1 sit on NUMA node 0
+    config = three_resources()
+    config["configList"][0]["selectors"] = {"rdmaDevices": ["mlx5_2"]}  # on NUMA node 1
+    plant.write_config(config)
+    plant.kubelet.wait_for_devices(
+        full("a"), lambda ds: len(ds) == 4 and {d.numa_nodes for d in ds} == {(1,)}
+    )
+    wait_until(lambda: plant.worker("a").devices == 1, what="a down to one HCA in the status")
+    assert _pids(plant) == pids
+    assert plant.registrations("a") == 1
+
+
+@pytest.mark.parametrize("plant", [{"rig": {"use_cdi": True}}], indirect=True)
+def test_removing_a_resource_removes_its_cdi_spec(plant: Plant) -> None:
+    def kinds() -> set[str]:
+        found = set()
+        for path in plant.cdi_dir.glob("*.json"):
+            found.add(json.loads(path.read_text())["kind"])
+        return found
+
+    wait_until(lambda: kinds() == {full(n) for n in ABC}, what="3 CDI specs")
+    config = three_resources()
+    del config["configList"][2]
+    plant.write_config(config)
+    wait_until(lambda: not plant.has_worker("c"), what="c leaves the worker table")
+    assert kinds() == {full("a"), full("b")}
+    assert plant.sockets() == ["a.sock", "b.sock"]

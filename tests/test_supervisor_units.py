@@ -7,11 +7,13 @@ import ast
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -213,7 +215,9 @@ def test_worker_environment_is_explicit(monkeypatch: pytest.MonkeyPatch) -> None
     assert "SECRET_TOKEN" not in env and env["LANG"] == "C.UTF-8"
     assert env["RDMA_SHARED_DP_LOG_LEVEL"] == "DEBUG"
     assert env["RDMA_SHARED_DP_LOG_FORMAT"] == "json"
+    assert env["MALLOC_ARENA_MAX"] == "2"
     assert worker_command("a", "ipc:///x")[1:] == [
+        "-OO",
         "-m",
         "workers",
         "--resource",
@@ -298,3 +302,57 @@ def test_status_rendering() -> None:
     assert "example.com/b: fatal: config invalid" in text
     data = json.loads(render_json(status))
     assert data["workers"][1]["state"] == "fatal" and "id" not in data
+
+
+def _fetch_as_nobody(runtime_dir: str) -> str:
+    """fetch_status's error message in a child running as `nobody` (root ignores permissions)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only os-level calls and an already imported function
+        os.close(read)
+        message = "no error"
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            fetch_status(runtime_dir, timeout=0.2)
+        except StatusError as err:
+            message = str(err)
+        except BaseException as err:  # reported to the parent, whatever it is
+            message = f"unexpected {err!r}"
+        os.write(write, message.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        message = f.read().decode()
+    os.waitpid(pid, 0)
+    return message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a child as another user")
+def test_status_says_permission_denied_rather_than_no_socket() -> None:
+    root = tempfile.mkdtemp(dir="/tmp")
+    try:
+        os.chmod(root, 0o755)
+        runtime = os.path.join(root, "run")
+        os.mkdir(runtime, 0o700)
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(os.path.join(runtime, "control.sock"))
+        try:
+            message = _fetch_as_nobody(runtime)  # cannot even look into the folder
+            assert "permission denied" in message and "no supervisor" not in message
+            os.chmod(runtime, 0o755)
+            os.chmod(os.path.join(runtime, "control.sock"), 0o600)
+            message = _fetch_as_nobody(runtime)  # can see the socket, cannot connect
+            assert "permission denied" in message and "no supervisor" not in message
+            assert "no supervisor control socket" in _fetch_as_nobody(os.path.join(root, "x"))
+        finally:
+            sock.close()
+    finally:
+        shutil.rmtree(root)
+
+
+@pytest.mark.parametrize("since", [1e20, -1e20, float("inf"), float("nan"), 0.0])
+def test_status_rendering_survives_any_time(since: float) -> None:
+    row = WorkerStatus("example.com/a", "running", 12, 0, 2, 2, True, since, 3, "classic")
+    text = render_text(Status(1, since, "/cfg.json", since, False, (row,)))
+    assert "example.com/a  running" in text
