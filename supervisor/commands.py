@@ -49,7 +49,15 @@ def discover(args: argparse.Namespace) -> int:
         except ConfigError as err:
             _print_config_errors(err, config_file)
             return exitcodes.CONFIG_INVALID
-    report = build_report(config, scan(args.host_root), args.host_root, config_file)
+    result = scan(args.host_root)
+    if any(p.reason == "no_pci_bus" for p in result.problems):
+        print(
+            f"discover: no PCI bus under {args.host_root}/sys (is --host-root a host's root, "
+            "with /sys mounted?)",
+            file=sys.stderr,
+        )
+        return exitcodes.FATAL
+    report = build_report(config, result, args.host_root, config_file)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

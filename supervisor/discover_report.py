@@ -75,7 +75,8 @@ def build_report(
 
 
 _COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
-    ("DEVICE", lambda d: d["name"]),
+    # a sub-function is shown under its parent's address: 0000:b1:00.0/mlx5_core.sf.2
+    ("PCI ADDRESS", lambda d: f"{d['pci_address']}/{d['name']}" if d["auxiliary"] else d["name"]),
     ("VENDOR:DEVICE", lambda d: f"{d['vendor']}:{d['device_id']}"),
     ("DRIVER", lambda d: d["driver"] or "-"),
     ("NETDEV", lambda d: d["netdev"] or "-"),

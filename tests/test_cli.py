@@ -146,3 +146,19 @@ def test_unknown_flag_is_a_usage_error() -> None:
     out = _cli("run", "--no-such-flag")
     assert out.returncode == 2
     assert "--no-such-flag" in out.stderr
+
+
+def test_discover_without_a_pci_bus_is_an_error(tmp_path: Path) -> None:
+    out = _cli("discover", "--host-root", str(tmp_path), "--config-file", "")
+    assert out.returncode == 5
+    assert "no PCI bus" in out.stderr
+
+
+def test_discover_table_lists_subfunctions_under_their_parent(tmp_path: Path) -> None:
+    from simulator.sysfs import build_demo_node
+
+    build_demo_node(tmp_path)
+    out = _cli("discover", "--host-root", str(tmp_path), "--config-file", "")
+    assert out.returncode == 0, out.stderr
+    assert "0000:b1:00.0/mlx5_core.sf.2" in out.stdout
+    assert out.stdout.splitlines()[1].split()[:2] == ["PCI", "ADDRESS"]

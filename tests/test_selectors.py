@@ -113,3 +113,17 @@ def test_one_device_may_serve_several_resources() -> None:
     hca = _hca()
     assert select(_resource(vendors=("15b3",)), [hca]).selected == (hca,)
     assert select(_resource(if_names=("ib0",)), [hca]).selected == (hca,)
+
+
+@pytest.mark.parametrize(
+    "selectors",
+    [
+        Selectors(if_names=("ib",)),  # a prefix is not a match
+        Selectors(if_names=("IB0",)),  # netdev names are case-sensitive
+        Selectors(drivers=("mlx5",)),
+        Selectors(rdma_devices=("mlx5_",)),
+        Selectors(pci_addresses=("0000:3b:00",)),
+    ],
+)
+def test_matching_is_exact(selectors: Selectors) -> None:
+    assert first_rejection(selectors, _hca()) is not None
