@@ -39,7 +39,7 @@ Messages (type: direction, body)
     heartbeat   both directions       {counters: WorkerCounters | null}
                 Every `heartbeat_interval` seconds from each side. The worker's carries its
                 counters (totals since the worker process started); the supervisor's has null.
-                A worker that hears nothing at all from the supervisor for 3 intervals shuts down
+                A worker that hears nothing at all from the supervisor for 2.5 intervals shuts down
                 cleanly and exits with `SUPERVISOR_LOST`: no orphan keeps serving.
     error       both directions       {code, message}
                 Something was refused or went wrong; `code` is a short stable label.

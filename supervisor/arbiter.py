@@ -70,8 +70,8 @@ from supervisor.worker_table import WorkerRecord, WorkerState, WorkerTable
 
 LOG = logging.getLogger(__name__)
 
-#: Seconds between heartbeats, both ways. A worker that hears nothing for 3 of them exits, so
-#: a killed supervisor leaves no worker behind for more than 3 s plus the worker's 2 s stop.
+#: Seconds between heartbeats, both ways. A worker that hears nothing for 2.5 of them exits, so
+#: a killed supervisor leaves no worker behind for more than 2.5 s plus the worker's 2 s stop.
 HEARTBEAT_INTERVAL = 1.0
 #: A running worker silent for this many heartbeat intervals is hung: killed and restarted.
 HUNG_AFTER_BEATS = 5

@@ -281,7 +281,7 @@ def test_sigkill_of_the_supervisor_leaves_no_process_and_a_new_one_starts(plant:
     started = time.monotonic()
     _, alive = psutil.wait_procs(workers, timeout=8)
     assert alive == [], f"workers still alive: {alive}"
-    assert time.monotonic() - started < 6.0
+    assert time.monotonic() - started < 5.0  # the issue: every worker exits by itself within 5 s
     assert plant.worker_processes() == []
     # A new supervisor on the same folders comes up cleanly.
     plant.start()

@@ -71,7 +71,7 @@ LOG = logging.getLogger("workers")
 KUBELET_SOCKET = "kubelet.sock"
 HELLO_INTERVAL = 1.0
 #: Heartbeat periods of silence after which the supervisor counts as gone.
-SILENT_PERIODS = 3
+SILENT_PERIODS = 2.5  # with the <= 2 s shutdown, orphans are gone within 5 s of a SIGKILL
 #: Shutdown budget: the server must be stopped within 2 s.
 STOP_GRACE = 0.5
 STOP_BUDGET = 2.0
