@@ -1,4 +1,8 @@
-"""Logging setup shared by every process: `key=value` text or one JSON object per line."""
+"""Logging setup shared by every process: plain text or one JSON object per line.
+
+Supervisor and workers use the same shape, so one log query covers both: JSON lines carry `ts`,
+`level`, `logger`, `msg`, `process` (supervisor or worker), `pid`, and fields such as `resource`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 LOG_FORMATS = ("text", "json")
@@ -13,6 +18,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, process: str = "", fields: Mapping[str, str] | None = None) -> None:
+        super().__init__()
+        self.process = process
+        self.fields = dict(fields or {})
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -21,18 +31,28 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if self.process:
+            entry["process"] = self.process
+        entry["pid"] = record.process
+        entry.update(self.fields)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 
-def setup_logging(level: str = "info", fmt: str = "text", process: str = "") -> None:
-    """Configure the root logger once per process; `process` tags every text line."""
+def setup_logging(
+    level: str = "info",
+    fmt: str = "text",
+    process: str = "",
+    fields: Mapping[str, str] | None = None,
+) -> None:
+    """Configure the root logger once per process; `process` and `fields` tag every line."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(process, fields))
     else:
-        tag = f" {process}" if process else ""
+        tags = "".join(f" {k}={v}" for k, v in (fields or {}).items())
+        tag = f" {process}{tags} pid=%(process)d" if process else tags
         handler.setFormatter(
             logging.Formatter(f"%(asctime)s %(levelname)s{tag} %(name)s: %(message)s")
         )

@@ -960,32 +960,9 @@ def _serving_key(settings: WorkerSettings, resource: ResourceConfig) -> tuple[st
 
 
 def _setup_logging(resource: str, level: str, fmt: str) -> None:
-    if fmt == "json":
-        import json
+    from common.logs import setup_logging
 
-        class _Json(logging.Formatter):
-            def format(self, record: logging.LogRecord) -> str:
-                return json.dumps(
-                    {
-                        "time": self.formatTime(record),
-                        "level": record.levelname,
-                        "process": "worker",
-                        "resource": resource,
-                        "pid": record.process,
-                        "msg": record.getMessage(),
-                    }
-                )
-
-        handler = logging.StreamHandler()
-        handler.setFormatter(_Json())
-    else:
-        handler = logging.StreamHandler()
-        handler.setFormatter(
-            logging.Formatter(
-                f"%(asctime)s %(levelname)s worker resource={resource} pid=%(process)d %(message)s"
-            )
-        )
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    setup_logging(level, fmt, process="worker", fields={"resource": resource})
 
 
 USAGE = (
