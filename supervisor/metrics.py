@@ -16,6 +16,10 @@ turned into a delta against the previous totals of the same pid (a new pid, or a
 down, starts a new process whose totals are all delta). What a worker counted after its last
 heartbeat before it died is lost; that is at most one heartbeat interval of counts.
 
+Every counter of a resource exists from the moment the resource does (allocations and
+registrations by result, worker restarts by each reason in `RESTART_REASONS`), at 0: Prometheus
+cannot see the first increment of a series that appears already at 1.
+
 Thread safety: the loop calls the setters, the HTTP server's thread calls `render()`; one lock
 guards the state, and `render()` copies it out under the lock before formatting.
 """
@@ -52,6 +56,17 @@ FAILURE = "failure"
 #: Upper bounds (seconds) of the device-scan duration histogram: a sysfs walk takes milliseconds
 #: on a small node and can reach a second on a large one with a slow /sys.
 SCAN_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+#: `reason` values of worker_restarts_total that the supervisor uses (`worker_table.exit_decision`
+#: and the arbiter's kills). Each starts at 0 when its resource appears: a counter series born at 1
+#: hides its first increment from increase() and rate().
+RESTART_REASONS: tuple[str, ...] = (
+    "crashed",
+    "killed",
+    "hung",
+    "start_timeout",
+    "config_invalid",
+    "exited",
+)
 
 #: name -> (type, labels, help). The single list of what the plugin exports.
 FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
@@ -123,6 +138,12 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         "gauge",
         (),
         "Unix time of the last successful config load (at start or reload).",
+    ),
+    # Not in issue 5's list: a counter of refusals cannot say that the refused file is still there.
+    "config_last_reload_successful": (
+        "gauge",
+        (),
+        "1 when the newest config file was loaded, 0 while it is refused (the previous one runs).",
     ),
     "device_scans_total": ("counter", ("trigger",), "Full sysfs device scans, by trigger."),
     "device_scan_duration_seconds": ("histogram", (), "Time a full sysfs device scan took."),
@@ -250,6 +271,7 @@ class Metrics:
         self._kubelet_restarts = 0
         self._reloads: dict[str, int] = {SUCCESS: 0, FAILURE: 0}
         self._last_reload_success: float | None = None
+        self._last_reload_ok: bool | None = None  # None until the config is first loaded
         self._scans: dict[str, int] = {}
         self._scan_errors: dict[str, int] = {}
         self._scan_duration = _Histogram.empty(SCAN_BUCKETS)
@@ -359,12 +381,14 @@ class Metrics:
         """The config was loaded at start (not counted as a reload; sets the success time)."""
         with self._lock:
             self._last_reload_success = when
+            self._last_reload_ok = True
 
     def config_reload(self, ok: bool, when: float) -> None:
         """A changed config file was applied (ok) or refused; `when` is Unix time."""
         with self._lock:
             result = SUCCESS if ok else FAILURE
             self._reloads[result] += 1
+            self._last_reload_ok = ok
             if ok:
                 self._last_reload_success = when
 
@@ -382,7 +406,7 @@ class Metrics:
     def _resource(self, name: str) -> _Resource:
         r = self._resources.get(name)
         if r is None:
-            r = self._resources[name] = _Resource()
+            r = self._resources[name] = _Resource(restarts=dict.fromkeys(RESTART_REASONS, 0))
         return r
 
     def describe(self) -> list[Metric]:
@@ -404,6 +428,8 @@ class Metrics:
                 add("config_reloads_total", [result], n)
             if self._last_reload_success is not None:
                 add("config_last_reload_success_timestamp_seconds", [], self._last_reload_success)
+            if self._last_reload_ok is not None:
+                add("config_last_reload_successful", [], 1 if self._last_reload_ok else 0)
             for trigger, n in sorted(self._scans.items()):
                 add("device_scans_total", [trigger], n)
             for reason, n in sorted(self._scan_errors.items()):

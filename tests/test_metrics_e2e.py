@@ -216,6 +216,7 @@ def test_live_endpoint_passes_promtool_and_shows_every_resource(plant: MetricsPl
     assert got[(P + "device_scans_total", frozenset({("trigger", "start")}))] == 1
     assert got[(P + "config_reloads_total", frozenset({("result", "failure")}))] == 0
     assert got[(P + "config_last_reload_success_timestamp_seconds", frozenset())] > 1.7e9
+    assert got[(P + "config_last_reload_successful", frozenset())] == 1
     assert got[(P + "build_info", frozenset({("version", "0.1.0")}))] == 1
     # Pods come from the PodResources simulator, only for this plugin's resources.
     pods = {k: v for k, v in got.items() if k[0] == P + "pod_allocations"}
@@ -292,7 +293,8 @@ def test_kill_9_counts_a_worker_restart_and_keeps_counters(plant: MetricsPlant) 
     )
     # The new process starts its counters at zero; the exported counter does not go back.
     assert plant.value("allocations_total", resource=res, result="success") == 1
-    assert plant.value("worker_restarts_total", resource=full("a"), reason="killed") is None
+    # The other resource's restart counters exist from its start, at 0, and did not move.
+    assert plant.value("worker_restarts_total", resource=full("a"), reason="killed") == 0
 
 
 def test_config_reloads_are_counted_and_applied(plant: MetricsPlant) -> None:
@@ -304,6 +306,7 @@ def test_config_reloads_are_counted_and_applied(plant: MetricsPlant) -> None:
     )
     assert plant.value("config_reloads_total", result="success") == 0
     assert plant.value("config_last_reload_success_timestamp_seconds") == before
+    assert plant.value("config_last_reload_successful") == 0
     assert plant.value("resource_devices", resource=full("c")) == 4  # the running config stays
 
     # A good one: a's rdmaHcaMax changes (no device moves) and c leaves the config.
@@ -324,6 +327,7 @@ def test_config_reloads_are_counted_and_applied(plant: MetricsPlant) -> None:
     )
     after = plant.value("config_last_reload_success_timestamp_seconds")
     assert before is not None and after is not None and after > before
+    assert plant.value("config_last_reload_successful") == 1
     # The pod holding b's device stays; readiness now counts the two configured resources.
     until(lambda: plant.get("/readyz") == (200, "ok\n2 resources registered\n"))
 

@@ -199,7 +199,8 @@ def test_real_prometheus_scrapes_the_endpoint(
             prom.value('rdma_shared_dp_hca_port_up{rdma_device="mlx5_1"}') == 0.0
             and prom.value('rdma_shared_dp_allocations_total{result="success"}') == 7.0
             and prom.value('rdma_shared_dp_config_reloads_total{result="failure"}') == 2.0
-            and prom.value("rdma_shared_dp_worker_restarts_total") == 2.0
+            and prom.value('rdma_shared_dp_worker_restarts_total{reason="exited"}') == 2.0
+            and prom.value("rdma_shared_dp_config_last_reload_successful") == 0.0
         )
 
     wait_until(moved, timeout=10, interval=0.2, what="the new values in prometheus")

@@ -439,12 +439,27 @@ SCENARIOS: list[tuple[str, str, list[tuple[str, str]], str, list[dict[str, str]]
     (
         "config refused",
         "RdmaSharedDpConfigReloadFailing",
-        [
-            ('rdma_shared_dp_config_reloads_total{result="error"}', "0 0 1x20"),
-            ('rdma_shared_dp_config_reloads_total{result="success"}', "1x20"),
-        ],
+        [("rdma_shared_dp_config_last_reload_successful", "1 1 0x20")],
         "8m",
         [{"severity": "warning"}],
+    ),
+    (
+        # The supervisor counts a refused file once; the alert must hold as long as it stays.
+        "refused file still in place an hour later",
+        "RdmaSharedDpConfigReloadFailing",
+        [
+            ("rdma_shared_dp_config_last_reload_successful", "1 1 0x70"),
+            ('rdma_shared_dp_config_reloads_total{result="failure"}', "0 0 1x70"),
+        ],
+        "65m",
+        [{"severity": "warning"}],
+    ),
+    (
+        "refused, then a good file",
+        "RdmaSharedDpConfigReloadFailing",
+        [("rdma_shared_dp_config_last_reload_successful", "1 0 0 1x20")],
+        "8m",
+        [],
     ),
 ]
 
@@ -486,7 +501,6 @@ def test_alert_fires_exactly_when_it_should(
             "RdmaSharedDpResourceMatchesNothing": set(),
             "RdmaSharedDpWorkerCrashLooping": {"instance", "node"},
             "RdmaSharedDpRegistrationsFailing": {"instance", "node"},
-            "RdmaSharedDpConfigReloadFailing": {"instance", "node"},
         }.get(alert, set(target_labels))
         full.update({k: v for k, v in target_labels.items() if k in keep})
         if alert == "RdmaSharedDpWorkerCrashLooping":
@@ -509,3 +523,184 @@ def test_alert_fires_exactly_when_it_should(
     (tmp_path / "unit.yaml").write_text(yaml.safe_dump(unit))
     proc = promtool("test", "rules", "unit.yaml", cwd=tmp_path)
     assert proc.returncode == 0, f"{title}:\n{proc.stdout}{proc.stderr}"
+
+
+# --- the example queries of docs/metrics.md -------------------------------------------------------
+
+METRICS_DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
+
+
+def doc_queries() -> dict[str, str]:
+    """Each example of the ```promql blocks: its comment's first line -> the query under it.
+
+    An example is one or more `#` lines, then the query, then a blank line.
+    """
+    out: dict[str, str] = {}
+    for block in re.findall(r"```promql\n(.*?)```", METRICS_DOC.read_text(), flags=re.DOTALL):
+        for chunk in re.split(r"\n\s*\n", block.strip()):
+            lines = chunk.splitlines()
+            comments = [line for line in lines if line.lstrip().startswith("#")]
+            code = [line for line in lines if not line.lstrip().startswith("#")]
+            assert comments and code, f"an example needs a comment and a query:\n{chunk}"
+            assert lines[: len(comments)] == comments, f"comment after the query:\n{chunk}"
+            title = comments[0].lstrip("# ").strip()
+            assert title not in out, f"two examples titled {title!r}"
+            out[title] = "\n".join(code)
+    return out
+
+
+def doc_query(prefix: str) -> str:
+    (expr,) = [q for title, q in doc_queries().items() if title.startswith(prefix)]
+    return expr
+
+
+def test_doc_examples_are_found() -> None:
+    queries = doc_queries()
+    assert len(queries) >= 15, list(queries)
+    assert "rdma_shared_dp_hca_port_up == 0" in doc_query("Ports down")
+
+
+def test_doc_queries_use_only_exported_metrics() -> None:
+    for title, expr in doc_queries().items():
+        used = metric_names(expr)
+        assert used, f"{title}: no metric found in {expr!r}"
+        assert used <= ALLOWED_SERIES, f"{title}: unknown {used - ALLOWED_SERIES}"
+
+
+def test_doc_queries_are_valid_promql(tmp_path: Path) -> None:
+    queries = doc_queries()
+    recorded = [{"record": f"docs:query_{i}", "expr": q} for i, q in enumerate(queries.values())]
+    (tmp_path / "docs.yaml").write_text(
+        yaml.safe_dump({"groups": [{"name": "docs", "rules": recorded}]})
+    )
+    proc = promtool("check", "rules", "docs.yaml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(recorded)} rules found" in proc.stdout
+
+
+def test_doc_query_check_can_fail(tmp_path: Path) -> None:
+    # Two queries on consecutive lines (as the docs once had) are one invalid expression.
+    bad = "rdma_shared_dp_resource_devices == 0\nrdma_shared_dp_worker_up == 0"
+    (tmp_path / "docs.yaml").write_text(
+        yaml.safe_dump({"groups": [{"name": "docs", "rules": [{"record": "x", "expr": bad}]}]})
+    )
+    assert promtool("check", "rules", "docs.yaml", cwd=tmp_path).returncode != 0
+
+
+N2 = {"instance": "10.0.0.2:9478", "node": "n2", "job": JOB}
+
+
+def on_node(target: dict[str, str], series: str) -> str:
+    name, _, labels = series.partition("{")
+    inner = labels.rstrip("}")
+    return name + "{" + ",".join([*(f'{k}="{v}"' for k, v in target.items()), inner]) + "}"
+
+
+def expr_test(
+    tmp_path: Path,
+    series: list[tuple[str, str]],
+    expr: str,
+    eval_time: str,
+    expected: list[tuple[dict[str, str], float]],
+) -> subprocess.CompletedProcess[str]:
+    """`promtool test rules` of one expression on the given series."""
+    (tmp_path / "empty.yaml").write_text("groups: []\n")
+    samples = [
+        {"labels": "{" + ",".join(f'{k}="{v}"' for k, v in sorted(lbl.items())) + "}", "value": v}
+        for lbl, v in expected
+    ]
+    unit = {
+        "rule_files": ["empty.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": s, "values": v} for s, v in series],
+                "promql_expr_test": [
+                    {"expr": expr, "eval_time": eval_time, "exp_samples": samples}
+                ],
+            }
+        ],
+    }
+    (tmp_path / "unit.yaml").write_text(yaml.safe_dump(unit))
+    return promtool("test", "rules", "unit.yaml", cwd=tmp_path)
+
+
+# Two nodes with the same device name, and an HCA that two resources match on the first node.
+_HCA = 'pci_address="0000:03:00.0",rdma_device="mlx5_0",netdev="ib0",link_type="infiniband"'
+PORTS_TWO_NODES = [
+    (on_node(N1, 'rdma_shared_dp_hca_port_up{rdma_device="mlx5_0",port="1"}'), "0x10"),
+    (on_node(N2, 'rdma_shared_dp_hca_port_up{rdma_device="mlx5_0",port="1"}'), "1x10"),
+    (on_node(N1, f'rdma_shared_dp_hca_info{{resource="rdma/a",{_HCA},numa_node="0"}}'), "1x10"),
+    (on_node(N1, f'rdma_shared_dp_hca_info{{resource="rdma/b",{_HCA},numa_node="0"}}'), "1x10"),
+    (on_node(N2, f'rdma_shared_dp_hca_info{{resource="rdma/a",{_HCA},numa_node="0"}}'), "1x10"),
+]
+PORT_DOWN_ON_N1 = (
+    {**N1, "rdma_device": "mlx5_0", "port": "1", "pci_address": "0000:03:00.0", "netdev": "ib0"},
+    0.0,
+)
+# What docs/metrics.md had before: the same device name on two nodes is many-to-many.
+OLD_PORTS_DOWN = (
+    "(rdma_shared_dp_hca_port_up == 0) * on (rdma_device) group_left (resource, pci_address,"
+    " netdev) rdma_shared_dp_hca_info"
+)
+
+
+def test_doc_ports_down_query_with_two_nodes(tmp_path: Path) -> None:
+    proc = expr_test(tmp_path, PORTS_TWO_NODES, doc_query("Ports down"), "5m", [PORT_DOWN_ON_N1])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_old_ports_down_query_fails_with_two_nodes(tmp_path: Path) -> None:
+    proc = expr_test(tmp_path, PORTS_TWO_NODES, OLD_PORTS_DOWN, "5m", [PORT_DOWN_ON_N1])
+    assert proc.returncode != 0
+    assert "many-to-many" in proc.stdout + proc.stderr
+
+
+# n1: every registration fails; n2: failures, but registrations succeed too.
+REGISTRATIONS_TWO_NODES = [
+    (
+        on_node(N1, 'rdma_shared_dp_registrations_total{resource="rdma/a",result="failure"}'),
+        "0+1x30",
+    ),
+    (on_node(N1, 'rdma_shared_dp_registrations_total{resource="rdma/a",result="success"}'), "1x30"),
+    (
+        on_node(N2, 'rdma_shared_dp_registrations_total{resource="rdma/a",result="failure"}'),
+        "0+1x30",
+    ),
+    (
+        on_node(N2, 'rdma_shared_dp_registrations_total{resource="rdma/a",result="success"}'),
+        "0+1x30",
+    ),
+]
+ONLY_N1_FAILING = ({"instance": N1["instance"], "node": "n1", "resource": "rdma/a"}, 1.0)
+OLD_REGISTRATIONS = (
+    'increase(rdma_shared_dp_registrations_total{result="failure"}[10m]) > 0'
+    ' unless increase(rdma_shared_dp_registrations_total{result="success"}[10m]) > 0'
+)
+
+
+def test_doc_registrations_query_with_two_nodes(tmp_path: Path) -> None:
+    expr = f"sgn({doc_query('Registrations failing')})"  # the increase itself is extrapolated
+    proc = expr_test(tmp_path, REGISTRATIONS_TWO_NODES, expr, "20m", [ONLY_N1_FAILING])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_old_registrations_query_fires_although_registrations_succeed(tmp_path: Path) -> None:
+    expr = f"sgn({OLD_REGISTRATIONS})"
+    proc = expr_test(tmp_path, REGISTRATIONS_TWO_NODES, expr, "20m", [ONLY_N1_FAILING])
+    assert proc.returncode != 0
+    assert "n2" in proc.stdout + proc.stderr  # reported for the node whose registrations work
+
+
+def test_doc_examples_of_alerts_are_the_alerts() -> None:
+    def squash(expr: str) -> str:
+        return re.sub(r"\s+", " ", expr).replace("( ", "(").replace(" )", ")").strip()
+
+    exprs = {r["alert"]: squash(r["expr"]) for r in rules() if "alert" in r}
+    for title, alert in (
+        ("Crash-looping workers", "RdmaSharedDpWorkerCrashLooping"),
+        ("Registrations failing", "RdmaSharedDpRegistrationsFailing"),
+        ("The newest config file was refused", "RdmaSharedDpConfigReloadFailing"),
+    ):
+        assert squash(doc_query(title)) == exprs[alert], title
