@@ -318,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     # Unix socket paths are limited to 107 bytes: keep the temp folder short.
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="rdp-demo-", dir="/tmp"))
     workdir.mkdir(parents=True, exist_ok=True)
+    if (workdir / "node").exists():
+        print(f"demo: {workdir} holds an earlier demo; pick an empty --workdir", file=sys.stderr)
+        return 2
     # The simulator's own log (streams ending, ...) goes to a file, not into the narration.
     handler = logging.FileHandler(workdir / "kubelet-simulator.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_demo_runs_the_scenario_and_exits_cleanly(tmp_path: Path) -> None:
-    workdir = Path("/tmp") / f"rdp-demo-test-{tmp_path.name[-12:]}"
+def test_demo_runs_the_scenario_and_exits_cleanly() -> None:
+    # Short (unix socket paths are limited to 107 bytes) and unique (suites may run side by side).
+    workdir = Path(tempfile.mkdtemp(prefix="rdp-demo-test-", dir="/tmp"))
     out = subprocess.run(
         [sys.executable, "-m", "supervisor", "demo", "--workdir", str(workdir)],
         cwd=REPO,
@@ -32,5 +34,22 @@ def test_demo_runs_the_scenario_and_exits_cleanly(tmp_path: Path) -> None:
         assert "exit status 0" in text and "plugin sockets left: none" in text
         assert "demo finished in" in text
         assert not (workdir / "run").exists()
+    finally:
+        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+
+
+def test_demo_refuses_a_workdir_with_an_earlier_demo() -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="rdp-demo-test-", dir="/tmp"))
+    try:
+        (workdir / "node").mkdir()
+        out = subprocess.run(
+            [sys.executable, "-m", "supervisor", "demo", "--workdir", str(workdir)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 2
+        assert "pick an empty --workdir" in out.stderr
     finally:
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
