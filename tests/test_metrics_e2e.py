@@ -20,7 +20,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Any, TypeVar
 
 import grpc
@@ -36,7 +35,7 @@ from supervisor.http_server import Probes
 from supervisor.metrics import Metrics
 from supervisor.metrics_observer import MetricsObserver
 from supervisor.pod_resources import PodAllocation
-from tests.conditions import wait_until
+from tests.conditions import hard_timeout, wait_until
 from tests.podresources_simulator import PodDevices, PodResourcesSimulator
 from tests.supervisor_rig import REPO, Plant, full, resource_entry, three_resources
 from tests.test_metrics_prometheus import PROMETHEUS, PROMTOOL, Prometheus, free_port, hca
@@ -52,17 +51,9 @@ Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture(autouse=True)
-def hard_timeout() -> Iterator[None]:
-    def expired(signum: int, frame: FrameType | None) -> None:
-        raise TimeoutError(f"test ran longer than its hard timeout of {HARD_TIMEOUT}s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(HARD_TIMEOUT)
-    try:
+def _hard_timeout() -> Iterator[None]:
+    with hard_timeout(HARD_TIMEOUT):
         yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 class MetricsPlant(Plant):

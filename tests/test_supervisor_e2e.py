@@ -15,14 +15,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 import psutil
 import pytest
 
 from common import exitcodes
 from simulator.kubelet import HEALTHY, UNHEALTHY
-from tests.conditions import wait_until
+from tests.conditions import hard_timeout, wait_until
 from tests.supervisor_rig import REPO, Plant, full, resource_entry, three_resources
 
 HARD_TIMEOUT = 45
@@ -30,17 +29,9 @@ ABC = ["a", "b", "c"]
 
 
 @pytest.fixture(autouse=True)
-def hard_timeout() -> Iterator[None]:
-    def expired(signum: int, frame: FrameType | None) -> None:
-        raise TimeoutError(f"test ran longer than its hard timeout of {HARD_TIMEOUT}s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(HARD_TIMEOUT)
-    try:
+def _hard_timeout() -> Iterator[None]:
+    with hard_timeout(HARD_TIMEOUT):
         yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture
