@@ -32,7 +32,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from simulator.kubelet import HEALTHY
-from supervisor.status_client import StatusError
+from supervisor.cli.status_client import StatusError
 from tests.supervisor_rig import HCAS, Plant, full, resource_entry
 
 MIB = 1024 * 1024

@@ -38,6 +38,8 @@ from common import exitcodes
 from common.config import Config, ConfigError, load_config_bytes
 from common.devices import Scan, ScanProblem
 from common.discovery import scan
+from common.loop.signals import SignalInbox
+from common.loop.timers import Timers
 from common.messages import (
     Configure,
     Devices,
@@ -55,16 +57,14 @@ from common.messages import (
     type_name,
 )
 from supervisor.config_diff import diff_configs
-from supervisor.config_watch import ConfigWatch
 from supervisor.control import ControlChannel
 from supervisor.device_state import DeviceState, healthy_count
-from supervisor.kubelet_watch import KubeletWatch
 from supervisor.leftovers import remove_leftovers, remove_stale_cdi_specs
 from supervisor.observer import Observer
 from supervisor.restart_policy import RestartPolicy
 from supervisor.runtime_dir import RuntimeDir, RuntimeDirError, orphaned_workers, stop_processes
-from supervisor.signal_inbox import SignalInbox
-from supervisor.timers import Timers
+from supervisor.watch.config import ConfigWatch
+from supervisor.watch.kubelet import KubeletWatch
 from supervisor.worker_process import WorkerProcess
 from supervisor.worker_table import WorkerRecord, WorkerState, WorkerTable
 
@@ -347,7 +347,7 @@ class Arbiter:
         if self.options.uevent_source == "off":
             LOG.info("uevent monitor off; device changes are seen by the periodic rescan only")
             return
-        from supervisor.uevents import open_monitor  # pyudev is loaded only when used
+        from supervisor.watch.uevents import open_monitor  # pyudev is loaded only when used
 
         self.uevents = open_monitor(self.options.uevent_source)
 

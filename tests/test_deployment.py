@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from supervisor import cli
+from supervisor.cli import parser as cli
 
 yaml = pytest.importorskip("yaml", reason="PyYAML missing: run .ci/install-tools.sh")
 

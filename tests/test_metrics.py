@@ -1,4 +1,4 @@
-"""`supervisor.metrics.Metrics`: values move as the supervisor reports events (in-process).
+"""`supervisor.metrics.exporter.Metrics`: values move as the supervisor reports events (in-process).
 
 Every check reads the rendered text format back with prometheus_client's parser, so what is
 tested is what Prometheus would scrape.
@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from common import exitcodes
 from common.devices import Candidate, CharDevice, NetDev, Port, RdmaDevice, ScanProblem
 from common.messages import ALLOCATE_BUCKETS, WorkerCounters
-from supervisor.metrics import (
+from supervisor.metrics.exporter import (
     FAMILIES,
     PREFIX,
     RESTART_REASONS,
@@ -24,7 +24,7 @@ from supervisor.metrics import (
     exported_metrics,
     metric_names,
 )
-from supervisor.pod_resources import PodAllocation
+from supervisor.metrics.pod_resources import PodAllocation
 from supervisor.restart_policy import RestartPolicy
 from supervisor.worker_table import exit_decision
 

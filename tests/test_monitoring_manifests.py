@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from supervisor import cli
-from supervisor.metrics import exported_metrics
+from supervisor.cli import parser as cli
+from supervisor.metrics.exporter import exported_metrics
 from tests.test_deployment import K8S, daemonset_container, only, render, tool, yaml
 
 MONITORING = K8S / "overlays" / "monitoring"

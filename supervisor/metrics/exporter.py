@@ -43,7 +43,7 @@ from prometheus_client.metrics_core import (
 
 from common.devices import Candidate, ScanProblem
 from common.messages import ALLOCATE_BUCKETS, WorkerCounters
-from supervisor.pod_resources import PodAllocation
+from supervisor.metrics.pod_resources import PodAllocation
 
 LOG = logging.getLogger(__name__)
 

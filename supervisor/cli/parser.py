@@ -139,21 +139,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rdma-shared-dp {VERSION}")
         return exitcodes.OK
     if args.command == "validate-config":
-        from supervisor.commands import validate_config
+        from supervisor.cli.commands import validate_config
 
         return validate_config(args.path)
     if args.command == "discover":
-        from supervisor.commands import discover
+        from supervisor.cli.commands import discover
 
         return discover(args)
     if args.command == "demo":
-        from supervisor.commands import demo
+        from supervisor.cli.commands import demo
 
         return demo(args)
     if args.command == "status":
-        from supervisor.commands import status
+        from supervisor.cli.commands import status
 
         return status(args)
-    from supervisor.commands import run
+    from supervisor.cli.commands import run
 
     return run(args)

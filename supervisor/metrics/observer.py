@@ -8,7 +8,7 @@ probes store one value, the PodResources reader only drains a non-blocking pipe,
 a worker's /proc entry at most every `SAMPLE_EVERY` seconds per worker.
 
 This module, prometheus_client and psutil are imported only when the metrics address is not
-empty (`supervisor.commands._observer`), so a supervisor without metrics does not pay for them.
+empty (`supervisor.cli.commands._observer`), so a supervisor without metrics does not pay for them.
 Per-resource events are counted only for resources in the running config: a worker still stopping
 after its resource left the config must not bring that resource's series back.
 """
@@ -24,11 +24,11 @@ import psutil
 from common.config import Config
 from common.devices import Candidate, Scan
 from common.messages import WorkerCounters, WorkerStatus
-from supervisor.cli import VERSION
-from supervisor.http_server import MetricsServer, Probes, start_metrics_server
-from supervisor.metrics import Metrics
+from supervisor.cli.parser import VERSION
+from supervisor.metrics.exporter import Metrics
+from supervisor.metrics.http_server import MetricsServer, Probes, start_metrics_server
+from supervisor.metrics.pod_resources import PodAllocation, PodResourcesReader
 from supervisor.observer import Observer, StatusSource
-from supervisor.pod_resources import PodAllocation, PodResourcesReader
 
 LOG = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from supervisor.cli import HEALTHZ_PATH, READYZ_PATH
-from supervisor.metrics import Metrics
+from supervisor.cli.parser import HEALTHZ_PATH, READYZ_PATH
+from supervisor.metrics.exporter import Metrics
 
 LOG = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ def validate_config(path: str) -> int:
 
 def discover(args: argparse.Namespace) -> int:
     from common.discovery import scan
-    from supervisor.cli import DEFAULT_CONFIG_FILE
-    from supervisor.discover_report import build_report, render_text
+    from supervisor.cli.discover_report import build_report, render_text
+    from supervisor.cli.parser import DEFAULT_CONFIG_FILE
 
     setup_logging(args.log_level, args.log_format)
     config_file: str | None = args.config_file
@@ -87,7 +87,7 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    from supervisor.status_client import StatusError, fetch_status, render_json, render_text
+    from supervisor.cli.status_client import StatusError, fetch_status, render_json, render_text
 
     try:
         answer = fetch_status(args.runtime_dir)
@@ -150,6 +150,6 @@ def _observer(args: argparse.Namespace) -> Observer | None:
     `--metrics-address` is empty (then neither prometheus_client nor psutil is loaded)."""
     if not args.metrics_address.strip():
         return None
-    from supervisor.metrics_observer import start_metrics_observer
+    from supervisor.metrics.observer import start_metrics_observer
 
     return start_metrics_observer(args.metrics_address, args.pod_resources_socket)
