@@ -22,14 +22,22 @@ def _print_config_errors(err: ConfigError, path: str) -> None:
         print(f"  - {problem}", file=sys.stderr)
 
 
-def validate_config(path: str) -> int:
+def validate_config(path: str, strict: bool = False) -> int:
+    """Exit 0 for a good config (warnings printed too), 3 when refused, 6 with `--strict` when
+    the only problems are warnings."""
     try:
         config = load_config_file(path)
     except ConfigError as err:
         _print_config_errors(err, path)
         return exitcodes.CONFIG_INVALID
     names = ", ".join(r.full_name for r in config.resources)
-    print(f"{path}: ok ({len(config.resources)} resource(s): {names})")
+    warned = f", {len(config.warnings)} warning(s)" if config.warnings else ""
+    print(f"{path}: ok ({len(config.resources)} resource(s): {names}){warned}")
+    for warning in config.warnings:
+        print(f"  warning: {warning}", file=sys.stderr)
+    if strict and config.warnings:
+        print(f"{path}: refused under --strict: fix the warning(s) above", file=sys.stderr)
+        return exitcodes.CONFIG_WARNINGS
     return exitcodes.OK
 
 
@@ -93,7 +101,7 @@ def status(args: argparse.Namespace) -> int:
         answer = fetch_status(args.runtime_dir)
     except StatusError as err:
         print(f"status: {err}", file=sys.stderr)
-        return 1
+        return exitcodes.NO_SUPERVISOR
     print(render_json(answer) if args.json else render_text(answer), end="")
     return exitcodes.OK
 
