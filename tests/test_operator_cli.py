@@ -98,3 +98,105 @@ def test_run_help_documents_every_flag_default_and_variable() -> None:
     out = _cli("run", "--help")
     assert out.returncode == 0
     assert "RDMA_SHARED_DP_METRICS_ADDRESS" in out.stdout.replace("\n", " ")
+
+
+# ---- discover: why, health, GID tables, netns mode (items 2 and 3) ----------------------------
+
+
+def _demo_node(tmp_path: Path) -> Path:
+    from simulator.sysfs import build_demo_node
+
+    root = tmp_path / "node"
+    build_demo_node(root)
+    return root
+
+
+def _discover(
+    root: Path, config: Path | None = None, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return _cli("discover", "--host-root", str(root), "--config-file", str(config or ""), *extra)
+
+
+def test_discover_says_what_is_missing_and_what_loads_it(tmp_path: Path) -> None:
+    root = _demo_node(tmp_path)
+    (root / "dev/infiniband/rdma_cm").unlink()
+    (root / "dev/infiniband/umad0").unlink()
+    report = json.loads(_discover(root, None, "--json").stdout)
+    assert report["config_file"] is None
+    [res] = report["resources"]
+    assert res["rdma_hca_max"] is None  # the catch-all advertises nothing: no misleading 0
+    by_name = {d["name"]: d for d in res["selected"]}
+    first = by_name["0000:1a:00.0"]
+    assert first["health"] == "unusable"
+    assert "/dev/infiniband/rdma_cm is missing: load rdma_ucm" in first["why"]
+    assert any("umad0" in w and "/dev" in w for w in first["why"])
+    text = _discover(root).stdout
+    assert "HEALTH" in text.splitlines()[1] and "unusable" in text
+    assert "(rdmaHcaMax" not in text.splitlines()[0]
+    assert "0000:1a:00.0 (ib0): /dev/infiniband/rdma_cm is missing: load rdma_ucm" in text
+
+
+def test_discover_reports_a_down_port_and_the_driver_hint_only_for_rdma_nics(
+    tmp_path: Path,
+) -> None:
+    from simulator.sysfs import SysfsTree
+
+    root = _demo_node(tmp_path)
+    SysfsTree(root).set_port_state("mlx5_1", 1, "DOWN")
+    report = json.loads(_discover(root, None, "--json").stdout)
+    [res] = report["resources"]
+    down = next(d for d in res["selected"] if d["name"] == "0000:3c:00.0")
+    assert down["health"] == "unhealthy" and down["why"] == ["mlx5_1 port 1 is DOWN"]
+    [igb] = [r for r in res["rejected"] if r["device"]["driver"] == "igb"]
+    assert "modprobe" not in igb["detail"] and "most likely cannot do RDMA" in igb["detail"]
+    # An mlx5 function whose RDMA half is missing gets the module to load.
+    from common.config import Selectors
+    from common.devices import Candidate
+    from common.selectors import first_rejection
+
+    bare = Candidate("0000:01:00.0", "0000:01:00.0", "15b3", "1017", "mlx5_core", 0)
+    assert first_rejection(Selectors(), bare) == (
+        "no RDMA device",
+        "is its RDMA driver loaded? (modprobe mlx5_ib)",
+    )
+
+
+def test_discover_shows_gid_tables_and_warns_over_capacity(tmp_path: Path) -> None:
+    from supervisor.cli.discover_report import gid_capacity
+
+    assert gid_capacity(128) == 63  # NVIDIA's network operator's figure
+    assert gid_capacity(255) == 126 and gid_capacity(32) == 15 and gid_capacity(1) == 0
+    root = _demo_node(tmp_path)
+    config = {
+        "configList": [
+            {
+                "resourceName": "roce",
+                "rdmaHcaMax": 200,
+                "selectors": {"vendors": ["15b3"], "linkTypes": ["ether"]},
+            },
+            {"resourceName": "ib", "rdmaHcaMax": 200, "selectors": {"linkTypes": ["infiniband"]}},
+        ]
+    }
+    path = _write(tmp_path, "c.json", config)
+    report = json.loads(_discover(root, path, "--json").stdout)
+    roce, ib = report["resources"]
+    assert roce["gid_capacity"] == 126 and ib["gid_capacity"] is None
+    assert roce["selected"][0]["ports"][0]["gid_table_size"] == 255
+    assert len(roce["warnings"]) == 1 and "exceeds the 126 pods" in roce["warnings"][0]
+    assert ib["warnings"] == []
+    text = _discover(root, path).stdout
+    assert "RoCE GID tables carry 126 pods" in text and "warning: rdmaHcaMax 200 exceeds" in text
+
+
+def test_discover_shows_the_rdma_netns_mode(tmp_path: Path) -> None:
+    from simulator.sysfs import SysfsTree
+
+    root = _demo_node(tmp_path)
+    assert json.loads(_discover(root, None, "--json").stdout)["rdma_netns_mode"] == "shared"
+    SysfsTree(root).set_netns_mode(shared=False)
+    out = _discover(root)
+    assert out.returncode == 0
+    assert "RDMA netns mode: exclusive" in out.stdout
+    assert "rdma system set netns shared" in out.stdout
+    (root / "sys/module/ib_core/parameters/netns_mode").unlink()
+    assert json.loads(_discover(root, None, "--json").stdout)["rdma_netns_mode"] == "unknown"
