@@ -200,3 +200,37 @@ def test_discover_shows_the_rdma_netns_mode(tmp_path: Path) -> None:
     assert "rdma system set netns shared" in out.stdout
     (root / "sys/module/ib_core/parameters/netns_mode").unlink()
     assert json.loads(_discover(root, None, "--json").stdout)["rdma_netns_mode"] == "unknown"
+
+
+# ---- status: reloads, crash loops, netns mode (items 3 and 5) ---------------------------------
+
+
+def test_status_marks_crash_looping_workers_and_shows_the_last_reload() -> None:
+    from common.config import ResourceConfig, Selectors
+    from common.messages import ReloadStatus, Status
+    from supervisor.cli.status_client import render_text
+    from supervisor.worker_table import WorkerState, WorkerTable
+
+    table = WorkerTable()
+    record = table.add(ResourceConfig("a", "rdma", 4, Selectors(vendors=("15b3",))))
+    record.state, record.reason, record.failures = WorkerState.BACKOFF, "crashed (exit 5)", 7
+    [row] = table.statuses(lambda name: ())
+    assert row.crash_looping and row.failures == 7
+    record.state = WorkerState.RUNNING  # running again: not looping now, whatever the count
+    assert not table.statuses(lambda name: ())[0].crash_looping
+    record.state = WorkerState.BACKOFF
+    status = Status(
+        pid=1,
+        started=1e9,
+        config_file="/c.json",
+        config_loaded=1e9,
+        grpc_loaded=False,
+        workers=table.statuses(lambda name: ()),
+        last_reload=ReloadStatus(1e9 + 60, False, 2, "configList[0].rdmaHcaMax: must be >= 0"),
+        rdma_netns_mode="exclusive",
+    )
+    text = render_text(status)
+    assert "last reload: 2001-09-09T01:47:40Z refused (2 problem(s))" in text
+    assert "first: configList[0].rdmaHcaMax: must be >= 0" in text
+    assert "RDMA netns mode: exclusive" in text and "warning: the RDMA subsystem" in text
+    assert "crash-looping:\n  rdma/a: 7 quick failures in a row; retried slowly" in text
