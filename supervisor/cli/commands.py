@@ -76,22 +76,21 @@ def discover(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     """Run the real plugin on a simulated node, narrated (`simulator.demo`).
 
-    The kubelet simulator speaks gRPC, and this process must stay free of it, so the demo runs
-    in a fresh interpreter that in turn starts `rdma-shared-dp run` as its own subprocess.
+    The kubelet simulator speaks gRPC, and this process must stay free of it, so this process
+    becomes a fresh interpreter running the demo (exec: same pid, so `kill <pid>` and Ctrl-C
+    reach the demo itself, which stops everything it started). The demo starts
+    `rdma-shared-dp run` as its own subprocess.
     """
-    import signal
-    import subprocess
-
     command = [sys.executable, "-m", "simulator.demo"]
     if args.workdir:
         command += ["--workdir", args.workdir]
     if getattr(args, "keep_running", False):
         command.append("--keep-running")
-    child = subprocess.Popen(command)
-    # Ctrl-C reaches the demo too (same process group); it stops the plugin and exits, and
-    # this process waits for that instead of leaving its output behind the shell prompt.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return child.wait()
+    if getattr(args, "json", False):
+        command.append("--json")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
 
 
 def status(args: argparse.Namespace) -> int:

@@ -197,8 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--workdir", default=None, help="where to build the node (default: temp)")
     demo.add_argument(
-        "--keep-running", action="store_true", help="stay up after the scenario until Ctrl-C"
+        "--keep-running",
+        action="store_true",
+        help="stay up after the scenario until Ctrl-C or SIGTERM, and print the status and curl "
+        "commands to look at it",
     )
+    demo.add_argument("--json", action="store_true", help="one JSON event per line (for tests)")
 
     sub.add_parser("version", help="print the version")
 
