@@ -30,7 +30,9 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict common/ supervisor/
 
 bench: $(STAMP)
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; \
+		RDMA_SHARED_DP_FIGURES=benchmarks/figures.json $(BIN)/python $$b || exit 1; done
+	$(BIN)/python benchmarks/figures.py --render README.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info
