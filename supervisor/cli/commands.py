@@ -33,6 +33,7 @@ def validate_config(path: str, strict: bool = False) -> int:
     names = ", ".join(r.full_name for r in config.resources)
     warned = f", {len(config.warnings)} warning(s)" if config.warnings else ""
     print(f"{path}: ok ({len(config.resources)} resource(s): {names}){warned}")
+    sys.stdout.flush()  # the ok line first, then the warnings, also when both go to one pipe
     for warning in config.warnings:
         print(f"  warning: {warning}", file=sys.stderr)
     if strict and config.warnings:
