@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -102,11 +102,31 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+_deferred: list[int] = []  # non-empty while a signal must wait (see _signals_deferred)
+_DEFERRING = -1
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     # Only the first signal interrupts: a second Ctrl-C must not cut the cleanup short.
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+    if _deferred:
+        _deferred.append(signum)
+        return
     raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold a stop signal until the block is done: a child started in it must be remembered
+    (and so stopped) before the interruption unwinds."""
+    _deferred.append(_DEFERRING)
+    try:
+        yield
+    finally:
+        _deferred.remove(_DEFERRING)
+        if _deferred:
+            raise Interrupted(_deferred.pop())
 
 
 class Narrator:
@@ -191,36 +211,8 @@ class Demo:
 
         n.title("Starting the plugin: rdma-shared-dp run (one worker process per resource)")
         started = time.monotonic()
-        self.plugin = subprocess.Popen(
-            self.command(
-                "run",
-                "--config-file",
-                str(self.config_path),
-                "--host-root",
-                str(self.node),
-                "--device-plugin-dir",
-                str(self.dp_dir),
-                "--plugins-registry-dir",
-                str(self.workdir / "plugins_registry"),
-                "--cdi-dir",
-                str(self.workdir / "cdi"),
-                "--runtime-dir",
-                str(self.runtime_dir),
-                # A free loopback port (the log names it), no PodResources poller: the
-                # simulator does not serve that API.
-                "--metrics-address",
-                "127.0.0.1:0",
-                "--pod-resources-socket",
-                "",
-            ),
-            cwd=REPO,
-            env={**os.environ, "RDMA_SHARED_DP_UEVENT_SOURCE": "off"},
-            stdout=subprocess.DEVNULL,
-            stderr=self.log_path.open("wb"),
-            # Its own session: a terminal's Ctrl-C reaches only this process, which then
-            # stops the plugin in order (SIGTERM, wait) instead of both racing.
-            start_new_session=True,
-        )
+        with _signals_deferred():
+            self.plugin = self.start_plugin()
         n.event("plugin_started", pid=self.plugin.pid)
         for resource in RESOURCES:
             reg = self.kubelet.wait_for_registration(resource, timeout=STEP_TIMEOUT)
@@ -334,6 +326,39 @@ class Demo:
         if not n.as_json:
             print(f"\ndemo finished in {time.monotonic() - n.t0:.1f}s", flush=True)
         return exit_code
+
+    def start_plugin(self) -> subprocess.Popen[bytes]:
+        """`rdma-shared-dp run` on the simulated node, logging to plugin.log."""
+        return subprocess.Popen(
+            self.command(
+                "run",
+                "--config-file",
+                str(self.config_path),
+                "--host-root",
+                str(self.node),
+                "--device-plugin-dir",
+                str(self.dp_dir),
+                "--plugins-registry-dir",
+                str(self.workdir / "plugins_registry"),
+                "--cdi-dir",
+                str(self.workdir / "cdi"),
+                "--runtime-dir",
+                str(self.runtime_dir),
+                # A free loopback port (the log names it), no PodResources poller: the
+                # simulator does not serve that API.
+                "--metrics-address",
+                "127.0.0.1:0",
+                "--pod-resources-socket",
+                "",
+            ),
+            cwd=REPO,
+            env={**os.environ, "RDMA_SHARED_DP_UEVENT_SOURCE": "off"},
+            stdout=subprocess.DEVNULL,
+            stderr=self.log_path.open("wb"),
+            # Its own session: a terminal's Ctrl-C reaches only this process, which then
+            # stops the plugin in order (SIGTERM, wait) instead of both racing.
+            start_new_session=True,
+        )
 
     def inspect(self) -> None:
         """--keep-running: say how to look at the running plugin, then wait for a signal."""

@@ -745,3 +745,12 @@ def test_doc_examples_of_alerts_are_the_alerts() -> None:
         ("The newest config file was refused", "RdmaSharedDpConfigReloadFailing"),
     ):
         assert squash(doc_query(title)) == exprs[alert], title
+
+
+def test_deployment_doc_describes_every_dashboard_panel() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "deployment.md").read_text()
+    section = doc[doc.index("### Dashboard panels") : doc.index("## Upgrading")]
+    described = set(re.findall(r"^\| [^|]+ \| ([^|]+) \| [^|]+ \|$", section, flags=re.MULTILINE))
+    panels = {p["title"] for p in dashboard()["panels"] if p["type"] != "row"}
+    assert panels, "no panels found"
+    assert panels <= {d.strip() for d in described}, f"not described: {panels - described}"
