@@ -234,3 +234,16 @@ def test_status_marks_crash_looping_workers_and_shows_the_last_reload() -> None:
     assert "first: configList[0].rdmaHcaMax: must be >= 0" in text
     assert "RDMA netns mode: exclusive" in text and "warning: the RDMA subsystem" in text
     assert "crash-looping:\n  rdma/a: 7 quick failures in a row; retried slowly" in text
+
+
+def test_discover_names_a_down_netdev_beside_a_down_port(tmp_path: Path) -> None:
+    from simulator.sysfs import SysfsTree
+
+    root = _demo_node(tmp_path)
+    tree = SysfsTree(root)
+    tree.set_port_state("mlx5_5", 1, "DOWN")
+    tree.set_operstate("ens1f1np1", "down")
+    report = json.loads(_discover(root, None, "--json").stdout)
+    [res] = report["resources"]
+    dev = next(d for d in res["selected"] if d["name"] == "0000:b1:00.1")
+    assert dev["why"] == ["mlx5_5 port 1 is DOWN", "netdev ens1f1np1 is down (operstate)"]

@@ -86,9 +86,12 @@ def why_not_healthy(c: Candidate) -> list[str]:
     if why:
         return why
     ports = [(r.name, p) for r in c.rdma_devices for p in r.ports]
+    netdev_down = bool(c.netdevs) and c.netdevs[0].operstate in DOWN_OPERSTATES
     if ports and not any(p.up for _, p in ports):
         why += [f"{name} port {p.number} is {p.state}" for name, p in ports]
-    elif not ports and c.netdevs and c.netdevs[0].operstate in DOWN_OPERSTATES:
+        if netdev_down:  # a cable or switch-port problem shows on both; say so
+            why.append(f"netdev {c.netdevs[0].name} is {c.netdevs[0].operstate} (operstate)")
+    elif not ports and netdev_down:
         why.append(f"netdev {c.netdevs[0].name} is {c.netdevs[0].operstate} (operstate)")
     return why
 
