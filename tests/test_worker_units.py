@@ -10,10 +10,10 @@ import pytest
 from common.config import MAX_RDMA_HCA_MAX
 from common.messages import Configure, ProtocolError, WorkerSettings, decode, encode
 from tests.standin_supervisor import make_candidate, make_resource
-from workers.registration_fsm import RegistrationMachine
-from workers.timings import WorkerTimings
 from workers.events import EventQueue, StreamLost
 from workers.main import parse_args
+from workers.registration_fsm import RegistrationMachine
+from workers.timings import WorkerTimings
 
 
 def test_posts_after_close_are_dropped_and_never_hit_a_reused_descriptor() -> None:

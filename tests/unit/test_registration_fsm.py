@@ -233,7 +233,7 @@ def test_every_restart_signal_resets_the_backoff(signal) -> None:  # type: ignor
 
 
 def test_the_kubelets_stream_lost_resets_the_backoff_and_registers_at_once() -> None:
-    m, clock = drive(State.REGISTERED, "classic")
+    m, _clock = drive(State.REGISTERED, "classic")
     m.backoff.failures = 10
     actions = m.handle(StreamLost(1, m.claim))
     assert len(_registers(actions)) == 1 and m.backoff.failures == 0
@@ -276,7 +276,7 @@ def test_a_stream_ended_during_register_registers_again() -> None:
 
 
 def test_a_success_for_a_replaced_server_is_adopted_when_the_kubelet_streams_from_ours() -> None:
-    m, clock = drive(State.ADOPTING, "classic")
+    m, _clock = drive(State.ADOPTING, "classic")
     actions = m.handle(StreamOpened(2, m.claim))
     assert m.state is State.REGISTERED and f.Count("registrations_ok") in actions
     m2, clock2 = drive(State.ADOPTING, "classic")
@@ -298,7 +298,7 @@ def test_a_refusal_backs_off_slowly_and_is_reported_once() -> None:
 
 
 def test_watcher_refusal_recreates_the_socket_after_the_backoff() -> None:
-    m, clock = drive(State.AWAITING_WATCHER, "watcher")
+    m, _clock = drive(State.AWAITING_WATCHER, "watcher")
     actions = m.handle(WatcherStatus(1, False, "no"))
     assert f.StopServer() in actions and m.state is State.REFUSED
     assert any(isinstance(a, f.ReportError) for a in actions)
