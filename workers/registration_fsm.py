@@ -2,9 +2,9 @@
 
 Pure: events in, actions out, an injected clock; no gRPC, no ZeroMQ, no files. The shell
 (`workers.worker`) turns actions into serving, helper threads and messages, and feeds back what
-happened. `TRANSITIONS` lists, for every (state, event kind) the machine acts on, the states it
-may move to; a pair that is not listed is ignored (no move, no action). docs/worker.md shows the
-same table, and a test checks the two agree.
+happened. The states and `TRANSITIONS` are `workers.registration_table` (a pair not listed there
+is ignored: no move, no action; a handler moving elsewhere raises), the events and actions
+`workers.registration_io`. docs/worker.md shows the same table, and a test checks they agree.
 
 Rules the table encodes:
 - One Register in flight at a time (two make the kubelet replace our endpoint back and forth).
@@ -30,276 +30,36 @@ from dataclasses import dataclass
 
 from common.loop.backoff import Backoff
 from common.loop.throttle import LogThrottle
-from workers.events import Event as ThreadEvent
 from workers.events import RegisterDone, SelfCheckDone, StreamLost, StreamOpened, WatcherStatus
+from workers.registration_io import (
+    Action,
+    CancelTimer,
+    ClaimStream,
+    Count,
+    Event,
+    Kind,
+    KubeletGone,
+    KubeletRestart,
+    OwnSocketGone,
+    Register,
+    ReportError,
+    ReportReady,
+    ReregisterRequested,
+    Reset,
+    SelfCheck,
+    Serve,
+    Served,
+    ServeFailed,
+    SetTimer,
+    Stop,
+    StopServer,
+    TimerDue,
+    kind_of,
+)
+from workers.registration_table import TRANSITIONS, State
 from workers.timings import WorkerTimings
 
 LOG = logging.getLogger("workers.registration")
-
-
-class State(enum.Enum):
-    UNSERVED = "unserved"  # no server on our socket: serve (now, or when the timer fires)
-    SELF_CHECKING = "self-checking"  # served; asking our own socket whether it answers
-    REGISTERING = "registering"  # classic: a Register is in flight
-    AWAITING_WATCHER = "awaiting-watcher"  # watcher: served and checked; the kubelet is to call
-    ADOPTING = "adopting"  # a Register for a replaced server succeeded: waiting for its stream
-    REGISTERED = "registered"
-    BACKING_OFF = "backing-off"  # an attempt failed (kubelet absent): retry when the timer fires
-    REFUSED = "refused"  # the kubelet said no: retry with the slow backoff
-    STOPPED = "stopped"
-
-
-class Kind(enum.Enum):
-    RESET = "reset"
-    SERVED = "served"
-    SERVE_FAILED = "serve failed"
-    TIMER = "timer"
-    SELF_CHECK_OK = "self-check ok"
-    SELF_CHECK_FAILED = "self-check failed"
-    REGISTER_OK = "register ok"
-    REGISTER_FAILED = "register failed"
-    STREAM_OPENED = "stream opened"
-    STREAM_LOST = "stream lost"
-    WATCHER_REGISTERED = "watcher registered"
-    WATCHER_REFUSED = "watcher refused"
-    KUBELET_RESTART = "kubelet restart"
-    KUBELET_GONE = "kubelet gone"
-    OWN_SOCKET_GONE = "own socket gone"
-    REREGISTER = "reregister"
-    STOP = "stop"
-
-
-# ---- events the shell feeds in (besides the helper threads' `workers.events`) ---------------
-
-
-@dataclass(frozen=True)
-class Reset:
-    """Configured, or where/how we register changed: serve afresh in `mode`."""
-
-    mode: str  # "classic" or "watcher"
-    reason: str
-
-
-@dataclass(frozen=True)
-class Served:
-    generation: int
-
-
-@dataclass(frozen=True)
-class ServeFailed:
-    in_use: bool  # another live server holds our socket path
-
-
-@dataclass(frozen=True)
-class TimerDue:
-    pass
-
-
-@dataclass(frozen=True)
-class KubeletRestart:
-    reason: str
-    #: When the new kubelet.sock appeared (the clock's time; its ctime, converted): a
-    #: registration sent after that went to the new kubelet already.
-    at: float
-
-
-@dataclass(frozen=True)
-class KubeletGone:
-    pass
-
-
-@dataclass(frozen=True)
-class OwnSocketGone:
-    """Our server's socket was removed or replaced (or, unserved, the path came free)."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class ReregisterRequested:
-    reason: str
-
-
-@dataclass(frozen=True)
-class Stop:
-    pass
-
-
-Event = (
-    ThreadEvent
-    | Reset
-    | Served
-    | ServeFailed
-    | TimerDue
-    | KubeletRestart
-    | KubeletGone
-    | OwnSocketGone
-    | ReregisterRequested
-    | Stop
-)
-
-# ---- actions the shell carries out ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Serve:
-    pass
-
-
-@dataclass(frozen=True)
-class StopServer:
-    pass
-
-
-@dataclass(frozen=True)
-class SelfCheck:
-    generation: int
-
-
-@dataclass(frozen=True)
-class Register:
-    """End the open streams, wait until they are over, arm `claim`, send Register."""
-
-    attempt: int
-    generation: int
-    claim: int
-
-
-@dataclass(frozen=True)
-class ClaimStream:
-    """Watcher mode: the next stream to open is the kubelet's, of registration `claim`."""
-
-    claim: int
-
-
-@dataclass(frozen=True)
-class SetTimer:
-    delay: float
-
-
-@dataclass(frozen=True)
-class CancelTimer:
-    pass
-
-
-@dataclass(frozen=True)
-class ReportReady:
-    registered: bool
-    reason: str
-
-
-@dataclass(frozen=True)
-class ReportError:
-    code: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Count:
-    name: str  # a `Counters` field: registrations_ok, registrations_failed
-
-
-Action = (
-    Serve
-    | StopServer
-    | SelfCheck
-    | Register
-    | ClaimStream
-    | SetTimer
-    | CancelTimer
-    | ReportReady
-    | ReportError
-    | Count
-)
-
-
-def kind_of(event: Event) -> Kind:
-    if isinstance(event, SelfCheckDone):
-        return Kind.SELF_CHECK_FAILED if event.error else Kind.SELF_CHECK_OK
-    if isinstance(event, RegisterDone):
-        return Kind.REGISTER_FAILED if event.error or event.superseded else Kind.REGISTER_OK
-    if isinstance(event, WatcherStatus):
-        return Kind.WATCHER_REGISTERED if event.registered else Kind.WATCHER_REFUSED
-    return _KINDS[type(event)]
-
-
-_KINDS: dict[type, Kind] = {
-    Reset: Kind.RESET,
-    Served: Kind.SERVED,
-    ServeFailed: Kind.SERVE_FAILED,
-    TimerDue: Kind.TIMER,
-    StreamOpened: Kind.STREAM_OPENED,
-    StreamLost: Kind.STREAM_LOST,
-    KubeletRestart: Kind.KUBELET_RESTART,
-    KubeletGone: Kind.KUBELET_GONE,
-    OwnSocketGone: Kind.OWN_SOCKET_GONE,
-    ReregisterRequested: Kind.REREGISTER,
-    Stop: Kind.STOP,
-}
-
-S, K = State, Kind
-_SERVED = (S.SELF_CHECKING, S.REGISTERING, S.AWAITING_WATCHER, S.ADOPTING, S.REGISTERED)
-_LIVE = (*_SERVED, S.BACKING_OFF, S.REFUSED)
-_ALL_BUT_STOPPED = (S.UNSERVED, *_LIVE)
-
-
-def _fs(*states: State) -> frozenset[State]:
-    return frozenset(states)
-
-
-TRANSITIONS: dict[tuple[State, Kind], frozenset[State]] = {
-    **{(s, K.RESET): _fs(S.UNSERVED) for s in _ALL_BUT_STOPPED},
-    (S.UNSERVED, K.SERVED): _fs(S.SELF_CHECKING),
-    (S.UNSERVED, K.SERVE_FAILED): _fs(S.UNSERVED),
-    (S.UNSERVED, K.TIMER): _fs(S.UNSERVED),
-    (S.BACKING_OFF, K.TIMER): _fs(S.REGISTERING),
-    (S.REFUSED, K.TIMER): _fs(S.REGISTERING, S.UNSERVED),
-    (S.ADOPTING, K.TIMER): _fs(S.REGISTERING),
-    (S.REGISTERED, K.TIMER): _fs(S.REGISTERED, S.REGISTERING),
-    (S.SELF_CHECKING, K.SELF_CHECK_OK): _fs(
-        S.SELF_CHECKING, S.AWAITING_WATCHER, S.REGISTERING, S.ADOPTING, S.REGISTERED
-    ),
-    (S.SELF_CHECKING, K.SELF_CHECK_FAILED): _fs(S.SELF_CHECKING, S.UNSERVED),
-    (S.REGISTERING, K.REGISTER_OK): _fs(S.REGISTERING, S.REGISTERED, S.ADOPTING),
-    (S.UNSERVED, K.REGISTER_OK): _fs(S.UNSERVED),
-    (S.SELF_CHECKING, K.REGISTER_OK): _fs(S.SELF_CHECKING),
-    (S.REGISTERING, K.REGISTER_FAILED): _fs(S.REGISTERING, S.BACKING_OFF, S.REFUSED),
-    (S.UNSERVED, K.REGISTER_FAILED): _fs(S.UNSERVED),
-    (S.SELF_CHECKING, K.REGISTER_FAILED): _fs(S.SELF_CHECKING),
-    **{(s, K.STREAM_OPENED): _fs(s) for s in _LIVE},
-    (S.ADOPTING, K.STREAM_OPENED): _fs(S.ADOPTING, S.REGISTERED),
-    **{(s, K.STREAM_LOST): _fs(s) for s in _LIVE},
-    (S.SELF_CHECKING, K.STREAM_LOST): _fs(S.SELF_CHECKING, S.UNSERVED),
-    (S.AWAITING_WATCHER, K.STREAM_LOST): _fs(S.AWAITING_WATCHER, S.UNSERVED),
-    (S.ADOPTING, K.STREAM_LOST): _fs(S.ADOPTING, S.REGISTERING),
-    (S.REGISTERED, K.STREAM_LOST): _fs(S.REGISTERED, S.REGISTERING, S.UNSERVED),
-    (S.SELF_CHECKING, K.WATCHER_REGISTERED): _fs(S.SELF_CHECKING, S.REGISTERED),
-    (S.AWAITING_WATCHER, K.WATCHER_REGISTERED): _fs(S.AWAITING_WATCHER, S.REGISTERED),
-    (S.REGISTERED, K.WATCHER_REGISTERED): _fs(S.REGISTERED),
-    (S.SELF_CHECKING, K.WATCHER_REFUSED): _fs(S.SELF_CHECKING, S.REFUSED),
-    (S.AWAITING_WATCHER, K.WATCHER_REFUSED): _fs(S.AWAITING_WATCHER, S.REFUSED),
-    (S.REGISTERED, K.WATCHER_REFUSED): _fs(S.REGISTERED, S.REFUSED),
-    (S.UNSERVED, K.KUBELET_RESTART): _fs(S.UNSERVED),
-    (S.SELF_CHECKING, K.KUBELET_RESTART): _fs(S.SELF_CHECKING),
-    (S.REGISTERING, K.KUBELET_RESTART): _fs(S.REGISTERING),
-    (S.AWAITING_WATCHER, K.KUBELET_RESTART): _fs(S.AWAITING_WATCHER),
-    (S.ADOPTING, K.KUBELET_RESTART): _fs(S.REGISTERING),
-    (S.REGISTERED, K.KUBELET_RESTART): _fs(S.REGISTERED, S.REGISTERING, S.AWAITING_WATCHER),
-    (S.BACKING_OFF, K.KUBELET_RESTART): _fs(S.REGISTERING),
-    (S.REFUSED, K.KUBELET_RESTART): _fs(S.REGISTERING, S.UNSERVED),
-    (S.REGISTERED, K.KUBELET_GONE): _fs(S.REGISTERED, S.REGISTERING, S.AWAITING_WATCHER),
-    (S.UNSERVED, K.OWN_SOCKET_GONE): _fs(S.UNSERVED),
-    **{(s, K.OWN_SOCKET_GONE): _fs(S.UNSERVED) for s in (*_SERVED, S.BACKING_OFF)},
-    (S.REFUSED, K.OWN_SOCKET_GONE): _fs(S.REFUSED, S.UNSERVED),
-    (S.SELF_CHECKING, K.REREGISTER): _fs(S.SELF_CHECKING),
-    (S.REGISTERING, K.REREGISTER): _fs(S.REGISTERING),
-    (S.AWAITING_WATCHER, K.REREGISTER): _fs(S.AWAITING_WATCHER),
-    (S.ADOPTING, K.REREGISTER): _fs(S.ADOPTING),
-    (S.REGISTERED, K.REREGISTER): _fs(S.REGISTERED, S.REGISTERING, S.UNSERVED),
-    (S.BACKING_OFF, K.REREGISTER): _fs(S.REGISTERING),
-    (S.REFUSED, K.REREGISTER): _fs(S.REGISTERING, S.UNSERVED),
-    **{(s, K.STOP): _fs(S.STOPPED) for s in _ALL_BUT_STOPPED},
-}
 
 
 class IllegalTransition(RuntimeError):

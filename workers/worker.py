@@ -40,13 +40,15 @@ from common.messages import (
     type_name,
 )
 from workers import cdi, registration
-from workers import registration_fsm as fsm
+from workers import registration_io as fsm
 from workers.cdi_sync import CdiSync
 from workers.control_link import ControlLink
+from workers.device_set import DeviceSet
 from workers.events import EventQueue
 from workers.kubelet_watch import KubeletWatch, Seen
-from workers.plan import Plan, make_plan
-from workers.servicer import Counters, StreamHub, publish
+from workers.plan import make_plan
+from workers.registration_fsm import RegistrationMachine
+from workers.servicer import Counters, StreamHub
 from workers.serving import Serving
 from workers.timings import WorkerTimings
 
@@ -82,8 +84,9 @@ class Worker:
         self.hub = StreamHub(self.events, self.counters)
         self.serving = Serving(self.hub, self.counters, self.events, self.t, self._report)
         self.cdi = CdiSync(self.t, self._report)
-        self.machine = fsm.RegistrationMachine(self.t, clock)
         self.timers = Timers(clock)
+        self.devices = DeviceSet(self.hub, self.cdi, self.timers)
+        self.machine = RegistrationMachine(self.t, clock)
         self.watch: KubeletWatch | None = None
         self._feed_queue: collections.deque[fsm.Event] = collections.deque()
         self.poller = zmq.Poller()
@@ -91,8 +94,6 @@ class Worker:
 
         self.resource: ResourceConfig | None = None
         self.settings: WorkerSettings | None = None
-        self.plan: Plan | None = None
-        self.published: tuple[Plan, str | None] | None = None  # what the hub serves now
         self.mode = ""
         self.registered_since = time.time()
         self.kubelet_seen = False
@@ -227,9 +228,7 @@ class Worker:
             self.timers.every("heartbeat", interval, self._heartbeat, first=0.0)
             self.timers.every("liveness", interval / 4, self._liveness)
         self.resource, self.settings = resource, settings
-        self.plan = plan
-        self._sync_cdi()
-        self._publish()
+        self.devices.apply(plan, settings)
         if first or reserve:
             if reserve:
                 LOG.info("registration settings or resource name changed; serving afresh")
@@ -274,40 +273,6 @@ class Worker:
 
     def _send_ready(self, reason: str) -> None:
         self._send(Ready(self.machine.registered, self.mode, self.registered_since, reason))
-
-    # ---- publishing and CDI -----------------------------------------------------------------
-
-    def _publish(self) -> None:
-        """Hand the handlers the current plan, unless they already have exactly that."""
-        plan = self.plan
-        if plan is None:
-            return
-        key = (plan, self.cdi.problem)
-        if key == self.published:
-            LOG.debug("device set unchanged; nothing to publish")
-            return
-        self.published = key
-        self.hub.publish(publish(plan, self.cdi.problem))
-        LOG.info(
-            "device set applied matched=%d usable=%d ids=%d health=%s numa=%s%s",
-            len(plan.matched),
-            len(plan.usable),
-            len(plan.device_ids),
-            plan.health if self.cdi.problem is None else "Unhealthy (CDI spec not written)",
-            ",".join(map(str, plan.numa_nodes)) or "none",
-            " cdi=pending" if self.cdi.problem is not None else "",
-        )
-
-    def _sync_cdi(self) -> None:
-        retry = self.cdi.sync(self.plan, self.settings)
-        if retry is None:
-            self.timers.cancel("cdi")
-        else:
-            self.timers.call_later("cdi", retry, self._retry_cdi)
-
-    def _retry_cdi(self) -> None:
-        self._sync_cdi()
-        self._publish()
 
     # ---- kubelet watch ----------------------------------------------------------------------
 

@@ -6,14 +6,19 @@ from __future__ import annotations
 import itertools
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from workers import registration_fsm as f
+from workers import registration_fsm, registration_io, registration_table
 from workers.events import RegisterDone, SelfCheckDone, StreamLost, StreamOpened, WatcherStatus
 from workers.registration_fsm import Kind, RegistrationMachine, State
 from workers.timings import WorkerTimings
 
+#: The machine, its events and actions, and its table, under one name.
+f = SimpleNamespace(
+    **{**vars(registration_io), **vars(registration_table), **vars(registration_fsm)}
+)
 DOC = Path(__file__).resolve().parents[2] / "docs" / "worker.md"
 TIMINGS = WorkerTimings()
 
