@@ -98,6 +98,9 @@ class RegistrationMachine:
         self.serve_backoff = Backoff(timings.backoff_first, timings.backoff_cap)
         self.refused = False  # this run of failures includes a refusal: the slow cap applies
         self.refusal_reported = False
+        #: A self-check of one of our servers passed (and no refusal since): classic mode skips
+        #: the self-check of the next one.
+        self.server_trusted = False
         self.reason = ""
         self._throttle = LogThrottle(timings.log_repeat, clock)
 
@@ -200,6 +203,10 @@ class RegistrationMachine:
         self.generation = ev.generation
         self.serve_backoff.reset()
         self.stream = StreamSeen.NONE
+        if self.mode == "classic" and self.server_trusted:
+            # Our servers answer (one did): after a kubelet's wipe every millisecond counts
+            # before its re-admission of pods, and the kubelet's dial-back checks this one.
+            return self._checked()
         self._move(State.SELF_CHECKING)
         actions: list[Action] = [SelfCheck(ev.generation)]
         if self.mode == "watcher":
@@ -235,9 +242,14 @@ class RegistrationMachine:
     def _on_self_check_ok(self, ev: SelfCheckDone) -> list[Action]:
         if not self._current(ev.generation):
             return []
+        self.server_trusted = True
         if self.mode == "watcher":
             self._move(State.AWAITING_WATCHER)
             return []
+        return self._checked()
+
+    def _checked(self) -> list[Action]:
+        """Classic, the current server known to answer: register (or wait, or adopt)."""
         if self.inflight is not None:
             self._move(State.REGISTERING)  # the Register still out decides
             return []
@@ -254,6 +266,7 @@ class RegistrationMachine:
         if not self._current(ev.generation):
             return []
         LOG.error("%s; serving afresh", ev.error)
+        self.server_trusted = False
         actions = [StopServer(), *self._failed(ev.error, False)]
         self.generation = -1
         self._move(State.UNSERVED)
@@ -300,6 +313,8 @@ class RegistrationMachine:
         if self.restart_pending:
             return self._register()  # sent before a restart signal: try the new kubelet now
         actions = self._failed(ev.error, ev.refused)
+        if ev.refused:
+            self.server_trusted = False  # perhaps the kubelet could not dial us: check the next
         self._move(State.REFUSED if self.refused else State.BACKING_OFF)
         return actions
 

@@ -35,7 +35,7 @@ def _fs(*states: State) -> frozenset[State]:
 
 TRANSITIONS: dict[tuple[State, Kind], frozenset[State]] = {
     **{(s, K.RESET): _fs(S.UNSERVED) for s in _ALL_BUT_STOPPED},
-    (S.UNSERVED, K.SERVED): _fs(S.SELF_CHECKING),
+    (S.UNSERVED, K.SERVED): _fs(S.SELF_CHECKING, S.REGISTERING, S.ADOPTING, S.REGISTERED),
     (S.UNSERVED, K.SERVE_FAILED): _fs(S.UNSERVED),
     (S.UNSERVED, K.TIMER): _fs(S.UNSERVED),
     (S.BACKING_OFF, K.TIMER): _fs(S.REGISTERING),

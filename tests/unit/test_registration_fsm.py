@@ -230,8 +230,7 @@ def test_every_restart_signal_resets_the_backoff(signal) -> None:  # type: ignor
     clock.advance(0.1)
     actions = m.handle(signal(m, clock))
     if isinstance(actions[-1], f.Serve):  # our socket was wiped: serve afresh first
-        m.handle(f.Served(m.generation + 2))
-        actions = m.handle(SelfCheckDone(m.generation))
+        actions = m.handle(f.Served(m.generation + 2))  # no self-check: one passed already
     (register,) = _registers(actions)  # tried at once, not after the 1 s cap
     delay = _timer(m.handle(RegisterDone(register.attempt, register.generation, "absent")))
     assert delay == TIMINGS.backoff_first
@@ -300,6 +299,15 @@ def test_a_refusal_backs_off_slowly_and_is_reported_once() -> None:
         assert m.state is State.REFUSED
     assert reports == 0  # the first refusal (in drive) was the one report
     assert _timer(actions) == TIMINGS.refused_backoff_cap
+
+
+def test_classic_self_checks_only_until_a_server_of_ours_answered() -> None:
+    m, _ = drive(State.REGISTERED, "classic")
+    m.handle(f.OwnSocketGone("wiped by a restarting kubelet"))
+    (register,) = _registers(m.handle(f.Served(2)))  # straight to Register
+    m.handle(RegisterDone(register.attempt, 2, "UNKNOWN: cannot dial", refused=True))
+    m.handle(f.OwnSocketGone("wiped"))
+    assert f.SelfCheck(3) in m.handle(f.Served(3))  # after a refusal: check again
 
 
 def test_watcher_refusal_recreates_the_socket_after_the_backoff() -> None:
