@@ -147,8 +147,21 @@ def test_every_state_and_event(state: State, kind: Kind, mode: str) -> None:
         assert actions == [] and m.state is state, "a pair not in the table is ignored"
     else:
         assert m.state in allowed
-    # Whatever happened, at most one Register is in flight.
-    assert len(_registers(actions)) <= 1
+    # Whatever happened, at most one Register is in flight, and it is the one the machine waits on.
+    registers = _registers(actions)
+    assert len(registers) <= 1
+    if registers:
+        assert m.inflight is not None and m.inflight.number == registers[0].attempt
+        assert m.state is State.REGISTERING
+    # The server is only stopped on the way to a state without one.
+    if any(isinstance(a, f.StopServer) for a in actions):
+        assert m.state in (State.UNSERVED, State.REFUSED) and m.generation == -1
+    # The supervisor hears of every change of "registered", and only of those.
+    reports = [a for a in actions if isinstance(a, f.ReportReady)]
+    changed = (state is State.REGISTERED) != (m.state is State.REGISTERED)
+    assert len(reports) == int(changed)
+    if reports:
+        assert reports[0].registered is (m.state is State.REGISTERED) and reports[0].reason
 
 
 def test_the_table_names_only_real_states_and_kinds() -> None:
