@@ -22,7 +22,6 @@ Rules the table encodes:
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from collections.abc import Callable
@@ -37,7 +36,6 @@ from workers.registration_io import (
     ClaimStream,
     Count,
     Event,
-    Kind,
     KubeletGone,
     KubeletRestart,
     OwnSocketGone,
@@ -56,20 +54,10 @@ from workers.registration_io import (
     TimerDue,
     kind_of,
 )
-from workers.registration_table import TRANSITIONS, State
+from workers.registration_table import TRANSITIONS, IllegalTransition, State, StreamSeen
 from workers.timings import WorkerTimings
 
 LOG = logging.getLogger("workers.registration")
-
-
-class IllegalTransition(RuntimeError):
-    """A handler moved somewhere the table does not allow: a bug in this module."""
-
-
-class StreamSeen(enum.Enum):
-    NONE = "none"  # the kubelet's stream of the current claim has not opened (yet)
-    LIVE = "live"
-    ENDED = "ended"
 
 
 @dataclass(frozen=True)
@@ -120,7 +108,9 @@ class RegistrationMachine:
         if allowed is None:
             LOG.debug("ignored %s in state %s", kind.value, before.value)
             return []
-        actions = _HANDLERS[kind](self, event)
+        # One handler per kind, named for it: _on_reset, _on_served, ...
+        handler: Callable[[Event], list[Action]] = getattr(self, f"_on_{kind.name.lower()}")
+        actions = handler(event)
         if self.state not in allowed:
             raise IllegalTransition(f"{before.value} --{kind.value}--> {self.state.value}")
         if self.state is not before:
@@ -441,24 +431,3 @@ class RegistrationMachine:
     def _on_stop(self, ev: Stop) -> list[Action]:
         self._move(State.STOPPED, "stopped")
         return []
-
-
-_HANDLERS: dict[Kind, Callable[[RegistrationMachine, Event], list[Action]]] = {
-    Kind.RESET: RegistrationMachine._on_reset,  # type: ignore[dict-item]
-    Kind.SERVED: RegistrationMachine._on_served,  # type: ignore[dict-item]
-    Kind.SERVE_FAILED: RegistrationMachine._on_serve_failed,  # type: ignore[dict-item]
-    Kind.TIMER: RegistrationMachine._on_timer,  # type: ignore[dict-item]
-    Kind.SELF_CHECK_OK: RegistrationMachine._on_self_check_ok,  # type: ignore[dict-item]
-    Kind.SELF_CHECK_FAILED: RegistrationMachine._on_self_check_failed,  # type: ignore[dict-item]
-    Kind.REGISTER_OK: RegistrationMachine._on_register_ok,  # type: ignore[dict-item]
-    Kind.REGISTER_FAILED: RegistrationMachine._on_register_failed,  # type: ignore[dict-item]
-    Kind.STREAM_OPENED: RegistrationMachine._on_stream_opened,  # type: ignore[dict-item]
-    Kind.STREAM_LOST: RegistrationMachine._on_stream_lost,  # type: ignore[dict-item]
-    Kind.WATCHER_REGISTERED: RegistrationMachine._on_watcher_registered,  # type: ignore[dict-item]
-    Kind.WATCHER_REFUSED: RegistrationMachine._on_watcher_refused,  # type: ignore[dict-item]
-    Kind.KUBELET_RESTART: RegistrationMachine._on_kubelet_restart,  # type: ignore[dict-item]
-    Kind.KUBELET_GONE: RegistrationMachine._on_kubelet_gone,  # type: ignore[dict-item]
-    Kind.OWN_SOCKET_GONE: RegistrationMachine._on_own_socket_gone,  # type: ignore[dict-item]
-    Kind.REREGISTER: RegistrationMachine._on_reregister,  # type: ignore[dict-item]
-    Kind.STOP: RegistrationMachine._on_stop,  # type: ignore[dict-item]
-}

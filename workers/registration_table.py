@@ -86,3 +86,13 @@ TRANSITIONS: dict[tuple[State, Kind], frozenset[State]] = {
     (S.REFUSED, K.REREGISTER): _fs(S.REGISTERING, S.UNSERVED),
     **{(s, K.STOP): _fs(S.STOPPED) for s in _ALL_BUT_STOPPED},
 }
+
+
+class IllegalTransition(RuntimeError):
+    """A handler moved somewhere the table does not allow: a bug in this module."""
+
+
+class StreamSeen(enum.Enum):
+    NONE = "none"  # the kubelet's stream of the current claim has not opened (yet)
+    LIVE = "live"
+    ENDED = "ended"

@@ -23,7 +23,7 @@ import zmq
 from common import exitcodes
 from common.config import ResourceConfig
 from common.devices import Candidate
-from common.kubelet_socket import KUBELET_SOCKET, KubeletChange
+from common.kubelet_socket import KUBELET_SOCKET
 from common.loop.signals import SignalInbox
 from common.loop.timers import Timers
 from common.messages import (
@@ -45,9 +45,10 @@ from workers.cdi_sync import CdiSync
 from workers.control_link import ControlLink
 from workers.device_set import DeviceSet
 from workers.events import EventQueue
-from workers.kubelet_watch import KubeletWatch, Seen
+from workers.kubelet_watch import KubeletWatch
 from workers.plan import make_plan
 from workers.registration_fsm import RegistrationMachine
+from workers.restart_signals import RestartSignals
 from workers.servicer import Counters, StreamHub
 from workers.serving import Serving
 from workers.timings import WorkerTimings
@@ -87,16 +88,14 @@ class Worker:
         self.timers = Timers(clock)
         self.devices = DeviceSet(self.hub, self.cdi, self.timers)
         self.machine = RegistrationMachine(self.t, clock)
-        self.watch: KubeletWatch | None = None
+        self.signals: RestartSignals | None = None
         self._feed_queue: collections.deque[fsm.Event] = collections.deque()
         self.poller = zmq.Poller()
-        self._watch_fds: set[int] = set()
 
         self.resource: ResourceConfig | None = None
         self.settings: WorkerSettings | None = None
         self.mode = ""
         self.registered_since = time.time()
-        self.kubelet_seen = False
         self.stopped = False
         self.exit_code: int | None = None
 
@@ -134,8 +133,8 @@ class Worker:
                 self._on_message(msg)
         for event in self.events.drain():
             self._feed(event)
-        if self.watch is not None and self.exit_code is None:
-            self._on_seen(self.watch.read())
+        if self.signals is not None and self.exit_code is None:
+            self.signals.read()
         for due in self.timers.take_due():
             if self.exit_code is None and due.callback is not None:
                 due.callback()
@@ -240,13 +239,16 @@ class Worker:
 
     def _start_serving(self, settings: WorkerSettings) -> None:
         self.mode = self._choose_mode(settings)
-        if self.watch is not None:
-            self.watch.close()
-        self.watch = KubeletWatch(settings.device_plugin_dir, self._socket_path())
-        self.kubelet_seen = self.watch.kubelet.current is not None
-        self._rewatch()
-        self.timers.every("poll", self.t.poll_interval, self._poll)
-        self.timers.every("rewatch", self.t.rewatch_interval, self._rewatch)
+        if self.signals is not None:
+            self.signals.close()
+        own = self._socket_path()
+        watch = KubeletWatch(settings.device_plugin_dir, own)
+        signals = RestartSignals(
+            watch, own, self.serving, self.counters, self.poller, self._feed, self.clock
+        )
+        self.signals = signals
+        self.timers.every("poll", self.t.poll_interval, signals.poll)
+        self.timers.every("rewatch", self.t.rewatch_interval, signals.rewatch)
         self._feed(fsm.Reset(self.mode, "settings changed"))
 
     def _choose_mode(self, settings: WorkerSettings) -> str:
@@ -273,63 +275,6 @@ class Worker:
 
     def _send_ready(self, reason: str) -> None:
         self._send(Ready(self.machine.registered, self.mode, self.registered_since, reason))
-
-    # ---- kubelet watch ----------------------------------------------------------------------
-
-    def _rewatch(self) -> None:
-        if self.watch is None:
-            return
-        self.watch.ensure()
-        fds = set(self.watch.filenos())
-        for fd in self._watch_fds - fds:
-            self.poller.unregister(fd)
-        for fd in fds - self._watch_fds:
-            self.poller.register(fd, zmq.POLLIN)
-        self._watch_fds = fds
-
-    def _poll(self) -> None:
-        if self.watch is not None:
-            self._on_seen(self.watch.poll())
-
-    def _on_seen(self, seen: Seen) -> None:
-        if seen.rescan:
-            self._rewatch()
-        for change in seen.kubelet:
-            if change is KubeletChange.GONE:
-                self._feed(fsm.KubeletGone())
-                continue
-            if change is KubeletChange.REPLACED or self.kubelet_seen:
-                self.counters.add("kubelet_restarts")
-            self.kubelet_seen = True
-            self._feed(fsm.KubeletRestart(f"kubelet.sock {change.value}", self._appeared_at()))
-        if seen.own_touched:
-            self._check_own_socket()
-
-    def _appeared_at(self) -> float:
-        """When kubelet.sock was created, on our clock (its ctime; now if that is unknown)."""
-        try:
-            ctime = os.lstat(self._kubelet_socket()).st_ctime_ns / 1e9
-        except OSError:
-            return self.clock()
-        return self.clock() - max(0.0, time.time() - ctime)
-
-    def _check_own_socket(self) -> None:
-        server = self.serving.server
-        if server is not None:
-            if server.intact():
-                return
-            if self.serving.replaced_by_live_server():
-                reason = (
-                    f"own socket {server.socket_path} was replaced by another live server "
-                    "(another instance of this plugin?); not taking it back"
-                )
-            else:
-                reason = f"own socket {server.socket_path} was removed (kubelet restart?)"
-            self._feed(fsm.OwnSocketGone(reason))
-        elif self.serving.in_use and not os.path.lexists(self._socket_path()):
-            LOG.info("the other server's socket is gone; serving now")
-            self.serving.in_use = False
-            self._feed(fsm.OwnSocketGone("the path is free"))
 
     # ---- the state machine's actions --------------------------------------------------------
 
@@ -427,8 +372,8 @@ class Worker:
         self.stopped = True
         self.serving.close()
         self.cdi.remove()
-        if self.watch is not None:
-            self.watch.close()
+        if self.signals is not None:
+            self.signals.close()
         self.registered_since = time.time()
         self._send(Ready(False, self.mode, self.registered_since, f"stopped: {reason}"))
         self.link.close()

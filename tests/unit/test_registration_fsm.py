@@ -12,7 +12,9 @@ import pytest
 
 from workers import registration_fsm, registration_io, registration_table
 from workers.events import RegisterDone, SelfCheckDone, StreamLost, StreamOpened, WatcherStatus
-from workers.registration_fsm import Kind, RegistrationMachine, State
+from workers.registration_fsm import RegistrationMachine
+from workers.registration_io import Kind
+from workers.registration_table import State
 from workers.timings import WorkerTimings
 
 #: The machine, its events and actions, and its table, under one name.
