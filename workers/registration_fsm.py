@@ -11,8 +11,8 @@ Rules the table encodes:
   A `reregister` or a kubelet-restart signal while one is in flight never cancels it: its outcome
   decides. Only one still running `stuck_attempt` after a *later* restart signal is abandoned.
 - Only the kubelet's stream counts: each registration has a claim number; the first stream opened
-  after the claim was armed (right before Register is sent, or once served in watcher mode) is the
-  kubelet's, and only its opening and end reach this machine (`StreamHub`).
+  after the claim was armed (right before Register is sent, or by the plugin watcher's GetInfo)
+  is the kubelet's, and only its opening and end reach this machine (`StreamHub`).
 - The kubelet's live stream proves the registration: a `reregister`, a kubelet-restart signal or
   kubelet.sock going away is then only noted. Registering again beside a live stream makes
   kubelets 1.26-1.35 drop the *new* registration when the old stream ends (kubernetes#121994).
@@ -33,7 +33,6 @@ from workers.events import RegisterDone, SelfCheckDone, StreamLost, StreamOpened
 from workers.registration_io import (
     Action,
     CancelTimer,
-    ClaimStream,
     Count,
     Event,
     KubeletGone,
@@ -198,11 +197,7 @@ class RegistrationMachine:
             # before its re-admission of pods, and the kubelet's dial-back checks this one.
             return self._checked()
         self._move(State.SELF_CHECKING)
-        actions: list[Action] = [SelfCheck(ev.generation)]
-        if self.mode == "watcher":
-            self.claim += 1
-            actions.append(ClaimStream(self.claim))
-        return actions
+        return [SelfCheck(ev.generation)]
 
     def _on_serve_failed(self, ev: ServeFailed) -> list[Action]:
         delay = self.t.in_use_retry if ev.in_use else self.serve_backoff.next_delay()
@@ -215,6 +210,11 @@ class RegistrationMachine:
         if state is State.REFUSED and self.mode == "watcher":
             self._move(State.UNSERVED)
             return [Serve()]
+        if state is State.AWAITING_WATCHER:
+            LOG.warning(
+                "no plugin watcher called within %.1fs; serving afresh", self.t.stream_grace
+            )
+            return self._serve_afresh("no plugin watcher")
         if state is State.ADOPTING:
             self.adoptable = None
             return self._register("adoption expired")
@@ -309,6 +309,10 @@ class RegistrationMachine:
         return actions
 
     def _on_stream_opened(self, ev: StreamOpened) -> list[Action]:
+        if self.mode == "watcher" and self._current(ev.generation):
+            # The plugin watcher armed this claim with its GetInfo: a kubelet (perhaps a
+            # restarted one) is registering the socket we serve.
+            self.claim = ev.claim
         if not self._current(ev.generation, ev.claim):
             return []
         self.stream = StreamSeen.LIVE
@@ -322,13 +326,14 @@ class RegistrationMachine:
         self.stream = StreamSeen.ENDED
         self._reset_backoff()
         state = self.state
-        if self.mode == "watcher" and state in (
-            State.SELF_CHECKING,
-            State.AWAITING_WATCHER,
-            State.REGISTERED,
-        ):
-            LOG.warning("ListAndWatch stream broke: the kubelet lost us; serving afresh")
-            return self._serve_afresh("stream broke")  # a new socket for the plugin watcher
+        if self.mode == "watcher" and state in (State.AWAITING_WATCHER, State.REGISTERED):
+            # A restarted kubelet's plugin watcher finds the socket we serve and calls GetInfo;
+            # only if none does within the grace is the socket made anew for it to see.
+            LOG.warning("ListAndWatch stream broke: the kubelet lost us; waiting for its watcher")
+            self._move(State.AWAITING_WATCHER, "stream broke")
+            return [SetTimer(self.t.stream_grace)]
+        if self.mode == "watcher" and state is State.SELF_CHECKING:
+            return self._serve_afresh("stream broke")
         if state in (State.REGISTERED, State.ADOPTING):
             LOG.warning("ListAndWatch stream broke: the kubelet lost us; registering again")
             return self._register("stream broke")

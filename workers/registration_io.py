@@ -130,13 +130,6 @@ class Register:
 
 
 @dataclass(frozen=True)
-class ClaimStream:
-    """Watcher mode: the next stream to open is the kubelet's, of registration `claim`."""
-
-    claim: int
-
-
-@dataclass(frozen=True)
 class SetTimer:
     delay: float
 
@@ -168,7 +161,6 @@ Action = (
     | StopServer
     | SelfCheck
     | Register
-    | ClaimStream
     | SetTimer
     | CancelTimer
     | ReportReady

@@ -162,11 +162,18 @@ class StreamHub:
         self._open: set[_Stream] = set()
         self._first_live_generation = 0
         self._claim: int | None = None
+        self._watcher_claims = 0
 
     def claim(self, claim: int) -> None:
         """The next stream to open is the kubelet's, of registration `claim`."""
         with self._cond:
             self._claim = claim
+
+    def claim_next(self) -> None:
+        """The plugin watcher called GetInfo: its kubelet opens the next stream (claims < 0)."""
+        with self._cond:
+            self._watcher_claims -= 1
+            self._claim = self._watcher_claims
 
     @property
     def published(self) -> Published | None:
@@ -369,9 +376,15 @@ class RegistrationServicer(reg_grpc.RegistrationServicer):  # type: ignore[misc]
     """`pluginregistration.Registration`, served on the same socket in watcher mode."""
 
     def __init__(
-        self, events: EventQueue, generation: int, resource_name: str, endpoint: str
+        self,
+        events: EventQueue,
+        hub: StreamHub,
+        generation: int,
+        resource_name: str,
+        endpoint: str,
     ) -> None:
         self._events = events
+        self._hub = hub
         self._generation = generation
         self._info = reg.PluginInfo(
             type=PLUGIN_TYPE,
@@ -381,6 +394,7 @@ class RegistrationServicer(reg_grpc.RegistrationServicer):  # type: ignore[misc]
         )
 
     def GetInfo(self, request: reg.InfoRequest, context: grpc.ServicerContext) -> reg.PluginInfo:
+        self._hub.claim_next()  # the kubelet's device manager dials us and opens a stream next
         return self._info
 
     def NotifyRegistrationStatus(
@@ -404,5 +418,5 @@ def add_services(
     )
     if watcher_endpoint is not None:
         reg_grpc.add_RegistrationServicer_to_server(
-            RegistrationServicer(events, generation, resource_name, watcher_endpoint), server
+            RegistrationServicer(events, hub, generation, resource_name, watcher_endpoint), server
         )

@@ -311,8 +311,6 @@ class Worker:
                 )
         elif isinstance(action, fsm.Register):
             self._register(action)
-        elif isinstance(action, fsm.ClaimStream):
-            self.hub.claim(action.claim)
         elif isinstance(action, fsm.SetTimer):
             self.timers.call_later("registration", action.delay, self._timer_due)
         elif isinstance(action, fsm.CancelTimer):
