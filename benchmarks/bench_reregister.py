@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.conditions import wait_until  # noqa: E402
-from tests.standin_supervisor import Rig, make_candidate, make_resource  # noqa: E402
+from tests.conditions import wait_until
+from tests.standin_supervisor import Rig, make_candidate, make_resource
 
 TARGET_P95_MS = 20.0
 
