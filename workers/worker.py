@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import signal
 import time
@@ -112,7 +113,8 @@ class Worker:
         LOG.info("worker starting control=%s", self.link.endpoint)
         try:
             while self.exit_code is None:
-                self.poller.poll(int(self.timers.timeout(1.0) * 1000))
+                # Rounded up: a deadline 0.4 ms away must not spin the loop until it is due.
+                self.poller.poll(math.ceil(self.timers.timeout(1.0) * 1000))
                 for signum in inbox.drain():
                     name = signal.Signals(signum).name
                     LOG.info("received %s; shutting down", name)
