@@ -23,7 +23,7 @@ from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from proto.pluginregistration.v1 import api_pb2 as reg
 from proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from workers import plan as planning
-from workers.events import EventQueue, StreamLost, WatcherStatus
+from workers.events import EventQueue, StreamLost, StreamOpened, WatcherStatus
 
 LOG = logging.getLogger("workers.servicer")
 
@@ -129,9 +129,9 @@ class Counters:
 @dataclass(eq=False)
 class _Stream:
     generation: int
-    #: time.monotonic() at open: a stream opened before the current registration's Register
-    #: was sent belongs to an older registration.
-    opened_at: float
+    opened_at: float  # time.monotonic()
+    #: The registration whose stream this is, when it is the kubelet's; None: another client's.
+    claim: int | None = None
     ended: bool = False  # set when we end it (replaced, server stopping); the kubelet did not
     over: bool = False  # the RPC has terminated (gRPC's callback ran)
 
@@ -139,13 +139,17 @@ class _Stream:
 class StreamHub:
     """The published state and the ListAndWatch streams.
 
-    The newest stream is the live one (the kubelet opens one per registration). An older stream
-    is never ended just because a newer one opened: kubelets 1.26-1.35 keep an old
-    registration's stream open, and when it ends they disconnect the *current* registration
+    Only the kubelet's stream counts. The main loop arms a claim right before it sends Register
+    (in watcher mode: once the socket is served), and the first stream to open after that is the
+    kubelet's (the kubelet opens it while, or right after, it handles our registration); it is
+    the live one, reported as StreamOpened and, ending without us ending it, as StreamLost.
+    Streams opened with no claim armed are another local client's: served like any other, but
+    their end says nothing about the kubelet. (A client that opens one between our Register and
+    the kubelet's dial would be taken for the kubelet; nothing in the call tells them apart.)
+    An older stream is never ended just because a newer one opened: kubelets 1.26-1.35 keep an
+    old registration's stream open, and when it ends they disconnect the *current* registration
     (kubernetes#121994). The kubelet ends old streams itself, or we end them all right before we
-    register again. The live stream terminating without us having ended it means the kubelet
-    lost us: that is reported as StreamLost (an older one's end too; the main loop tells them
-    apart by `opened_at`).
+    register again.
     """
 
     def __init__(self, events: EventQueue, counters: Counters) -> None:
@@ -157,6 +161,19 @@ class StreamHub:
         self._live: _Stream | None = None
         self._open: set[_Stream] = set()
         self._first_live_generation = 0
+        self._claim: int | None = None
+        self._watcher_claims = 0
+
+    def claim(self, claim: int) -> None:
+        """The next stream to open is the kubelet's, of registration `claim`."""
+        with self._cond:
+            self._claim = claim
+
+    def claim_next(self) -> None:
+        """The plugin watcher called GetInfo: its kubelet opens the next stream (claims < 0)."""
+        with self._cond:
+            self._watcher_claims -= 1
+            self._claim = self._watcher_claims
 
     @property
     def published(self) -> Published | None:
@@ -176,9 +193,13 @@ class StreamHub:
                 stream.ended = True
                 return stream
             self._open.add(stream)
-            self._live = stream
-            self._counters.stream_open = True
+            if self._claim is not None:
+                stream.claim, self._claim = self._claim, None
+                self._live = stream
+                self._counters.stream_open = True
             self._cond.notify_all()
+        if stream.claim is not None:
+            self._events.post(StreamOpened(generation, stream.claim))
         return stream
 
     def live(self, generation: int) -> _Stream | None:
@@ -228,15 +249,15 @@ class StreamHub:
         """gRPC's callback: the RPC is over, for whatever reason."""
         with self._cond:
             stream.over = True
-            lost = not stream.ended
+            lost = not stream.ended and stream.claim is not None
             stream.ended = True
             self._open.discard(stream)
             if self._live is stream:
                 self._live = None
                 self._counters.stream_open = False
             self._cond.notify_all()
-        if lost:
-            self._events.post(StreamLost(stream.generation, stream.opened_at))
+        if lost and stream.claim is not None:
+            self._events.post(StreamLost(stream.generation, stream.claim))
 
     def next_snapshot(
         self, stream: _Stream, seen: int
@@ -355,9 +376,15 @@ class RegistrationServicer(reg_grpc.RegistrationServicer):  # type: ignore[misc]
     """`pluginregistration.Registration`, served on the same socket in watcher mode."""
 
     def __init__(
-        self, events: EventQueue, generation: int, resource_name: str, endpoint: str
+        self,
+        events: EventQueue,
+        hub: StreamHub,
+        generation: int,
+        resource_name: str,
+        endpoint: str,
     ) -> None:
         self._events = events
+        self._hub = hub
         self._generation = generation
         self._info = reg.PluginInfo(
             type=PLUGIN_TYPE,
@@ -367,6 +394,7 @@ class RegistrationServicer(reg_grpc.RegistrationServicer):  # type: ignore[misc]
         )
 
     def GetInfo(self, request: reg.InfoRequest, context: grpc.ServicerContext) -> reg.PluginInfo:
+        self._hub.claim_next()  # the kubelet's device manager dials us and opens a stream next
         return self._info
 
     def NotifyRegistrationStatus(
@@ -390,5 +418,5 @@ def add_services(
     )
     if watcher_endpoint is not None:
         reg_grpc.add_RegistrationServicer_to_server(
-            RegistrationServicer(events, generation, resource_name, watcher_endpoint), server
+            RegistrationServicer(events, hub, generation, resource_name, watcher_endpoint), server
         )
