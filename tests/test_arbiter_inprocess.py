@@ -32,10 +32,10 @@ from common.messages import (
     type_name,
 )
 from simulator.sysfs import SysfsTree, connectx_ib
-from supervisor import arbiter as arbiter_module
 from supervisor.arbiter import Arbiter, Options
 from supervisor.control import RECEIVE_BATCH, ControlChannel
 from supervisor.observer import Observer
+from supervisor.timings import Timings
 from supervisor.worker_table import WorkerRecord, WorkerState
 from tests.conditions import wait_until
 
@@ -62,7 +62,14 @@ def root() -> Iterator[Path]:
         yield Path(d)
 
 
-def _arbiter(root: Path, names: list[str], records: bool = True) -> Arbiter:
+def _arbiter(
+    root: Path,
+    names: list[str],
+    records: bool = True,
+    clock: Callable[[], float] = time.monotonic,
+    observer: Observer | None = None,
+    timings: Timings | None = None,
+) -> Arbiter:
     data = _config(names)
     (root / "c.json").write_bytes(data)
     options = Options(
@@ -75,7 +82,14 @@ def _arbiter(root: Path, names: list[str], records: bool = True) -> Arbiter:
         use_cdi=True,
         cdi_dir=str(root / "cdi"),
     )
-    arbiter = Arbiter(options, load_config_bytes(data), data)
+    arbiter = Arbiter(
+        options,
+        load_config_bytes(data),
+        data,
+        observer,
+        timings=timings or Timings.fast(),
+        clock=clock,
+    )
     for resource in arbiter.config.resources if records else ():
         arbiter.table.add(resource)
     return arbiter
@@ -124,7 +138,7 @@ def test_a_worker_killed_unexpectedly_leaves_no_socket_or_cdi_spec(root: Path) -
     arbiter.table.move(record, WorkerState.RUNNING, "test")
     os.kill(proc.pid, signal.SIGKILL)
     wait_until(lambda: proc.poll() is not None, what="the worker to die")
-    arbiter._reap()
+    arbiter.lifecycle.reap()
     assert record.state is WorkerState.BACKOFF
     assert not (root / "dp" / "b.sock").exists()
     assert not spec.exists()
@@ -134,10 +148,10 @@ def test_a_worker_killed_unexpectedly_leaves_no_socket_or_cdi_spec(root: Path) -
 def test_sighup_while_stopping_starts_nothing(root: Path) -> None:
     arbiter = _arbiter(root, ["a"])
     spawned: list[str] = []
-    arbiter._spawn = lambda record, why: spawned.append(record.name)  # type: ignore[method-assign, assignment]
-    arbiter.stopping = True
+    arbiter.lifecycle.spawn = lambda record, why: spawned.append(record.name)  # type: ignore[method-assign]
+    arbiter.lifecycle.stopping = True
     (root / "c.json").write_bytes(_config(["a", "z"]))
-    arbiter._poll_config(forced=True)
+    arbiter.poll_config(forced=True)
     assert spawned == []
     assert arbiter.table.get("z") is None
 
@@ -185,7 +199,7 @@ class Script(Observer):
                 arbiter.begin_shutdown("test done")
 
 
-def _options(root: Path, **extra: Any) -> Options:
+def _options(root: Path) -> Options:
     return Options(
         config_file=str(root / "c.json"),
         host_root=str(root / "node"),
@@ -196,15 +210,20 @@ def _options(root: Path, **extra: Any) -> Options:
         use_cdi=False,
         cdi_dir=str(root / "cdi"),
         uevent_source="off",
-        **extra,
     )
 
 
-def _run(root: Path, names: list[str], script: Script, **extra: Any) -> tuple[Arbiter, int]:
-    """Run a real supervisor loop (real workers) until the script ends it; its exit code."""
+def _run(root: Path, names: list[str], script: Script, **timings: Any) -> tuple[Arbiter, int]:
+    """Run a real supervisor loop (real workers, fast timings) until the script ends it."""
     data = _config(names)
     (root / "c.json").write_bytes(data)
-    arbiter = Arbiter(_options(root, **extra), load_config_bytes(data), data, observer=script)
+    arbiter = Arbiter(
+        _options(root),
+        load_config_bytes(data),
+        data,
+        observer=script,
+        timings=Timings.fast(**timings),
+    )
     script.arbiter = arbiter
     code = arbiter.run()
     assert not script.failure, script.failure
@@ -227,23 +246,23 @@ def test_a_handler_that_raises_once_is_logged_counted_and_the_workers_keep_runni
         if record is None or not _running(arbiter, "a"):
             return False
         seen["pid"] = record.pid
-        real = arbiter._heartbeat
+        real = arbiter.lifecycle.heartbeat
 
-        def heartbeat_failing_once(now: float) -> None:
+        def heartbeat_failing_once() -> None:
             seen["calls"] += 1
             if seen["calls"] == 1:
                 raise RuntimeError("a bug in the heartbeat handler")
-            real(now)
+            real()
 
-        arbiter._heartbeat = heartbeat_failing_once  # type: ignore[method-assign]
+        arbiter.timers.every(
+            ("heartbeat",), arbiter.timings.heartbeat_interval, heartbeat_failing_once
+        )
         return True
 
     def heartbeats_went_on(arbiter: Arbiter) -> bool:
         return seen["calls"] >= 3  # the failed one, then two more turns of the same timer
 
-    arbiter, code = _run(
-        root, ["a"], Script([worker_running, heartbeats_went_on]), heartbeat_interval=0.5
-    )
+    arbiter, code = _run(root, ["a"], Script([worker_running, heartbeats_went_on]))
     assert code == exitcodes.OK
     assert arbiter.loop_errors == {"timer:heartbeat": 1}
     failed = [r for r in caplog.records if "handling timer:heartbeat failed" in r.getMessage()]
@@ -256,28 +275,27 @@ def test_a_handler_that_raises_once_is_logged_counted_and_the_workers_keep_runni
 
 
 def test_a_burst_of_handler_errors_stops_the_workers_in_order(
-    root: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    root: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    monkeypatch.setattr(arbiter_module, "MAX_LOOP_ERRORS", 3)
 
     def worker_running(arbiter: Arbiter) -> bool:
         if not _running(arbiter, "a"):
             return False
 
-        def always_failing(now: float) -> None:
+        def always_failing() -> None:
             raise RuntimeError("a bug that happens every time")
 
-        # The kubelet poll (every 0.2 s), not the heartbeat: the worker must keep hearing from us,
-        # or it would leave as "supervisor lost" before the stop message could reach it.
-        arbiter._poll_kubelet = always_failing  # type: ignore[method-assign]
+        # The kubelet poll, not the heartbeat: the worker must keep hearing from us, or it
+        # would leave as "supervisor lost" before the stop message could reach it.
+        arbiter.timers.every(("kubelet",), 0.05, always_failing)
         return True
 
     def never(arbiter: Arbiter) -> bool:  # the loop has to end by itself
         return False
 
     script = Script([worker_running, never])
-    arbiter, code = _run(root, ["a"], script, heartbeat_interval=0.5)
+    arbiter, code = _run(root, ["a"], script, max_loop_errors=3)
     assert code == exitcodes.FATAL
     assert set(arbiter.loop_errors) == {"timer:kubelet"}
     assert arbiter.loop_errors["timer:kubelet"] >= 3
@@ -377,54 +395,54 @@ def _spawns(arbiter: Arbiter) -> list[str]:
         spawned.append(reason)
         arbiter.table.move(record, WorkerState.STARTING, reason)
 
-    arbiter._spawn = fake_spawn  # type: ignore[method-assign]
+    arbiter.lifecycle.spawn = fake_spawn  # type: ignore[method-assign]
     return spawned
 
 
 def test_a_flapping_port_never_restarts_a_worker_in_backoff(root: Path) -> None:
     tree = _node(root)
-    arbiter = _arbiter(root, ["a"])
-    arbiter.clock = clock = Clock()
-    arbiter._rescan("start")
+    clock = Clock()
+    arbiter = _arbiter(root, ["a"], clock=clock)
+    arbiter.sync.rescan("start")
     _in_backoff(arbiter, "a", 60.0)
     spawned = _spawns(arbiter)
     for state in ("DOWN", "ACTIVE", "DOWN", "ACTIVE"):
         tree.set_port_state("mlx5_1", 1, state)
         clock.now += 1
-        arbiter._rescan("periodic")
+        arbiter.sync.rescan("periodic")
         assert arbiter.devices.moved == set()
     assert spawned == []  # health alone: the backoff runs its course
 
 
 def test_a_device_set_change_retries_early_once_per_backoff_period(root: Path) -> None:
     tree = _node(root)
-    arbiter = _arbiter(root, ["a"])
-    arbiter.clock = clock = Clock()
-    arbiter._rescan("start")
+    clock = Clock()
+    arbiter = _arbiter(root, ["a"], clock=clock)
+    arbiter.sync.rescan("start")
     _in_backoff(arbiter, "a", 60.0)
     spawned = _spawns(arbiter)
     tree.remove_function("0000:3c:00.0")
-    arbiter._rescan("periodic")
+    arbiter.sync.rescan("periodic")
     assert spawned == ["devices changed: an early retry"]
     # It crashed again at once; the device comes back within the same backoff period.
     arbiter.table.move(arbiter.table.get("a"), WorkerState.BACKOFF, "crashed")  # type: ignore[arg-type]
     clock.now += 5
     tree.add(connectx_ib("0000:3c:00.0", rdma="mlx5_1", netdev="ib1"))
-    arbiter._rescan("periodic")
+    arbiter.sync.rescan("periodic")
     assert arbiter.devices.moved == {"a"}
     assert len(spawned) == 1  # no second early retry
     # A backoff period later, a change may retry early again.
     clock.now += 60
     tree.remove_function("0000:1a:00.0")
-    arbiter._rescan("periodic")
+    arbiter.sync.rescan("periodic")
     assert len(spawned) == 2
 
 
 def test_a_config_change_retries_early_once_per_backoff_period(root: Path) -> None:
     _node(root)
-    arbiter = _arbiter(root, ["a", "b"])
-    arbiter.clock = clock = Clock()
-    arbiter._rescan("start")
+    clock = Clock()
+    arbiter = _arbiter(root, ["a", "b"], clock=clock)
+    arbiter.sync.rescan("start")
     _in_backoff(arbiter, "a", 30.0)
     spawned = _spawns(arbiter)
     changed = json.loads(_config(["a", "b"]))
@@ -458,24 +476,26 @@ class BusyMonitor:
 
 def test_a_burst_of_uevents_within_the_debounce_gives_one_rescan(root: Path) -> None:
     _node(root)
-    arbiter = _arbiter(root, ["a"])
-    arbiter.observer = counting = CountingObserver()
-    arbiter.clock = clock = Clock()
-    arbiter.uevents = BusyMonitor()
+    clock, counting = Clock(), CountingObserver()
+    # 40 events over 80 ms: one burst for a 100 ms debounce.
+    timings = Timings.fast(rescan_debounce=0.1)
+    arbiter = _arbiter(root, ["a"], clock=clock, observer=counting, timings=timings)
+    arbiter.sync.uevents = BusyMonitor()
 
     def run_due() -> None:
-        for key in arbiter.timers.pop_due(clock.now):
-            arbiter._on_timer(key)
+        for due in arbiter.timers.take_due(clock.now):
+            assert due.callback is not None
+            due.callback()
 
     for _ in range(40):  # 40 events over 80 ms, timers running between them
-        arbiter._on_uevents()
+        arbiter.sync.on_uevents()
         clock.now += 0.002
         run_due()
-    clock.now += arbiter_module.RESCAN_DEBOUNCE
+    clock.now += arbiter.timings.rescan_debounce
     run_due()
     assert counting.scans == ["uevent"]
-    arbiter._on_uevents()  # a later event gets its own rescan
-    clock.now += arbiter_module.RESCAN_DEBOUNCE
+    arbiter.sync.on_uevents()  # a later event gets its own rescan
+    clock.now += arbiter.timings.rescan_debounce
     run_due()
     assert counting.scans == ["uevent", "uevent"]
 
@@ -557,15 +577,15 @@ def test_a_message_from_a_worker_reaped_a_moment_ago_is_not_answered(
             got: list[tuple[bytes, Message]] = []
             wait_until(lambda: got.extend(arbiter.control.receive()) or got, what="delivery")  # type: ignore[union-attr, func-returns-value]
             for peer, received in got:
-                arbiter._on_message(peer, received)
+                arbiter.peers.on_message(peer, received)
 
         deliver(Hello(resource="a", pid=proc.pid))
         assert record.state is WorkerState.RUNNING
-        arbiter._stop(record, "test")
+        arbiter.lifecycle.stop(record, "test")
         # The worker says goodbye and exits; the supervisor reaps it before reading that.
         proc.terminate()
         wait_until(lambda: proc.poll() is not None, what="the worker to exit")
-        arbiter._reap()
+        arbiter.lifecycle.reap()
         assert record.state.value == "exited"
         deliver(Ready(registered=False, mode="classic", since=0.0, reason="stopping"))
         deliver(StatusRequest())

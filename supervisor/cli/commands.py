@@ -101,6 +101,7 @@ def status(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     """Load and check the config, then run the supervisor loop until SIGTERM/SIGINT."""
     from supervisor.arbiter import Arbiter, Options
+    from supervisor.timings import Timings
 
     setup_logging(args.log_level, args.log_format, process="supervisor")
     try:
@@ -139,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"--metrics-address: {err}", file=sys.stderr)
         return exitcodes.FATAL
     try:
-        return Arbiter(options, config, data, observer=observer).run()
+        timings = Timings.from_env(os.environ)  # production timings unless a test asks
+        return Arbiter(options, config, data, observer=observer, timings=timings).run()
     finally:
         if observer is not None:
             observer.stopped()  # idempotent; covers a loop that never started
