@@ -1,4 +1,4 @@
-"""Device sync: uevents (debounced) and timers -> a full sysfs rescan -> devices pushed (supervisor).
+"""Device sync: uevents (debounced) and timers -> a full rescan -> devices pushed (supervisor).
 
 The scan is the truth, a uevent only a hint: a burst of uevents (a function going away sends
 dozens) arms one rescan `rescan_debounce` later. `periodicUpdateInterval` adds a periodic

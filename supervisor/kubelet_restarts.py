@@ -49,7 +49,7 @@ class KubeletRestarts:
     def poll(self) -> None:
         if not self.watch.poll():
             return
-        LOG.info("kubelet.sock was created again: the kubelet restarted; workers register again")
+        LOG.info("kubelet.sock was replaced: the kubelet restarted; workers register again")
         self.restarted_at = self.loop.clock()
         self.count += 1
         self._observe(self.observer.kubelet_restarted)

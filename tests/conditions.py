@@ -31,15 +31,27 @@ def wait_until(
 
 @contextlib.contextmanager
 def hard_timeout(seconds: int) -> Iterator[None]:
-    """Fail the enclosed block with TimeoutError after `seconds` (SIGALRM; main thread only)."""
+    """Fail the enclosed block with TimeoutError after `seconds` (SIGALRM; main thread only).
+
+    Nests: an outer hard timeout (the conftest's per-test one) is armed again on exit with what
+    is left of it, and an inner one never outlives the outer.
+    """
 
     def expired(signum: int, frame: FrameType | None) -> None:
         raise TimeoutError(f"test ran longer than its hard timeout of {seconds}s")
 
+    started = time.monotonic()
     previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
+    outer = signal.alarm(seconds)
+    if outer and outer < seconds:  # the outer one is due first: keep it
+        signal.signal(signal.SIGALRM, previous)
+        signal.alarm(outer)
+        yield
+        return
     try:
         yield
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+        if outer:
+            signal.alarm(max(1, outer - int(time.monotonic() - started)))

@@ -11,8 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
-import traceback
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from supervisor.observer import Observer
 from supervisor.timings import Timings
 from supervisor.worker_table import WorkerRecord, WorkerState
 from tests.conditions import wait_until
+from tests.loop_script import Script
 
 
 def _config(names: list[str]) -> bytes:
@@ -148,7 +148,7 @@ def test_a_worker_killed_unexpectedly_leaves_no_socket_or_cdi_spec(root: Path) -
 def test_sighup_while_stopping_starts_nothing(root: Path) -> None:
     arbiter = _arbiter(root, ["a"])
     spawned: list[str] = []
-    arbiter.lifecycle.spawn = lambda record, why: spawned.append(record.name)  # type: ignore[method-assign]
+    arbiter.lifecycle.spawn = lambda record, reason: spawned.append(record.name)  # type: ignore[method-assign]
     arbiter.lifecycle.stopping = True
     (root / "c.json").write_bytes(_config(["a", "z"]))
     arbiter.poll_config(forced=True)
@@ -157,46 +157,6 @@ def test_sighup_while_stopping_starts_nothing(root: Path) -> None:
 
 
 # ---- a real loop with real workers, driven from the loop's own observer hook ------------------
-
-Step = Callable[[Arbiter], bool]
-
-
-class Script(Observer):
-    """Runs the first step on every loop turn until it returns True, then the next one; stops the
-    arbiter after the last, or when the deadline passes. A failing step is recorded rather than
-    raised (the loop swallows observer errors) and `_run` re-raises it."""
-
-    def __init__(self, steps: list[Step], timeout: float = 15.0) -> None:
-        self.steps = steps
-        self.timeout = timeout
-        self.arbiter: Arbiter | None = None
-        self.failure = ""
-        self.deadline = 0.0
-
-    def started(self, source: object) -> None:
-        self.deadline = time.monotonic() + self.timeout
-
-    def poll_timeout(self) -> float | None:
-        return 0.02  # look at the current step often
-
-    def loop_turned(self, readable: Collection[int]) -> None:
-        arbiter = self.arbiter
-        if arbiter is None or arbiter.stopping or not self.steps:
-            return
-        if time.monotonic() > self.deadline:
-            self.failure = f"timed out in step {self.steps[0].__name__}"
-            arbiter.begin_shutdown("test timed out")
-            return
-        try:
-            done = self.steps[0](arbiter)
-        except Exception:
-            self.failure = traceback.format_exc()
-            arbiter.begin_shutdown("test step failed")
-            return
-        if done:
-            self.steps.pop(0)
-            if not self.steps:
-                arbiter.begin_shutdown("test done")
 
 
 def _options(root: Path) -> Options:
