@@ -34,9 +34,9 @@ def validate_config(path: str) -> int:
 
 
 def discover(args: argparse.Namespace) -> int:
+    from common.defaults import DEFAULT_CONFIG_FILE
     from common.discovery import scan
     from supervisor.cli.discover_report import build_report, render_text
-    from supervisor.cli.parser import DEFAULT_CONFIG_FILE
 
     setup_logging(args.log_level, args.log_format)
     config_file: str | None = args.config_file

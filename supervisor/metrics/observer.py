@@ -22,9 +22,9 @@ from collections.abc import Collection, Mapping, Sequence
 import psutil
 
 from common.config import Config
+from common.defaults import VERSION
 from common.devices import Candidate, Scan
 from common.messages import WorkerCounters, WorkerStatus
-from supervisor.cli.parser import VERSION
 from supervisor.metrics.exporter import Metrics
 from supervisor.metrics.http_server import MetricsServer, Probes, start_metrics_server
 from supervisor.metrics.pod_resources import PodAllocation, PodResourcesReader
