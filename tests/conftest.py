@@ -6,7 +6,8 @@
 - a hard timeout on every test (SIGALRM, `HARD_TIMEOUT` seconds, or the `hard_timeout(seconds)`
   marker), so a hung test fails with a traceback instead of hanging the run;
 - each test gets the marker of its folder (unit, component, e2e, static), so `-m unit` selects a
-  folder's tests wherever they are run from.
+  folder's tests wherever they are run from; property tests (hypothesis) also get `fuzz`, which
+  `make test-fast` leaves out (hundreds of examples each: seconds, not milliseconds).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         if folder in FOLDERS:
             item.add_marker(getattr(pytest.mark, folder))
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            item.add_marker(pytest.mark.fuzz)
 
 
 @pytest.fixture(autouse=True)

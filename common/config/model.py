@@ -16,7 +16,7 @@ DEFAULT_PERIODIC_UPDATE_INTERVAL = 60
 
 #: Upper bound of rdmaHcaMax. 10000 devices make one ListAndWatchResponse of about 0.5 MB even with
 #: 5-character IDs, "Unhealthy" and 8 NUMA nodes each: 8x below the kubelet's 4 MiB gRPC receive
-#: limit (the arithmetic is in docs/configuration.md and checked by tests/test_config.py).
+#: limit (the arithmetic is in docs/configuration.md and checked by tests/unit/test_config.py).
 MAX_RDMA_HCA_MAX = 10000
 #: The Go plugin multiplies the interval by time.Second in an int64; larger values overflowed there.
 MAX_PERIODIC_UPDATE_INTERVAL = 9_223_372_036

@@ -17,7 +17,7 @@ from proto.deviceplugin.v1beta1 import api_pb2 as dp
 from simulator.kubelet import DeviceState
 from tests.conditions import wait_until
 from tests.standin_supervisor import Rig, make_candidate, make_resource
-from tests.test_cdi import validate_cdi
+from tests.unit.test_cdi import validate_cdi
 
 RESOURCE = make_resource("hca_a", "example.com", 4)
 FULL = "example.com/hca_a"

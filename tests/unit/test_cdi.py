@@ -18,7 +18,7 @@ from tests.standin_supervisor import make_candidate, make_resource
 from workers import cdi
 from workers.plan import make_plan
 
-SCHEMA_DIR = Path(__file__).parent / "fixtures" / "cdi-schema"
+SCHEMA_DIR = Path(__file__).parent.parent / "fixtures" / "cdi-schema"
 _VERSIONS = ("0.3.0", "0.4.0", "0.5.0", "0.6.0", "0.7.0", "0.8.0", "1.0.0", "1.1.0")
 
 

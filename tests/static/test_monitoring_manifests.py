@@ -20,7 +20,7 @@ import pytest
 
 from supervisor.cli import parser as cli
 from supervisor.metrics.exporter import exported_metrics
-from tests.test_deployment import K8S, daemonset_container, only, render, tool, yaml
+from tests.static.test_deployment import K8S, daemonset_container, only, render, tool, yaml
 
 MONITORING = K8S / "overlays" / "monitoring"
 
@@ -527,7 +527,7 @@ def test_alert_fires_exactly_when_it_should(
 
 # --- the example queries of docs/metrics.md -------------------------------------------------------
 
-METRICS_DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
+METRICS_DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
 
 def doc_queries() -> dict[str, str]:

@@ -37,7 +37,7 @@ from simulator.kubelet import (
 from tests.conditions import wait_until
 
 RESOURCE = "rdma/hca_shared_devices_a"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _device(dev_id: str, health: str = "Healthy", numa: tuple[int, ...] = ()) -> dp.Device:

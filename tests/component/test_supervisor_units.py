@@ -44,7 +44,7 @@ from supervisor.runtime_dir import RuntimeDir, RuntimeDirError
 from supervisor.worker_process import worker_command, worker_env
 from tests.conditions import wait_until
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SUPERVISOR = REPO / "supervisor"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.cli.parser import DEFAULT_CONFIG_FILE, _normalise_argv, build_parser
-from tests.test_discovery_real import FIXTURE, materialise
+from tests.unit.test_discovery_real import FIXTURE, materialise
 
 EXAMPLE = {
     "periodicUpdateInterval": 300,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -202,6 +202,11 @@ def test_dockerignore_admits_every_package_and_packaging_file() -> None:
 
 
 def test_dockerignore_keeps_out_everything_else() -> None:
-    for path in (".venv/bin/python", ".git/config", "tests/test_deployment.py", "deployment/k8s"):
+    for path in (
+        ".venv/bin/python",
+        ".git/config",
+        "tests/static/test_deployment.py",
+        "deployment/k8s",
+    ):
         assert not dockerignore_admits(path), path
     assert not dockerignore_admits("common/__pycache__/config.cpython-311.pyc")

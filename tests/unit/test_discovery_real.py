@@ -15,7 +15,7 @@ import pytest
 from common.devices import CharDevice, NetDev, Port
 from common.discovery import scan
 
-FIXTURE = Path(__file__).parent / "fixtures" / "real-sysfs" / "hwloc-stampede-mlx4"
+FIXTURE = Path(__file__).parent.parent / "fixtures" / "real-sysfs" / "hwloc-stampede-mlx4"
 # A flattened link is short; real attribute files never hold just a "../" path.
 _MAX_LINK_FILE = 4096
 

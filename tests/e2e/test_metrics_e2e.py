@@ -35,10 +35,10 @@ from supervisor.metrics.exporter import Metrics
 from supervisor.metrics.http_server import Probes
 from supervisor.metrics.observer import MetricsObserver
 from supervisor.metrics.pod_resources import PodAllocation
+from tests.component.test_metrics_prometheus import PROMETHEUS, PROMTOOL, Prometheus, free_port, hca
 from tests.conditions import hard_timeout, wait_until
 from tests.podresources_simulator import PodDevices, PodResourcesSimulator
 from tests.supervisor_rig import REPO, Plant, full, resource_entry, three_resources
-from tests.test_metrics_prometheus import PROMETHEUS, PROMTOOL, Prometheus, free_port, hca
 
 HARD_TIMEOUT = 40
 ABC = ["a", "b", "c"]

@@ -28,7 +28,7 @@ from supervisor.cli import parser as cli
 
 yaml = pytest.importorskip("yaml", reason="PyYAML missing: run .ci/install-tools.sh")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEPLOYMENT = REPO / "deployment"
 K8S = DEPLOYMENT / "k8s"
 EXAMPLES = DEPLOYMENT / "examples"
