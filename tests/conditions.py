@@ -7,13 +7,16 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
 
 
 def wait_until(
-    predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.01, what: str = ""
+    predicate: Callable[[], T | Literal[False] | None],
+    timeout: float = 5.0,
+    interval: float = 0.01,
+    what: str = "",
 ) -> T:
     """Poll `predicate` until it returns a truthy value and return that value.
 

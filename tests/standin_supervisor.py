@@ -184,7 +184,13 @@ class StandinSupervisor:
                     return m
             return None
 
-        return wait_until(check, timeout, what=f"a message from {resource}")
+        # A list, so the type stays the Message union (mypy joins a bare union to its base).
+        found: list[Message] = wait_until(
+            lambda: [m] if (m := check()) is not None else None,
+            timeout,
+            what=f"a message from {resource}",
+        )
+        return found[0]
 
     def close(self) -> None:
         """Stop answering and close the socket (a supervisor that died)."""

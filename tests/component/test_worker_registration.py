@@ -126,8 +126,8 @@ def test_kubelet_absent_at_start(tmp_path: Path, legacy: bool) -> None:
         wait_until(
             lambda: (
                 rig.supervisor.received("hca_a", Heartbeat)
-                and _counters(rig).counters.registrations_failed >= 3
-            ),  # type: ignore[union-attr]
+                and _counters(rig).counters.registrations_failed >= 3  # type: ignore[union-attr]
+            ),
             5,
             what="failed attempts counted",
         )

@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from common import exitcodes
+from common.messages import WorkerStatus
 from simulator.kubelet import HEALTHY, UNHEALTHY
 from tests.conditions import hard_timeout, wait_until
 from tests.supervisor_rig import REPO, Plant, full, resource_entry, three_resources
@@ -359,10 +360,12 @@ def test_auto_mode_uses_the_plugin_watcher_when_its_folder_exists() -> None:
     try:
         rig.start()
         rig.wait_registered(ABC)
-        rows = wait_until(
-            lambda: (s := rig.status()) and all(w.registered for w in s.workers) and s.workers,
-            what="every worker registered",
-        )
+
+        def all_registered() -> tuple[WorkerStatus, ...]:
+            workers = rig.status().workers
+            return workers if all(w.registered for w in workers) else ()
+
+        rows = wait_until(all_registered, what="every worker registered")
         assert {w.mode for w in rows} == {"watcher"}
         assert sorted(p.name for p in (rig.root / "registry").iterdir()) == [
             "a.sock",

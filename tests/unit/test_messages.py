@@ -105,7 +105,9 @@ def test_malformed_frames_are_refused_with_a_reason(frame: bytes, says: str) -> 
 
 
 def _configure_raw(**settings_overrides: Any) -> dict[str, Any]:
-    raw = json.loads(encode(Configure(make_resource(), SETTINGS, (make_candidate(0),))))
+    raw: dict[str, Any] = json.loads(
+        encode(Configure(make_resource(), SETTINGS, (make_candidate(0),)))
+    )
     raw["body"]["settings"].update(settings_overrides)
     return raw
 

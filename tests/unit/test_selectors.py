@@ -20,7 +20,7 @@ def _hca(
     link_type: str = "infiniband",
     rdma: str | None = "mlx5_0",
 ) -> Candidate:
-    rdma_devices = ()
+    rdma_devices: tuple[RdmaDevice, ...] = ()
     if rdma is not None:
         rdma_devices = (
             RdmaDevice(

@@ -130,7 +130,8 @@ def test_by_peer_and_forget_process() -> None:
     record.peer, record.pid, record.configured, record.registered = b"a/1", 1, True, True
     assert table.by_peer(b"a/1") is record and table.by_peer(b"a/2") is None
     record.forget_process()
-    assert (record.peer, record.pid, record.configured, record.registered) == (
+    after: tuple[object, ...] = (record.peer, record.pid, record.configured, record.registered)
+    assert after == (
         None,
         0,
         False,
