@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 from common.config.keys import _DNS_LABEL, _RESOURCE_NAME, _SELECTOR_FIELDS
 from common.config.model import (
@@ -45,6 +46,8 @@ from common.config.values import (
     _vendor,
 )
 
+Fields = dict[str, tuple[str, Any]]  # canonical key -> (its JSON path, its value)
+
 
 def _document(ctx: _Context, obj: object) -> Config | None:
     if not isinstance(obj, dict):
@@ -58,29 +61,40 @@ def _document(ctx: _Context, obj: object) -> Config | None:
         )
         return None
     fields = _fields(ctx, obj, "", "top")
+    interval = _interval(ctx, fields)
+    resources = _config_list(ctx, fields)
+    if ctx.problems:
+        return None
+    return Config(interval, tuple(resources), tuple(ctx.warnings))
 
-    interval = DEFAULT_PERIODIC_UPDATE_INTERVAL
-    if "periodicUpdateInterval" in fields:
-        path, value = fields["periodicUpdateInterval"]
-        got = _integer(
-            ctx, path, value, "a whole number of seconds", f"{DEFAULT_PERIODIC_UPDATE_INTERVAL}"
+
+def _interval(ctx: _Context, fields: Fields) -> int:
+    if "periodicUpdateInterval" not in fields:
+        return DEFAULT_PERIODIC_UPDATE_INTERVAL
+    path, value = fields["periodicUpdateInterval"]
+    got = _integer(
+        ctx, path, value, "a whole number of seconds", f"{DEFAULT_PERIODIC_UPDATE_INTERVAL}"
+    )
+    if got is None:
+        return DEFAULT_PERIODIC_UPDATE_INTERVAL
+    if got < 0:
+        ctx.error(
+            path,
+            f"must be >= 0 seconds, got {_num(got)}; use 0 to turn periodic rescans off, "
+            f"or leave it out for the default ({DEFAULT_PERIODIC_UPDATE_INTERVAL})",
         )
-        if got is not None:
-            if got < 0:
-                ctx.error(
-                    path,
-                    f"must be >= 0 seconds, got {_num(got)}; use 0 to turn periodic rescans off, "
-                    f"or leave it out for the default ({DEFAULT_PERIODIC_UPDATE_INTERVAL})",
-                )
-            elif got > MAX_PERIODIC_UPDATE_INTERVAL:
-                ctx.error(
-                    path,
-                    f"{_num(got)} seconds is too large (at most {MAX_PERIODIC_UPDATE_INTERVAL}); "
-                    "use 0 to turn periodic rescans off",
-                )
-            else:
-                interval = got
+    elif got > MAX_PERIODIC_UPDATE_INTERVAL:
+        ctx.error(
+            path,
+            f"{_num(got)} seconds is too large (at most {MAX_PERIODIC_UPDATE_INTERVAL}); "
+            "use 0 to turn periodic rescans off",
+        )
+    else:
+        return got
+    return DEFAULT_PERIODIC_UPDATE_INTERVAL
 
+
+def _config_list(ctx: _Context, fields: Fields) -> list[ResourceConfig]:
     resources: list[ResourceConfig] = []
     if "configList" not in fields:
         ctx.error(
@@ -88,32 +102,34 @@ def _document(ctx: _Context, obj: object) -> Config | None:
             'is required: add "configList": [ {"resourceName": ..., "selectors": {...}} ] '
             "with one entry per resource",
         )
-    else:
-        path, value = fields["configList"]
-        entries = _list(ctx, path, value, "a list of resource objects")
-        if entries is not None and not entries:
-            ctx.error(path, "must not be empty: add at least one resource")
-        owners: dict[str, int] = {}
-        for i, entry in enumerate(entries or ()):
-            entry_path = f"{path}[{i}]"
-            resource = _resource(ctx, entry_path, entry)
-            name = _raw_resource_name(entry)
-            if name is not None:
-                if name in owners:
-                    ctx.error(
-                        f"{entry_path}.resourceName",
-                        f"{_q(name)} is already used by {path}[{owners[name]}]; resource names "
-                        "must be unique, even with different prefixes, because each resource's "
-                        "socket file is <resourceName>.sock",
-                    )
-                else:
-                    owners[name] = i
-            if resource is not None:
-                resources.append(resource)
+        return resources
+    path, value = fields["configList"]
+    entries = _list(ctx, path, value, "a list of resource objects")
+    if entries is not None and not entries:
+        ctx.error(path, "must not be empty: add at least one resource")
+    owners: dict[str, int] = {}
+    for i, entry in enumerate(entries or ()):
+        entry_path = f"{path}[{i}]"
+        resource = _resource(ctx, entry_path, entry)
+        _check_unique(ctx, owners, entry, path, i)
+        if resource is not None:
+            resources.append(resource)
+    return resources
 
-    if ctx.problems:
-        return None
-    return Config(interval, tuple(resources), tuple(ctx.warnings))
+
+def _check_unique(ctx: _Context, owners: dict[str, int], entry: object, path: str, i: int) -> None:
+    name = _raw_resource_name(entry)
+    if name is None:
+        return
+    if name in owners:
+        ctx.error(
+            f"{path}[{i}].resourceName",
+            f"{_q(name)} is already used by {path}[{owners[name]}]; resource names "
+            "must be unique, even with different prefixes, because each resource's "
+            "socket file is <resourceName>.sock",
+        )
+    else:
+        owners[name] = i
 
 
 def _raw_resource_name(entry: object) -> str | None:
@@ -135,48 +151,65 @@ def _resource(ctx: _Context, path: str, value: object) -> ResourceConfig | None:
         return None
     before = len(ctx.problems)
     fields = _fields(ctx, value, path, "entry")
+    name = _name(ctx, path, fields)
+    prefix = _prefix(ctx, fields)
+    hca_max = _hca_max(ctx, path, fields)
+    selectors = _selection(ctx, path, fields)
+    if len(ctx.problems) > before:
+        return None
+    return ResourceConfig(name, prefix, hca_max, selectors)
 
-    name = ""
+
+def _name(ctx: _Context, path: str, fields: Fields) -> str:
     name_path = _join(path, "resourceName")
     if "resourceName" not in fields:
         ctx.error(name_path, 'is required: add "resourceName": "<name>" (letters, digits, _)')
-    else:
-        name_path, raw = fields["resourceName"]
-        got = _string(ctx, name_path, raw)
-        if got is not None:
-            name = got
-            _check_resource_name(ctx, name_path, name)
+        return ""
+    name_path, raw = fields["resourceName"]
+    got = _string(ctx, name_path, raw)
+    if got is None:
+        return ""
+    _check_resource_name(ctx, name_path, got)
+    return got
 
-    prefix = DEFAULT_RESOURCE_PREFIX
-    if "resourcePrefix" in fields:
-        prefix_path, raw = fields["resourcePrefix"]
-        got = _string(ctx, prefix_path, raw)
-        if got:  # "" means the default, as in the Go plugin
-            prefix = got
-            _check_resource_prefix(ctx, prefix_path, prefix)
 
-    hca_max = 0
+def _prefix(ctx: _Context, fields: Fields) -> str:
+    if "resourcePrefix" not in fields:
+        return DEFAULT_RESOURCE_PREFIX
+    prefix_path, raw = fields["resourcePrefix"]
+    got = _string(ctx, prefix_path, raw)
+    if not got:  # "" means the default, as in the Go plugin
+        return DEFAULT_RESOURCE_PREFIX
+    _check_resource_prefix(ctx, prefix_path, got)
+    return got
+
+
+def _hca_max(ctx: _Context, path: str, fields: Fields) -> int:
     if "rdmaHcaMax" not in fields:
         ctx.warn(
             _join(path, "rdmaHcaMax"),
             "not set, so this resource advertises 0 devices (as the Go plugin does); "
             "set it to the number of pods that may share the devices",
         )
+        return 0
+    max_path, raw = fields["rdmaHcaMax"]
+    count = _integer(ctx, max_path, raw, "a whole number of devices", "1000")
+    if count is None:
+        return 0
+    if count < 0:
+        ctx.error(max_path, f"must be >= 0, got {_num(count)} (0 advertises no devices)")
+    elif count > MAX_RDMA_HCA_MAX:
+        ctx.error(
+            max_path,
+            f"{_num(count)} is too large: at most {MAX_RDMA_HCA_MAX}, so that one "
+            "ListAndWatch message stays far below the kubelet's 4 MiB gRPC limit",
+        )
     else:
-        max_path, raw = fields["rdmaHcaMax"]
-        count = _integer(ctx, max_path, raw, "a whole number of devices", "1000")
-        if count is not None:
-            if count < 0:
-                ctx.error(max_path, f"must be >= 0, got {_num(count)} (0 advertises no devices)")
-            elif count > MAX_RDMA_HCA_MAX:
-                ctx.error(
-                    max_path,
-                    f"{_num(count)} is too large: at most {MAX_RDMA_HCA_MAX}, so that one "
-                    "ListAndWatch message stays far below the kubelet's 4 MiB gRPC limit",
-                )
-            else:
-                hca_max = count
+        return count
+    return 0
 
+
+def _selection(ctx: _Context, path: str, fields: Fields) -> Selectors:
     # None: present but unusable (already reported), so "missing" would only add noise.
     selectors = Selectors()
     selectors_given: bool | None = False
@@ -216,10 +249,7 @@ def _resource(ctx: _Context, path: str, value: object) -> ResourceConfig | None:
             'is deprecated; write "selectors": {"ifNames": [...]} instead (same meaning)',
         )
         selectors = Selectors(if_names=devices)
-
-    if len(ctx.problems) > before:
-        return None
-    return ResourceConfig(name, prefix, hca_max, selectors)
+    return selectors
 
 
 def _check_resource_name(ctx: _Context, path: str, name: str) -> None:
