@@ -48,8 +48,6 @@ class Timings:
     max_poll_wait: float = 1.0
     #: Periodic look at the runtime folder and control socket (inotify is the fast signal).
     runtime_check_interval: float = 1.0
-    #: Retry of a runtime folder that could not be restored.
-    runtime_retry: float = 1.0
     #: Handler errors within `loop_error_window` seconds that make the supervisor stop.
     max_loop_errors: int = 20
     loop_error_window: float = 10.0
@@ -72,7 +70,6 @@ class Timings:
             orphan_wait=2.0,
             max_poll_wait=0.2,
             runtime_check_interval=0.1,
-            runtime_retry=0.1,
             restart=RestartPolicy(initial_delay=0.02, max_delay=0.5, stable_after=5.0),
         )
         return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]

@@ -41,14 +41,47 @@ class WorkerState(Enum):
     FATAL = "fatal"
 
 
+@dataclass(frozen=True)
+class Transition:
+    """One row of the state machine: in `state`, on `event`, move to `next` and do `action`."""
+
+    state: WorkerState
+    event: str
+    next: WorkerState
+    action: str
+
+
 S = WorkerState
+#: The worker-table state machine; docs/supervisor.md shows it as a table (a test compares them).
+TRANSITIONS: tuple[Transition, ...] = (
+    Transition(S.EXITED, "spawn (configured, added, renamed)", S.STARTING, "start the process"),
+    Transition(S.STARTING, "hello", S.RUNNING, "send configure with its devices"),
+    Transition(
+        S.STARTING,
+        "died, cannot start, or no hello in time",
+        S.BACKOFF,
+        "clean up; restart after the policy's delay",
+    ),
+    Transition(S.STARTING, "exit status 3 (config invalid)", S.FATAL, "wait for its config"),
+    Transition(S.STARTING, "stop", S.STOPPING, "SIGTERM (no peer yet); SIGKILL later"),
+    Transition(S.RUNNING, "died or hung", S.BACKOFF, "clean up; restart after the policy's delay"),
+    Transition(S.RUNNING, "exit status 3 (config invalid)", S.FATAL, "wait for its config"),
+    Transition(S.RUNNING, "stop", S.STOPPING, "stop message; SIGTERM, then SIGKILL"),
+    Transition(
+        S.BACKOFF,
+        "delay over, or early retry (config or device set changed)",
+        S.STARTING,
+        "start the process",
+    ),
+    Transition(S.BACKOFF, "stop", S.EXITED, "cancel the restart"),
+    Transition(
+        S.STOPPING, "exited", S.EXITED, "drop the record if removed; start again if renamed"
+    ),
+    Transition(S.FATAL, "config changed", S.STARTING, "start the process"),
+    Transition(S.FATAL, "stop", S.EXITED, "nothing to stop"),
+)
 ALLOWED: dict[WorkerState, frozenset[WorkerState]] = {
-    S.EXITED: frozenset({S.STARTING}),
-    S.STARTING: frozenset({S.RUNNING, S.BACKOFF, S.FATAL, S.STOPPING}),
-    S.RUNNING: frozenset({S.BACKOFF, S.FATAL, S.STOPPING}),
-    S.BACKOFF: frozenset({S.STARTING, S.EXITED}),
-    S.STOPPING: frozenset({S.EXITED}),
-    S.FATAL: frozenset({S.STARTING, S.EXITED}),
+    state: frozenset(t.next for t in TRANSITIONS if t.state is state) for state in WorkerState
 }
 
 
