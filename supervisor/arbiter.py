@@ -26,15 +26,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
 from common import exitcodes
-from common.config import Config, ConfigError, load_config_bytes
+from common.config import Config
 from common.loop.signals import SignalInbox
-from common.messages import Message, Status, WorkerSettings, WorkerStatus, type_name
+from common.messages import Message, Status, WorkerStatus, type_name
 from supervisor.control import ControlChannel, endpoint_for
 from supervisor.device_state import DeviceState
 from supervisor.device_sync import DeviceSync, Scanner
@@ -43,6 +42,7 @@ from supervisor.leftovers import remove_leftovers, remove_stale_cdi_specs
 from supervisor.lifecycle import Lifecycle, Spawner, spawn_worker
 from supervisor.loop import Loop
 from supervisor.observer import Observer
+from supervisor.options import Options as Options  # re-exported: the CLI and tests use it
 from supervisor.peers import Peers
 from supervisor.reload import Reloader
 from supervisor.restart_policy import RestartPolicy
@@ -54,33 +54,6 @@ from supervisor.watch.kubelet import KubeletWatch
 from supervisor.worker_table import WorkerTable
 
 LOG = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Options:
-    config_file: str
-    host_root: str
-    runtime_dir: str
-    device_plugin_dir: str
-    plugins_registry_dir: str
-    registration_mode: str
-    use_cdi: bool
-    cdi_dir: str
-    log_level: str = "info"
-    log_format: str = "text"
-    uevent_source: str = "kernel"  # kernel, udev or off
-
-    def worker_settings(self, heartbeat_interval: float) -> WorkerSettings:
-        return WorkerSettings(
-            device_plugin_dir=os.path.abspath(self.device_plugin_dir),
-            plugins_registry_dir=os.path.abspath(self.plugins_registry_dir)
-            if self.plugins_registry_dir
-            else "",
-            registration_mode=self.registration_mode,
-            use_cdi=self.use_cdi,
-            cdi_dir=os.path.abspath(self.cdi_dir),
-            heartbeat_interval=heartbeat_interval,
-        )
 
 
 class Arbiter:
@@ -136,7 +109,14 @@ class Arbiter:
             self.observer,
             **sync_args,
         )
-        self.reloader = Reloader(self.lifecycle, self.sync, self._set_config)
+        self.reloader = Reloader(
+            self.lifecycle,
+            self.sync,
+            lambda: self.config,
+            self._set_config,
+            self._observe,
+            self.observer,
+        )
         self.kubelet = KubeletRestarts(
             KubeletWatch(options.device_plugin_dir),
             self.table,
@@ -177,7 +157,7 @@ class Arbiter:
         self.lifecycle.begin_shutdown(reason)
 
     def apply_config(self, new: Config) -> None:
-        self.reloader.apply_config(self.config, new)
+        self.reloader.apply_config(new)
 
     # ---- entry -------------------------------------------------------------------------------
 
@@ -405,30 +385,4 @@ class Arbiter:
             self.poll_config(forced=False)
 
     def poll_config(self, forced: bool) -> None:
-        if self.stopping:  # a reload now could start workers nothing would ever stop
-            return
-        data = self.config_watch.poll()
-        if data is None:
-            if forced:
-                _, why = self.config_watch.read()
-                LOG.info("config unchanged%s", f" ({why})" if why else "")
-            return
-        try:
-            config = load_config_bytes(data, self.options.config_file)
-        except ConfigError as err:
-            problems = [str(p) for p in err.problems]
-            LOG.error(
-                "config %s refused (%d problem(s)); the running config stays: %s",
-                self.options.config_file,
-                len(problems),
-                "; ".join(problems),
-            )
-            for problem in problems:
-                LOG.error("config problem: %s", problem)
-            self._observe(self.observer.config_reloaded, False, problems)
-            return
-        for warning in config.warnings:
-            LOG.warning("config %s: %s", self.options.config_file, warning)
-        self.apply_config(config)
-        self._observe(self.observer.config_applied, config)
-        self._observe(self.observer.config_reloaded, True, [])
+        self.reloader.poll(self.config_watch, self.options.config_file, forced)

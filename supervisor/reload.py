@@ -15,13 +15,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
-from common.config import Config, ResourceConfig
+from common.config import Config, ConfigError, ResourceConfig, load_config_bytes
 from common.messages import Configure
 from supervisor.config_diff import ConfigDiff, diff_configs
 from supervisor.device_sync import DeviceSync
 from supervisor.leftovers import remove_leftovers
 from supervisor.lifecycle import Lifecycle
+from supervisor.watch.config import ConfigWatch
 from supervisor.worker_table import WorkerRecord, WorkerState
 
 LOG = logging.getLogger(__name__)
@@ -113,17 +115,56 @@ def _then(view: RecordView) -> Then:
 
 class Reloader:
     def __init__(
-        self, lifecycle: Lifecycle, sync: DeviceSync, set_config: Callable[[Config], None]
+        self,
+        lifecycle: Lifecycle,
+        sync: DeviceSync,
+        config: Callable[[], Config],
+        set_config: Callable[[Config], None],
+        observe: Callable[..., None],
+        observer: Any,
     ) -> None:
         self.lifecycle = lifecycle
         self.table = lifecycle.table
         self.sync = sync
+        self._config = config
         self._set_config = set_config
+        self._observe = observe
+        self.observer = observer
         self.loaded_at = time.time()
 
-    def apply_config(self, old: Config, new: Config) -> None:
+    def poll(self, watch: ConfigWatch, source: str, forced: bool) -> None:
+        """Read the config file (timer or SIGHUP); a changed, valid config is applied."""
+        if self.lifecycle.stopping:  # a reload now could start workers nothing would ever stop
+            return
+        data = watch.poll()
+        if data is None:
+            if forced:
+                _, why = watch.read()
+                LOG.info("config unchanged%s", f" ({why})" if why else "")
+            return
+        try:
+            config = load_config_bytes(data, source)
+        except ConfigError as err:
+            problems = [str(p) for p in err.problems]
+            LOG.error(
+                "config %s refused (%d problem(s)); the running config stays: %s",
+                source,
+                len(problems),
+                "; ".join(problems),
+            )
+            for problem in problems:
+                LOG.error("config problem: %s", problem)
+            self._observe(self.observer.config_reloaded, False, problems)
+            return
+        for warning in config.warnings:
+            LOG.warning("config %s: %s", source, warning)
+        self.apply_config(config)
+        self._observe(self.observer.config_applied, config)
+        self._observe(self.observer.config_reloaded, True, [])
+
+    def apply_config(self, new: Config) -> None:
         """Reload = diff -> plan -> apply, touching only what changed."""
-        diff = diff_configs(old, new)
+        diff = diff_configs(self._config(), new)
         self._set_config(new)
         self.loaded_at = time.time()
         LOG.info(
