@@ -242,6 +242,11 @@ class Arbiter:
 
     def _join_observer(self) -> None:
         try:
+            for spec in self.observer.children():
+                self.lifecycle.adopt(spec)
+        except Exception:
+            LOG.exception("observer children failed; carrying on without them")
+        try:
             self._extra_fds = tuple(self.observer.poll_fds())
         except Exception:
             LOG.exception("observer poll_fds failed; carrying on without them")
@@ -260,6 +265,9 @@ class Arbiter:
                 return
 
     def _close(self) -> None:
+        for helper in self.lifecycle.helpers:
+            helper.stopping = True
+            helper.kill()  # only after an error in the loop itself, or a stop budget overrun
         for record in self.table:
             if record.proc is not None:  # only after an error in the loop itself
                 record.proc.kill()

@@ -19,6 +19,7 @@ from typing import Any
 
 from common import exitcodes
 from common.messages import Heartbeat, Message, Stop, WorkerSettings
+from supervisor.children import ChildSpec, HelperChild
 from supervisor.leftovers import remove_leftovers
 from supervisor.loop import Loop
 from supervisor.timings import Timings
@@ -69,6 +70,8 @@ class Lifecycle:
         self.stop_started = 0.0
         #: peer -> full name of workers that exited: their last messages are not strangers'.
         self.departed: OrderedDict[bytes, str] = OrderedDict()
+        #: Child processes that are not workers (the PodResources poller).
+        self.helpers: list[HelperChild] = []
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -79,7 +82,13 @@ class Lifecycle:
             self._send_peer(record.peer, msg)
 
     def running(self) -> bool:
-        return any(r.proc for r in self.table)
+        return any(r.proc for r in self.table) or any(h.running for h in self.helpers)
+
+    def adopt(self, spec: ChildSpec) -> None:
+        """Start a helper child and keep it running until the supervisor stops."""
+        helper = HelperChild(spec, self.loop, self.timings)
+        self.helpers.append(helper)
+        helper.start()
 
     # ---- start -------------------------------------------------------------------------------
 
@@ -133,6 +142,8 @@ class Lifecycle:
     # ---- exit --------------------------------------------------------------------------------
 
     def reap(self) -> None:
+        for helper in self.helpers:
+            helper.reap()
         for record in self.table:
             if record.proc is None:
                 continue
@@ -257,9 +268,13 @@ class Lifecycle:
         self.stop_started = self.clock()
         for record in self.table:
             self.stop(record, "supervisor stopping")
+        for helper in self.helpers:
+            helper.stop()
         self.loop.timers.call_later(("shutdown",), self.timings.shutdown_budget, self._budget_spent)
 
     def kill_all(self) -> None:
+        for helper in self.helpers:
+            helper.kill()
         for record in self.table:
             if record.proc is not None:
                 record.proc.kill()
@@ -270,6 +285,8 @@ class Lifecycle:
         return self.stopping and self.clock() > limit
 
     def _budget_spent(self) -> None:
+        for helper in self.helpers:
+            helper.kill()
         for record in self.table:
             if record.proc is not None:
                 LOG.warning(

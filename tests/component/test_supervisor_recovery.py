@@ -15,7 +15,7 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import zmq
 from common.config import load_config_bytes
 from common.messages import Heartbeat, Hello, Message, Ready, Reregister, decode, encode
 from supervisor.arbiter import Arbiter, Options
+from supervisor.children import ChildSpec
 from supervisor.timings import Timings
 from supervisor.watch.kubelet import KubeletWatch
 from supervisor.worker_process import WorkerProcess
@@ -338,3 +339,57 @@ def test_a_removed_runtime_folder_or_control_socket_is_made_again(
     assert not script.failure, script.failure
     assert arbiter.guard.restored >= 1
     assert not run.exists()  # a clean stop still removes what it made
+
+
+# ---- a helper child (the PodResources poller) lives and dies with the supervisor -------------
+
+
+class WithHelper(WithStandIns):
+    def __init__(self, standins: StandIns, steps: list[Any], helper: ChildSpec) -> None:
+        super().__init__(standins, steps)
+        self.helper = helper
+
+    def children(self) -> Sequence[ChildSpec]:
+        return (self.helper,)
+
+
+def test_a_helper_child_is_restarted_after_a_crash_and_stopped_with_the_supervisor(
+    root: Path, standins: StandIns
+) -> None:
+    spec = ChildSpec("test helper", ("sleep", "120"), restart_first=0.02)
+    pids: list[int] = []
+
+    def helper_pid(arbiter: Arbiter) -> int:
+        proc = arbiter.lifecycle.helpers[0].proc
+        return proc.pid if proc is not None else 0
+
+    def running(arbiter: Arbiter) -> bool:
+        pid = helper_pid(arbiter)
+        if pid:
+            pids.append(pid)
+        return bool(pid)
+
+    def crash(arbiter: Arbiter) -> bool:
+        os.kill(pids[0], 9)
+        return True
+
+    def restarted(arbiter: Arbiter) -> bool:
+        pid = helper_pid(arbiter)
+        if pid and pid != pids[0]:
+            pids.append(pid)
+            return True
+        return False
+
+    script = WithHelper(standins, [running, crash, restarted], spec)
+    arbiter = _arbiter(root, script, standins)
+    assert arbiter.run() == 0
+    assert not script.failure, script.failure
+    helper = arbiter.lifecycle.helpers[0]
+    assert helper.restarts == 1 and helper.proc is None  # stopped and reaped with the rest
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
