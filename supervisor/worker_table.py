@@ -9,12 +9,14 @@ States (as in Supervisor's `states.py`, minus what a device plugin never needs):
        +---- stopping <------+------------stop--------------+
             exit status "config invalid" ----------> fatal --config changed--> starting
 
+`TRANSITIONS` below is the machine itself, row by row (state, event, next state, action);
+`ALLOWED` is derived from it and docs/supervisor.md shows it as a table (a test compares them).
 `exited` is also where a record waits for removal (its resource left the config) or for the
 supervisor to end. Illegal moves raise: they are bugs in the loop, not runtime conditions.
 Readiness (registered with the kubelet) and liveness (time since the last message) are fields,
 not states: a running worker may be unregistered while the kubelet restarts.
 
-The table decides, the loop acts: `exit_decision` is pure apart from the RNG for jitter.
+The table decides, `supervisor.lifecycle` acts: `exit_decision` is pure apart from the RNG.
 """
 
 from __future__ import annotations
