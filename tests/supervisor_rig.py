@@ -30,7 +30,8 @@ from supervisor.cli.status_client import StatusError, fetch_status
 from supervisor.control import endpoint_for
 from supervisor.timings import ENV_VAR as TIMINGS_ENV
 from tests.conditions import wait_until
-from tests.factories import HCAS, PREFIX
+from tests.factories import HCAS as HCAS  # re-exported for older imports
+from tests.factories import PREFIX as PREFIX
 from tests.factories import resource_entry as resource_entry  # re-exported for older imports
 from tests.factories import three_resources as three_resources
 
