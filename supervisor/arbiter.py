@@ -176,7 +176,9 @@ class Arbiter:
             self._signals = SignalInbox(
                 (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
             )
-            self.loop.add_reader(self._signals.fileno(), "signals", self._on_signals)
+            # The fd only wakes the poll; the inbox is drained on every pass, as the base loop did.
+            self.loop.add_reader(self._signals.fileno(), "signals", None)
+            self.loop.every_pass.insert(0, ("signals", self._on_signals))
             self._stop_orphans()
             self._open_uevents()
             self._start()
@@ -333,7 +335,8 @@ class Arbiter:
     # ---- events ------------------------------------------------------------------------------
 
     def _on_signals(self) -> None:
-        assert self._signals is not None
+        if self._signals is None:
+            return
         for signum in self._signals.drain():
             if signum in (signal.SIGTERM, signal.SIGINT):
                 name = signal.Signals(signum).name

@@ -23,6 +23,7 @@ from common.config import load_config_file
 from common.logs import setup_logging
 from supervisor.arbiter import Arbiter, Options
 from supervisor.observer import Observer
+from supervisor.timings import Timings
 
 config_path, node, dp, run, out = sys.argv[1:6]
 setup_logging("info")
@@ -90,7 +91,11 @@ options = Options(
 )
 with open(config_path, "rb") as f:
     data = f.read()
-arbiter = Arbiter(options, load_config_file(config_path), data, observer=recorder)
+# Faster heartbeats and config polls than production: what this test waits for.
+timings = Timings(heartbeat_interval=0.4, config_poll_interval=0.2)
+arbiter = Arbiter(
+    options, load_config_file(config_path), data, observer=recorder, timings=timings
+)
 sys.exit(arbiter.run())
 """
 
