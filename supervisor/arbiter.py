@@ -118,7 +118,7 @@ class Arbiter:
             self.observer,
         )
         self.kubelet = KubeletRestarts(
-            KubeletWatch(options.device_plugin_dir),
+            KubeletWatch(options.device_plugin_dir, watch=False),  # watching from start()
             self.table,
             self.loop,
             timings,

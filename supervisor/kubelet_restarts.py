@@ -44,6 +44,7 @@ class KubeletRestarts:
         self.count = 0
 
     def start(self) -> None:
+        self.watch.open()
         self.loop.timers.every(("kubelet",), self.timings.kubelet_poll_interval, self.poll)
 
     def poll(self) -> None:

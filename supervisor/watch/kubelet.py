@@ -25,14 +25,18 @@ SOCKET_NAME = "kubelet.sock"
 
 
 class KubeletWatch:
-    def __init__(self, device_plugin_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, device_plugin_dir: str | os.PathLike[str], watch: bool = True) -> None:
+        """`watch=False` takes the baseline only; `open()` starts the inotify watch later."""
         self.folder = os.fspath(device_plugin_dir)
         self.socket = os.path.join(self.folder, SOCKET_NAME)
         self._dir: DirWatch | None = None
-        self._open()
+        if watch:
+            self.open()
         self._seen: FileId | None = file_id(self.socket)
 
-    def _open(self) -> None:
+    def open(self) -> None:
+        if self._dir is not None:
+            return
         try:
             self._dir = DirWatch(self.folder)
         except OSError as err:
@@ -42,7 +46,7 @@ class KubeletWatch:
     def _created(self) -> bool:
         """Whether the queued events include a creation of kubelet.sock."""
         if self._dir is None:
-            self._open()
+            self.open()
             return False
         created = False
         for event in self._dir.read():
