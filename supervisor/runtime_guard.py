@@ -14,12 +14,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import zmq
+
 from common.loop.inotify import DirWatch
+from common.loop.throttle import LogThrottle
 from supervisor.loop import Loop
 from supervisor.runtime_dir import RuntimeDir, RuntimeDirError
 from supervisor.timings import Timings
 
 LOG = logging.getLogger(__name__)
+
+#: A folder that cannot be made again is retried at every check, logged at most this often.
+FAILURE_LOG_INTERVAL = 60.0
 
 
 class RuntimeGuard:
@@ -38,6 +44,7 @@ class RuntimeGuard:
         self._rebind = rebind
         self._watch: DirWatch | None = None
         self.restored = 0
+        self._throttle = LogThrottle(FAILURE_LOG_INTERVAL, loop.clock)
 
     def start(self) -> None:
         self._watch_folder()
@@ -66,19 +73,34 @@ class RuntimeGuard:
         folder_ok = self.runtime.intact()
         if folder_ok and self._control_intact():
             return
+        quiet = self._throttle.active("restore")
         if not folder_ok:
-            LOG.warning("runtime folder %s was removed: making it again", self.runtime.path)
+            if not quiet:
+                LOG.warning("runtime folder %s was removed: making it again", self.runtime.path)
             try:
                 self.runtime.restore()
             except RuntimeDirError as err:
-                LOG.error("%s; trying again", err)
+                self._failed(str(err))
                 return
-        else:
+        elif not quiet:
             LOG.warning("control socket in %s was removed: binding it again", self.runtime.path)
-        self._rebind()
+        try:
+            self._rebind()
+        except zmq.ZMQError as err:
+            self._failed(f"cannot bind the control socket in {self.runtime.path}: {err}")
+            return
         self._watch_folder()
         self.restored += 1
+        self._throttle.clear("restore")
         LOG.info("control socket bound again in %s", self.runtime.path)
+
+    def _failed(self, why: str) -> None:
+        swallowed = self._throttle.allow("restore")
+        if swallowed is not None:
+            again = f" (failed {swallowed} more times)" if swallowed else ""
+            LOG.error(
+                "%s; trying again every %.0fs%s", why, self.timings.runtime_check_interval, again
+            )
 
     def close(self) -> None:
         self._unwatch()
