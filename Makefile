@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo tools test lint typecheck bench clean
+.PHONY: demo tools test test-fast lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,12 +22,16 @@ tools: $(STAMP)
 test: tools
 	$(BIN)/pytest -q
 
+# The unit tests without the property tests: pure code, no processes (under 20 s).
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "unit and not fuzz" tests/unit
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict common/ supervisor/ workers/
+	$(BIN)/mypy --strict common/ supervisor/ workers/ podresources/ simulator/ benchmarks/ tests/
 
 bench: $(STAMP)
 	@rc=0; for b in benchmarks/bench_*.py; do echo "== $$b"; \

@@ -13,13 +13,30 @@ import sys
 from collections.abc import Sequence
 
 from common import exitcodes
+from common.defaults import (  # re-exported: tests and tools read them from here too
+    DEFAULT_CDI_DIR,
+    DEFAULT_CONFIG_FILE,
+    DEFAULT_DEVICE_PLUGIN_DIR,
+    DEFAULT_HOST_ROOT,
+    DEFAULT_METRICS_ADDRESS,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_PLUGINS_REGISTRY_DIR,
+    DEFAULT_RUNTIME_DIR,
+    HEALTHZ_PATH,
+    READYZ_PATH,
+    VERSION,
+)
 
-VERSION = "0.1.0"
-DEFAULT_CONFIG_FILE = "/k8s-rdma-shared-dev-plugin/config.json"
-DEFAULT_METRICS_PORT = 9478
-DEFAULT_METRICS_ADDRESS = f":{DEFAULT_METRICS_PORT}"
-HEALTHZ_PATH = "/healthz"
-READYZ_PATH = "/readyz"
+__all__ = [
+    "DEFAULT_CONFIG_FILE",
+    "DEFAULT_METRICS_ADDRESS",
+    "DEFAULT_METRICS_PORT",
+    "HEALTHZ_PATH",
+    "READYZ_PATH",
+    "VERSION",
+    "build_parser",
+    "main",
+]
 SUBCOMMANDS = ("run", "discover", "validate-config", "demo", "version", "status")
 ENV_PREFIX = "RDMA_SHARED_DP_"
 
@@ -61,7 +78,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--host-root",
-        default=_env("host-root", "/"),
+        default=_env("host-root", DEFAULT_HOST_ROOT),
         help=_h(
             "host-root",
             "the host's root: sysfs is read under <host-root>/sys, char devices "
@@ -71,20 +88,20 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--device-plugin-dir",
-        default=_env("device-plugin-dir", "/var/lib/kubelet/device-plugins"),
+        default=_env("device-plugin-dir", DEFAULT_DEVICE_PLUGIN_DIR),
         help=_h(
             "device-plugin-dir",
             "where kubelet.sock is and plugin sockets go",
-            "/var/lib/kubelet/device-plugins",
+            DEFAULT_DEVICE_PLUGIN_DIR,
         ),
     )
     p.add_argument(
         "--plugins-registry-dir",
-        default=_env("plugins-registry-dir", "/var/lib/kubelet/plugins_registry"),
+        default=_env("plugins-registry-dir", DEFAULT_PLUGINS_REGISTRY_DIR),
         help=_h(
             "plugins-registry-dir",
             "the kubelet's plugin-watcher folder (watcher mode)",
-            "/var/lib/kubelet/plugins_registry",
+            DEFAULT_PLUGINS_REGISTRY_DIR,
         ),
     )
     p.add_argument(
@@ -100,16 +117,16 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--cdi-dir",
-        default=_env("cdi-dir", "/var/run/cdi"),
-        help=_h("cdi-dir", "where CDI specs are written with --use-cdi", "/var/run/cdi"),
+        default=_env("cdi-dir", DEFAULT_CDI_DIR),
+        help=_h("cdi-dir", "where CDI specs are written with --use-cdi", DEFAULT_CDI_DIR),
     )
     p.add_argument(
         "--runtime-dir",
-        default=_env("runtime-dir", "/run/rdma-shared-dp"),
+        default=_env("runtime-dir", DEFAULT_RUNTIME_DIR),
         help=_h(
             "runtime-dir",
             "the supervisor's private folder (control socket, lock)",
-            "/run/rdma-shared-dp",
+            DEFAULT_RUNTIME_DIR,
         ),
     )
     p.add_argument(
@@ -180,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"config to match against (default {DEFAULT_CONFIG_FILE} if it exists, "
         "else every candidate is shown under one catch-all resource; '' forces that)",
     )
-    discover.add_argument("--host-root", default=_env("host-root", "/"))
+    discover.add_argument("--host-root", default=_env("host-root", DEFAULT_HOST_ROOT))
     discover.add_argument("--json", action="store_true", help="print JSON instead of tables")
     _add_log_flags(discover)
 
@@ -207,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("version", help="print the version")
 
     status = sub.add_parser("status", help="ask the running supervisor for its worker table")
-    status.add_argument("--runtime-dir", default=_env("runtime-dir", "/run/rdma-shared-dp"))
+    status.add_argument("--runtime-dir", default=_env("runtime-dir", DEFAULT_RUNTIME_DIR))
     status.add_argument("--json", action="store_true")
     return parser
 

@@ -434,30 +434,34 @@ class Metrics:
             metric.add_metric(list(labels), value)
 
         with self._lock:
-            add("build_info", [self._version], 1)
-            add("kubelet_restarts_total", [], self._kubelet_restarts)
-            for result, n in sorted(self._reloads.items()):
-                add("config_reloads_total", [result], n)
-            if self._last_reload_success is not None:
-                add("config_last_reload_success_timestamp_seconds", [], self._last_reload_success)
-            if self._last_reload_ok is not None:
-                add("config_last_reload_successful", [], 1 if self._last_reload_ok else 0)
-            if self._netns_exclusive is not None:
-                add("rdma_netns_exclusive", [], 1 if self._netns_exclusive else 0)
-            for trigger, n in sorted(self._scans.items()):
-                add("device_scans_total", [trigger], n)
-            for reason, n in sorted(self._scan_errors.items()):
-                add("device_scan_errors_total", [reason], n)
-            scan = fam["device_scan_duration_seconds"]
-            assert isinstance(scan, HistogramMetricFamily)
-            scan.add_metric([], self._scan_duration.samples(), self._scan_duration.total)
-            for (rdma, port), up in sorted(self._ports.items()):
-                add("hca_port_up", [rdma, port], 1 if up else 0)
-            for key, count in sorted(self._pods.items()):
-                add("pod_allocations", key, count)
+            self._collect_node(add, fam)
             for name, r in sorted(self._resources.items()):
                 self._collect_resource(name, r, add, fam)
         return list(fam.values())
+
+    def _collect_node(self, add: _Add, fam: dict[str, Metric]) -> None:
+        """The node-wide series (the caller holds the lock)."""
+        add("build_info", [self._version], 1)
+        add("kubelet_restarts_total", [], self._kubelet_restarts)
+        for result, n in sorted(self._reloads.items()):
+            add("config_reloads_total", [result], n)
+        if self._last_reload_success is not None:
+            add("config_last_reload_success_timestamp_seconds", [], self._last_reload_success)
+        if self._last_reload_ok is not None:
+            add("config_last_reload_successful", [], 1 if self._last_reload_ok else 0)
+        if self._netns_exclusive is not None:
+            add("rdma_netns_exclusive", [], 1 if self._netns_exclusive else 0)
+        for trigger, n in sorted(self._scans.items()):
+            add("device_scans_total", [trigger], n)
+        for reason, n in sorted(self._scan_errors.items()):
+            add("device_scan_errors_total", [reason], n)
+        scan = fam["device_scan_duration_seconds"]
+        assert isinstance(scan, HistogramMetricFamily)
+        scan.add_metric([], self._scan_duration.samples(), self._scan_duration.total)
+        for (rdma, port), up in sorted(self._ports.items()):
+            add("hca_port_up", [rdma, port], 1 if up else 0)
+        for key, count in sorted(self._pods.items()):
+            add("pod_allocations", key, count)
 
     def _collect_resource(self, name: str, r: _Resource, add: _Add, fam: dict[str, Metric]) -> None:
         if r.inventory is not None:
