@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conditions import wait_until
-from tests.supervisor_rig import REPO, three_resources
 from tests.e2e.test_metrics_e2e import MetricsPlant, _start
+from tests.supervisor_rig import REPO, three_resources
 
 ABC = ["a", "b", "c"]
 
