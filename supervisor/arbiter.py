@@ -56,6 +56,7 @@ from common.messages import (
     WorkerStatus,
     type_name,
 )
+from supervisor import zygote_client
 from supervisor.config_diff import diff_configs
 from supervisor.control import ControlChannel
 from supervisor.device_state import DeviceState, healthy_count
@@ -167,6 +168,8 @@ class Arbiter:
         self.departed: OrderedDict[bytes, str] = OrderedDict()
         self._poller: zmq.Poller | None = None
         self._extra_fds: tuple[int, ...] = ()
+        #: The workers' fork server (issue 14), started first so its imports overlap ours.
+        self.zygote: zygote_client.Zygote | None = None
 
     # ---- entry ---------------------------------------------------------------------------
 
@@ -184,6 +187,9 @@ class Arbiter:
                 LOG.error("cannot bind the control socket in %s: %s", self.runtime.path, err)
                 return exitcodes.FATAL
             signals = SignalInbox((signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD))
+            self.zygote = zygote_client.install(
+                self.control.endpoint, self.options.log_level, self.options.log_format
+            )
             self._stop_orphans()
             self._open_uevents()
             self._start()
@@ -222,6 +228,8 @@ class Arbiter:
                 self.options.cdi_dir, {r.full_name for r in self.config.resources}
             )
         self._rescan("start")
+        if self.zygote is not None:  # not ready in time: the first workers start without it
+            self.zygote.wait_ready(zygote_client.READY_TIMEOUT)
         for resource in self.config.resources:
             self._spawn(self.table.add(resource), "configured")
         self.timers.set(("heartbeat",), now + self.options.heartbeat_interval)
@@ -303,6 +311,7 @@ class Arbiter:
             if record.proc is not None:  # only after an error in the loop itself
                 record.proc.kill()
                 remove_leftovers(record.served or record.config, self.settings)
+        zygote_client.uninstall()
         if self.control is not None:
             self.control.close()
         if signals is not None:
