@@ -657,6 +657,8 @@ class Arbiter:
         if kind == "heartbeat":
             self.timers.set(key, now + self.options.heartbeat_interval)
             self._heartbeat(now)
+            if self.zygote is not None and not self.stopping:
+                self.zygote.maintain()
         elif kind == "config":
             self.timers.set(key, now + self.options.config_poll_interval)
             if not self.stopping:

@@ -201,6 +201,10 @@ class Zygote:
         self.forks += 1
         return ForkedWorker(pid)
 
+    def maintain(self) -> None:
+        """Notice a dead zygote and start a new one when its backoff is over (every heartbeat)."""
+        self._usable()
+
     def probe(self) -> dict[str, Any]:
         """The zygote's fork-safety facts (see `common.zygote_protocol`)."""
         if not self._usable():

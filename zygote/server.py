@@ -27,7 +27,6 @@ gc.disable()
 
 import contextlib  # noqa: E402
 import ctypes  # noqa: E402
-import errno  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
@@ -195,14 +194,7 @@ def serve(sock: socket.socket) -> int:
     forks = 0
     sock.send(zygote_protocol.encode("ready", pid=os.getpid()))
     while True:
-        try:
-            packet = sock.recv(zygote_protocol.MAX_PACKET)
-        except InterruptedError:
-            continue
-        except OSError as exc:
-            if exc.errno in (errno.ECONNRESET, errno.EPIPE):
-                return exitcodes.OK
-            raise
+        packet = sock.recv(zygote_protocol.MAX_PACKET)  # EINTR is retried by Python
         if not packet:
             LOG.debug("the supervisor closed our socket; exiting")
             return exitcodes.OK
@@ -263,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()
     try:
         return serve(sock)
+    except (BrokenPipeError, ConnectionResetError):
+        LOG.debug("the supervisor closed our socket; exiting")
+        return exitcodes.OK
     except Exception:
         LOG.exception("the zygote failed; the supervisor starts workers without it")
         return exitcodes.FATAL
