@@ -4,9 +4,10 @@ One `SOCK_SEQPACKET` socketpair, one JSON object per packet, every object with `
 `type`. The supervisor asks, the zygote answers; the zygote speaks first once, when it is ready:
 
 - zygote -> `{"type": "ready", "pid": P}`: everything is imported and frozen; forks may begin.
-- `{"type": "fork", "id": N, "resource": R, "control": E}` -> `{"type": "forked", "id": N,
-  "pid": W}`: worker W runs `python -m workers --resource R --control E`, already re-parented to
-  the supervisor (which reaps it) and in a session of its own.
+- `{"type": "fork", "id": N, "resources": [R, ...], "control": E}` -> `{"type": "forked",
+  "id": N, "pids": {R: W, ...}}`: each worker W runs `python -m workers --resource R --control E`,
+  already re-parented to the supervisor (which reaps it) and in a session of its own. A start
+  asks for every resource in one request.
 - `{"type": "probe", "id": N}` -> `{"type": "probe", "id": N, "pid": P, "threads": T,
   "zmq_contexts": Z, "grpc_objects": G, "forks": F}`: the fork-safety facts (tests, benchmarks).
 - any request -> `{"type": "error", "id": N, "code": C, "message": M}` when it cannot be done;

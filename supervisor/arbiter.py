@@ -228,8 +228,15 @@ class Arbiter:
                 self.options.cdi_dir, {r.full_name for r in self.config.resources}
             )
         self._rescan("start")
-        if self.zygote is not None:  # not ready in time: the first workers start without it
-            self.zygote.wait_ready(zygote_client.READY_TIMEOUT)
+        # The zygote not ready in time: the first workers start without it. Ready: all the
+        # workers of the start are forked in one request.
+        if (
+            self.zygote is not None
+            and self.control is not None
+            and self.zygote.wait_ready(zygote_client.READY_TIMEOUT)
+        ):
+            names = [r.resource_name for r in self.config.resources]
+            self.zygote.prefork(names, self.control.endpoint)
         for resource in self.config.resources:
             self._spawn(self.table.add(resource), "configured")
         self.timers.set(("heartbeat",), now + self.options.heartbeat_interval)

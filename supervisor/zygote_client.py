@@ -47,6 +47,8 @@ REPLY_TIMEOUT = 2.0
 #: Closing the socket ends the zygote; after this long it is killed.
 STOP_WAIT = 1.0
 ENV_SWITCH = "RDMA_SHARED_DP_ZYGOTE"
+#: A worker forked ahead and not taken by then is stopped (its start was called off).
+PREFORK_CLAIM_WITHIN = 5.0
 
 
 def _libc() -> Any:
@@ -120,6 +122,9 @@ class Zygote:
         self.backoff = Backoff(initial=1.0, cap=60.0)
         self.next_start_at = 0.0
         self._next_id = 0
+        #: Workers forked ahead by `prefork`, until `spawn` hands them out: (name, endpoint) ->
+        #: (pid, when forked).
+        self._preforked: dict[tuple[str, str], tuple[int, float]] = {}
 
     @property
     def pid(self) -> int | None:
@@ -178,32 +183,57 @@ class Zygote:
         LOG.info("zygote ready pid=%s", msg.get("pid"))
         return True
 
+    def prefork(self, resource_names: list[str], endpoint: str) -> int:
+        """Fork the workers of a start in one request; `spawn` then hands them out. How many."""
+        if not resource_names or not self._usable():
+            return 0
+        pids = self._fork(resource_names, endpoint)
+        now = self.clock()
+        for name, pid in pids.items():
+            self._preforked[(name, endpoint)] = (pid, now)
+        return len(pids)
+
     def spawn(self, resource_name: str, endpoint: str) -> ForkedWorker | None:
         """A worker forked by the zygote, or None: start it another way."""
+        ahead = self._preforked.pop((resource_name, endpoint), None)
+        if ahead is not None:
+            self.forks += 1
+            return ForkedWorker(ahead[0])
         if not self._usable():
             self.fallbacks += 1
             return None
-        try:
-            answer = self._ask("fork", resource=resource_name, control=endpoint)
-        except _Failed as err:
-            self.fallbacks += 1
-            LOG.warning(
-                "the zygote did not fork resource=%s: %s; starting it as a fresh process",
-                resource_name,
-                err,
-            )
-            return None
-        pid = answer.get("pid")
-        if not isinstance(pid, int) or pid <= 0:
-            self._broken(f"answered a fork with pid {pid!r}")
+        pid = self._fork([resource_name], endpoint).get(resource_name)
+        if pid is None:
             self.fallbacks += 1
             return None
         self.forks += 1
         return ForkedWorker(pid)
 
+    def _fork(self, resource_names: list[str], endpoint: str) -> dict[str, int]:
+        try:
+            answer = self._ask("fork", resources=resource_names, control=endpoint)
+        except _Failed as err:
+            LOG.warning(
+                "the zygote did not fork resource=%s: %s; starting as fresh processes",
+                ",".join(resource_names),
+                err,
+            )
+            return {}
+        pids = answer.get("pids")
+        if (
+            not isinstance(pids, dict)
+            or set(pids) != set(resource_names)
+            or not all(isinstance(p, int) and p > 0 for p in pids.values())
+        ):
+            self._broken(f"answered a fork with {pids!r}")
+            return {}
+        return pids
+
     def maintain(self) -> None:
-        """Notice a dead zygote and start a new one when its backoff is over (every heartbeat)."""
+        """Notice a dead zygote and start a new one when its backoff is over (every heartbeat);
+        stop workers forked ahead that nobody took."""
         self._usable()
+        self._drop_preforked(older_than=PREFORK_CLAIM_WITHIN)
 
     def probe(self) -> dict[str, Any]:
         """The zygote's fork-safety facts (see `common.zygote_protocol`)."""
@@ -212,7 +242,18 @@ class Zygote:
         return self._ask("probe")
 
     def close(self) -> None:
+        self._drop_preforked(older_than=0.0)
         self._discard()
+
+    def _drop_preforked(self, older_than: float) -> None:
+        now = self.clock()
+        for key, (pid, forked_at) in list(self._preforked.items()):
+            if now - forked_at >= older_than:
+                del self._preforked[key]
+                worker = ForkedWorker(pid)
+                worker.kill()
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
 
     # ---- internals -----------------------------------------------------------------------
 

@@ -337,3 +337,24 @@ def test_killed_supervisor_takes_the_zygote_with_it(plant: Plant) -> None:
     wait_until(lambda: _zombie(zygote.pid), 5, what="the zygote gone")
     # The workers notice the silence and leave within the heartbeat budget.
     wait_until(lambda: plant.worker_processes() == [], 10, what="workers gone")
+
+
+def test_a_start_forks_every_worker_in_one_request_and_unclaimed_ones_are_stopped(
+    zygote: Zygote, rig: Rig
+) -> None:
+    _configure(rig, ABC)
+    assert zygote.prefork(ABC, rig.supervisor.endpoint) == 3
+    assert zygote.probe()["forks"] == 3
+    taken = [zygote.spawn(name, rig.supervisor.endpoint) for name in ("a", "b")]
+    assert all(taken) and zygote.probe()["forks"] == 3  # handed out, not forked again
+    workers = [w for w in taken if w is not None]
+    try:
+        for name in ("a", "b"):
+            rig.kubelet.wait_for_registration(full(name), timeout=20)
+        # c was forked but never taken (its start called off): closing stops and reaps it.
+        (c_pid,) = [pid for (name, _), (pid, _) in zygote._preforked.items() if name == "c"]
+        zygote.close()
+        assert _zombie(c_pid) and not psutil.pid_exists(c_pid)
+        assert all(w.poll() is None for w in workers)  # the taken ones are not touched
+    finally:
+        _kill_all(workers)
