@@ -10,7 +10,8 @@ the kubelet simulator on a simulated node, `rdmaHcaMax` 1000 per resource, and m
 - Allocate p50 / p99 as the kubelet sees it, round-robin over every resource while all are served;
 - kubelet restart -> all re-registered: from the new kubelet serving to its last registration
   (median of the run's restarts);
-- worker kill -9 -> serving: until that resource is registered again with its devices.
+- worker kill -9 -> serving: until that resource is registered again with its devices;
+- the supervisor's CPU while idle (heartbeats only), to show its loop stays flat.
 
 Each figure is the median over repeated runs, with the spread (min-max) beside it. The classic
 start (every worker a fresh interpreter, `RDMA_SHARED_DP_ZYGOTE=off`) runs too at 8 resources
@@ -63,6 +64,7 @@ FIGURES = (
     ("allocate_p99_ms", "Allocate p99", "ms", 2),
     ("kubelet_restart_ms", "kubelet restart->all reg.", "ms", 0),
     ("kill_ms", "worker kill->serving", "ms", 0),
+    ("supervisor_idle_cpu_pct", "supervisor idle CPU", "%", 1),
 )
 
 
@@ -151,7 +153,9 @@ def wait_healthy(plant: Plant, names: list[str], timeout: float) -> None:
         )
 
 
-def one_run(count: int, zygote: bool, calls: int, restarts: int, kills: int) -> dict[str, Any]:
+def one_run(
+    count: int, zygote: bool, calls: int, restarts: int, kills: int, idle_window: float = 2.0
+) -> dict[str, Any]:
     os.environ["RDMA_SHARED_DP_ZYGOTE"] = "on" if zygote else "off"
     names = [f"r{i}" for i in range(count)]
     timeout = 30.0 + count
@@ -174,6 +178,11 @@ def one_run(count: int, zygote: bool, calls: int, restarts: int, kills: int) -> 
             plant.kubelet.allocate(full(names[i % count]), [[str(i % 1000)]])
             latencies.append((time.perf_counter() - t) * 1000)
         mem = memory(proc.pid)
+        # The supervisor's loop while nothing happens but heartbeats: flat in the resource count?
+        sup = psutil.Process(proc.pid)
+        cpu0, wall0 = sum(sup.cpu_times()[:2]), time.monotonic()
+        time.sleep(idle_window)
+        idle_pct = 100 * (sum(sup.cpu_times()[:2]) - cpu0) / (time.monotonic() - wall0)
 
         restart_ms = []
         for _ in range(restarts):
@@ -208,6 +217,7 @@ def one_run(count: int, zygote: bool, calls: int, restarts: int, kills: int) -> 
             "kubelet_restart_samples_ms": restart_ms,
             "kill_ms": statistics.median(kill_ms) if kill_ms else None,
             "kill_samples_ms": kill_ms,
+            "supervisor_idle_cpu_pct": idle_pct,
             **mem,
         }
     finally:
@@ -286,7 +296,11 @@ def main() -> int:
         for count in mode_sizes:
             samples = []
             for _ in range(runs):
-                samples.append(one_run(count, mode == "zygote", calls, restarts, kills))
+                samples.append(
+                    one_run(
+                        count, mode == "zygote", calls, restarts, kills, 1.0 if args.quick else 2.0
+                    )
+                )
             results[mode][str(count)] = {"runs": samples, "summary": summarize(samples)}
             print(f"  measured {mode} x{count} ({time.monotonic() - began:.0f}s)", flush=True)
     after = machine()

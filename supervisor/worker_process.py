@@ -1,7 +1,8 @@
 """Starting and signalling one worker process (supervisor process).
 
-A worker is a fresh interpreter (`python -m workers`), never a fork of the supervisor: gRPC is not
-fork-safe, and a fresh process holds only what it imports. It runs in its own session, so a
+A worker is never a fork of the supervisor: gRPC is not fork-safe, and a fresh process holds only
+what it imports. It is forked from the zygote when one runs (`FORKER`, supervisor.zygote_client),
+or else a fresh interpreter (`python -m workers`). It runs in its own session, so a
 terminal's Ctrl-C reaches the supervisor only (which then stops the workers in order), with only
 the file descriptors it needs and an explicit environment.
 """
