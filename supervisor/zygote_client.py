@@ -300,13 +300,15 @@ class Zygote:
 
     def _discard(self) -> None:
         """Close the socket (the zygote exits on EOF), then make sure the process is gone."""
-        self.is_ready = False
+        was_ready, self.is_ready = self.is_ready, False
         if self.sock is not None:
             self.sock.close()
             self.sock = None
         proc, self.proc = self.proc, None
         if proc is None:
             return
+        if not was_ready:  # still importing (or never will): it holds nothing worth a wait
+            proc.kill()
         try:
             proc.wait(STOP_WAIT)
         except subprocess.TimeoutExpired:
@@ -323,8 +325,18 @@ _was_subreaper = False
 
 
 def install(endpoint: str, log_level: str, log_format: str) -> Zygote | None:
-    """Start the zygote and have `WorkerProcess.spawn` fork through it (start-up hook)."""
+    """Start the zygote (or take the one `start_early` started for these settings) and have
+    `WorkerProcess.spawn` fork through it (start-up hook). None when it is off."""
     global _installed, _was_subreaper
+    if _installed is not None:
+        if (_installed.endpoint, _installed.log_level, _installed.log_format) == (
+            endpoint,
+            log_level,
+            log_format,
+        ):
+            worker_process.FORKER = _installed
+            return _installed
+        uninstall()
     if os.environ.get(ENV_SWITCH, "on").lower() in ("off", "0", "false", "no"):
         LOG.info("zygote off (%s); every worker starts as a fresh process", ENV_SWITCH)
         return None
@@ -337,6 +349,18 @@ def install(endpoint: str, log_level: str, log_format: str) -> Zygote | None:
     _installed = zygote
     worker_process.FORKER = zygote
     return zygote
+
+
+def start_early(runtime_dir: str, log_level: str, log_format: str) -> None:
+    """Start the zygote before the supervisor's own imports and config, so they overlap (the
+    CLI's first step); `install` then takes it. Any failure here is only a later start."""
+    try:
+        from supervisor.control import endpoint_for
+
+        install(endpoint_for(runtime_dir), log_level, log_format)
+        worker_process.FORKER = None  # forks only once the supervisor has installed it
+    except Exception as err:
+        LOG.debug("early zygote start failed: %s", err)
 
 
 def uninstall() -> None:

@@ -246,9 +246,15 @@ def test_a_closed_socket_ends_the_zygote(rig: Rig) -> None:
     z = Zygote(rig.supervisor.endpoint, "info", "text")
     assert z.start()
     proc = z.proc
-    assert proc is not None
+    assert proc is not None and z.wait_ready(30)
     z.close()  # closes the socket, waits a second, then kills
     assert proc.returncode == 0  # it left on EOF, not by the kill
+    # One still importing holds nothing: it is killed at once rather than waited for.
+    assert z.start()
+    early = z.proc
+    assert early is not None
+    z.close()
+    assert early.returncode == -signal.SIGKILL
 
 
 def test_bad_requests_are_refused_and_the_zygote_keeps_serving(zygote: Zygote) -> None:
