@@ -93,6 +93,8 @@ SHUTDOWN_BUDGET = 4.2
 #: Waiting for a previous supervisor's orphaned workers to go before ours bind their sockets.
 ORPHAN_WAIT = 3.0
 MAX_POLL_WAIT = 1.0
+#: Exits are reaped on SIGCHLD; this often regardless, in case a signal was missed.
+REAP_EVERY = 0.5
 #: Handler errors within LOOP_ERROR_WINDOW seconds that make the supervisor stop (in order).
 MAX_LOOP_ERRORS = 20
 LOOP_ERROR_WINDOW = 10.0
@@ -168,6 +170,7 @@ class Arbiter:
         self.departed: OrderedDict[bytes, str] = OrderedDict()
         self._poller: zmq.Poller | None = None
         self._extra_fds: tuple[int, ...] = ()
+        self._next_reap = 0.0
         #: The workers' fork server (issue 14), started first so its imports overlap ours.
         self.zygote: zygote_client.Zygote | None = None
 
@@ -255,8 +258,14 @@ class Arbiter:
             if wanted is not None:
                 wait = min(wait, wanted)
             ready = dict(poller.poll(int(max(0.0, min(wait, MAX_POLL_WAIT)) * 1000)))
+            # Reaping is a waitpid per worker: done when a signal woke us (SIGCHLD: its wakeup
+            # byte arrives before its handler runs) and at least every REAP_EVERY, not on each
+            # message, so an idle loop costs the same per resource at 1 or 64 (issue 14).
+            reap = signals.fileno() in ready or self.clock() >= self._next_reap
             self._guarded("signals", self._on_signals, signals.drain())
-            self._guarded("reap", self._reap)
+            if reap:
+                self._next_reap = self.clock() + REAP_EVERY
+                self._guarded("reap", self._reap)
             if self.control.socket in ready:
                 for peer, msg in self.control.receive():
                     self._guarded(f"message:{type_name(msg)}", self._on_message, peer, msg)
@@ -265,7 +274,8 @@ class Arbiter:
             for key in self.timers.pop_due(self.clock()):
                 kind = key[0] if isinstance(key, tuple) and key else key
                 self._guarded(f"timer:{kind}", self._on_timer, key)
-            self._guarded("reap", self._reap)
+            if reap or self.stopping:
+                self._guarded("reap", self._reap)
             self._observe(self.observer.loop_turned, {fd for fd in extra_fds if fd in ready})
             if self.stopping and not any(r.proc for r in self.table):
                 return
