@@ -33,9 +33,7 @@ def _standalone(plan: planning.Plan, refusal: str | None) -> dp.ListAndWatchResp
 
 @pytest.mark.parametrize("refusal", [None, "the CDI spec cannot be written"])
 @pytest.mark.parametrize("devices", DEVICE_SETS.values(), ids=DEVICE_SETS.keys())
-def test_snapshot_is_the_same_message(
-    devices: tuple[Candidate, ...], refusal: str | None
-) -> None:
+def test_snapshot_is_the_same_message(devices: tuple[Candidate, ...], refusal: str | None) -> None:
     plan = make_plan(make_resource("x", "example.com", 1000), devices, False)
     built = publish(plan, refusal).snapshot
     assert len(built.devices) == len(plan.device_ids)
