@@ -335,6 +335,7 @@ def install(endpoint: str, log_level: str, log_format: str) -> Zygote | None:
             log_format,
         ):
             worker_process.FORKER = _installed
+            LOG.info("zygote started early pid=%s", _installed.pid)  # logging is set up now
             return _installed
         uninstall()
     if os.environ.get(ENV_SWITCH, "on").lower() in ("off", "0", "false", "no"):

@@ -364,3 +364,17 @@ def test_a_start_forks_every_worker_in_one_request_and_unclaimed_ones_are_stoppe
         assert all(w.poll() is None for w in workers)  # the taken ones are not touched
     finally:
         _kill_all(workers)
+
+
+def test_zygote_off_starts_every_worker_as_a_fresh_interpreter(
+    plant: Plant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RDMA_SHARED_DP_ZYGOTE", "off")
+    proc = plant.start()
+    plant.wait_registered(ABC, timeout=30)
+    assert _zygotes(proc.pid) == []
+    assert "zygote off" in plant.log()
+    workers = plant.worker_processes()
+    assert len(workers) == 3 and all(w.ppid() == proc.pid for w in workers)
+    code, _ = plant.terminate()
+    assert code == 0 and plant.worker_processes() == []
