@@ -34,6 +34,7 @@ from common import exitcodes
 from common.config import Config
 from common.loop.signals import SignalInbox
 from common.messages import Message, Status, WorkerStatus, type_name
+from supervisor import zygote_client
 from supervisor.control import ControlChannel, endpoint_for
 from supervisor.device_state import DeviceState
 from supervisor.device_sync import DeviceSync, Scanner
@@ -46,7 +47,7 @@ from supervisor.options import Options as Options  # re-exported: the CLI and te
 from supervisor.peers import Peers
 from supervisor.reload import Reloader
 from supervisor.restart_policy import RestartPolicy
-from supervisor.runtime_dir import RuntimeDir, RuntimeDirError, orphaned_workers, stop_processes
+from supervisor.runtime_dir import RuntimeDir, RuntimeDirError, stop_orphaned_workers
 from supervisor.runtime_guard import RuntimeGuard
 from supervisor.timings import Timings
 from supervisor.watch.config import ConfigWatch
@@ -129,6 +130,7 @@ class Arbiter:
             self.runtime, self.loop, timings, self._control_intact, self._rebind
         )
         self._signals: SignalInbox | None = None
+        self.zygote: zygote_client.Zygote | None = None
         self._extra_fds: tuple[int, ...] = ()
         self.loop.every_pass.append(("reap", self.lifecycle.reap))
 
@@ -179,7 +181,11 @@ class Arbiter:
             # The fd only wakes the poll; the inbox is drained on every pass, as the base loop did.
             self.loop.add_reader(self._signals.fileno(), "signals", None)
             self.loop.every_pass.insert(0, ("signals", self._on_signals))
-            self._stop_orphans()
+            # The workers' fork server (issue 14), started first so its imports overlap ours.
+            self.zygote = zygote_client.install(
+                self.lifecycle.endpoint, self.options.log_level, self.options.log_format
+            )
+            stop_orphaned_workers(self.lifecycle.endpoint, self.timings.orphan_wait)
             self._open_uevents()
             self._start()
             self._run_loop()
@@ -231,11 +237,16 @@ class Arbiter:
                 self.options.cdi_dir, {r.full_name for r in self.config.resources}
             )
         self.sync.rescan("start")
+        names = [r.resource_name for r in self.config.resources]
+        # Zygote ready in time: every worker of the start is forked in one request.
+        if self.zygote is not None and self.zygote.wait_ready(zygote_client.READY_TIMEOUT):
+            self.zygote.prefork(names, self.lifecycle.endpoint)
         for resource in self.config.resources:
             self.lifecycle.spawn(self.table.add(resource), "configured")
         timers, timings = self.timers, self.timings
         timers.every(("heartbeat",), timings.heartbeat_interval, self.lifecycle.heartbeat)
         timers.every(("config",), timings.config_poll_interval, self._config_tick)
+        timers.every(("zygote",), timings.heartbeat_interval, self._maintain_zygote)
         self.kubelet.start()
         self.guard.start()
         self.sync.schedule_periodic()
@@ -274,6 +285,7 @@ class Arbiter:
             if record.proc is not None:  # only after an error in the loop itself
                 record.proc.kill()
                 remove_leftovers(record.served or record.config, self.settings)
+        zygote_client.uninstall()
         self.guard.close()
         self.kubelet.watch.close()
         if self.control is not None:
@@ -283,6 +295,10 @@ class Arbiter:
         self.runtime.release()
         self._observe(self.observer.stopped)
         LOG.info("supervisor stopped")
+
+    def _maintain_zygote(self) -> None:
+        if self.zygote is not None and not self.stopping:
+            self.zygote.maintain()  # a dead zygote is replaced after a backoff
 
     def _observer_timeout(self) -> float | None:
         try:
@@ -307,22 +323,6 @@ class Arbiter:
 
     # ---- start-up helpers --------------------------------------------------------------------
 
-    def _stop_orphans(self) -> None:
-        """Stop workers a killed supervisor left on this endpoint, before ours take the sockets."""
-        try:
-            pids = orphaned_workers(self.lifecycle.endpoint)
-        except OSError as err:  # no /proc: the orphans exit by themselves anyway
-            LOG.warning("cannot look for orphaned workers: %s", err)
-            return
-        if not pids:
-            return
-        LOG.warning(
-            "stopping %d orphaned worker(s) of a previous supervisor pids=%s",
-            len(pids),
-            ",".join(map(str, pids)),
-        )
-        stop_processes(pids, self.timings.orphan_wait)
-
     def _open_uevents(self) -> None:
         if self.options.uevent_source == "off":
             LOG.info("uevent monitor off; device changes are seen by the periodic rescan only")
@@ -331,8 +331,6 @@ class Arbiter:
 
         self.sync.uevents = open_monitor(self.options.uevent_source)
         self.loop.add_reader(self.sync.uevents.fileno(), "uevents", self.sync.on_uevents)
-
-    # ---- events ------------------------------------------------------------------------------
 
     def _on_signals(self) -> None:
         if self._signals is None:

@@ -154,6 +154,23 @@ def stop_processes(pids: list[int], grace: float) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def stop_orphaned_workers(endpoint: str, grace: float) -> None:
+    """Stop workers a killed supervisor left on `endpoint`, before ours take the sockets."""
+    try:
+        pids = orphaned_workers(endpoint)
+    except OSError as err:  # no /proc: the orphans exit by themselves anyway
+        LOG.warning("cannot look for orphaned workers: %s", err)
+        return
+    if not pids:
+        return
+    LOG.warning(
+        "stopping %d orphaned worker(s) of a previous supervisor pids=%s",
+        len(pids),
+        ",".join(map(str, pids)),
+    )
+    stop_processes(pids, grace)
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
