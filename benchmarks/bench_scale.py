@@ -45,6 +45,9 @@ from simulator.kubelet import HEALTHY  # noqa: E402
 from supervisor.cli.status_client import StatusError  # noqa: E402
 from tests.supervisor_rig import HCAS, Plant, full, resource_entry  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import SCALE_COLUMNS, scale_table  # noqa: E402 (benchmarks/figures.py)
+
 MIB = 1024.0
 RESULTS = REPO / "benchmarks" / "results" / "scale.json"
 #: The issue's targets: (figure, resources, limit, unit).
@@ -56,16 +59,7 @@ TARGETS = (
     ("allocate_p99_ms", 8, 1.5, "ms"),
     ("kubelet_restart_ms", 32, 50.0, "ms"),
 )
-FIGURES = (
-    ("pss_total_mib", "PSS total", "MiB", 1),
-    ("uss_worker_mib", "USS/worker", "MiB", 1),
-    ("start_s", "start->all reg.", "s", 2),
-    ("allocate_p50_ms", "Allocate p50", "ms", 2),
-    ("allocate_p99_ms", "Allocate p99", "ms", 2),
-    ("kubelet_restart_ms", "kubelet restart->all reg.", "ms", 0),
-    ("kill_ms", "worker kill->serving", "ms", 0),
-    ("supervisor_idle_cpu_pct", "supervisor idle CPU", "%", 1),
-)
+FIGURES = SCALE_COLUMNS
 
 
 def config_for(count: int) -> dict[str, Any]:
@@ -240,15 +234,6 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def cell(summary: dict[str, Any], key: str, digits: int) -> str:
-    s = summary.get(key)
-    if s is None:
-        return "-"
-    if s["n"] == 1 or round(s["min"], digits) == round(s["max"], digits):
-        return f"{s['median']:.{digits}f}"
-    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
-
-
 def machine() -> dict[str, Any]:
     try:
         rev = subprocess.run(
@@ -277,17 +262,8 @@ def machine() -> dict[str, Any]:
 
 
 def print_table(results: dict[str, Any]) -> None:
-    header = ["resources", "start mode", *(f"{label} ({unit})" for _, label, unit, _ in FIGURES)]
-    rows = []
-    for mode in ("zygote", "classic"):
-        for count, data in results[mode].items():
-            s = data["summary"]
-            rows.append([count, mode, *(cell(s, key, d) for key, _, _, d in FIGURES)])
     print()
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(str(c) for c in row) + " |")
+    print("\n".join(scale_table(results)))
 
 
 def main() -> int:

@@ -36,10 +36,22 @@ def test_readme_measured_table_is_rendered_from_the_benchmark_figures() -> None:
     assert table.count("\n| ") >= 8  # every row's keys are in the file
 
 
+def test_readme_scale_block_is_rendered_from_the_scale_results() -> None:
+    figures = _figures()
+    readme = (REPO / "README.md").read_text()
+    block = figures.render_scale(figures.load(figures.SCALE))
+    assert block in readme, "README's scale block differs: run `make bench` (or "
+    "`.venv/bin/python benchmarks/figures.py --render README.md`)"
+    assert block.count("\n| ") >= 4  # header, rule and rows
+
+
 def _outside_the_table(text: str) -> str:
     figures = _figures()
     if figures.BEGIN in text:
         start, end = text.index(figures.BEGIN), text.index(figures.END)
+        text = text[:start] + text[end:]
+    if figures.SCALE_BEGIN in text:
+        start, end = text.index(figures.SCALE_BEGIN), text.index(figures.SCALE_END)
         text = text[:start] + text[end:]
     return text
 

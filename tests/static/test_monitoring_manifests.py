@@ -252,7 +252,7 @@ def test_alerts_cover_what_issue_5_asks_for() -> None:
         assert wanted in alerts
 
 
-RUNBOOKS = Path(__file__).resolve().parent.parent / "docs" / "runbooks.md"
+RUNBOOKS = Path(__file__).resolve().parents[2] / "docs" / "runbooks.md"
 
 
 def _anchors(markdown: str) -> set[str]:
@@ -748,7 +748,7 @@ def test_doc_examples_of_alerts_are_the_alerts() -> None:
 
 
 def test_deployment_doc_describes_every_dashboard_panel() -> None:
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "deployment.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "deployment.md").read_text()
     section = doc[doc.index("### Dashboard panels") : doc.index("## Upgrading")]
     described = set(re.findall(r"^\| [^|]+ \| ([^|]+) \| [^|]+ \|$", section, flags=re.MULTILINE))
     panels = {p["title"] for p in dashboard()["panels"] if p["type"] != "row"}
