@@ -3,6 +3,10 @@
 With no subcommand it runs the plugin, so an image entrypoint reads like the Go plugin's, whose
 single-dash flags (`-config-file`, `-use-cdi`, `-version`) are accepted too. Every flag of `run`
 can also come from an `RDMA_SHARED_DP_<FLAG>` environment variable (flag wins).
+
+`--kubelet-root-dir DIR` (the Go plugin's and the Network Operator's flag) moves the three kubelet
+paths under DIR (`DIR/device-plugins`, `DIR/plugins_registry`, `DIR/pod-resources/kubelet.sock`)
+unless a path is given explicitly, by flag or environment variable.
 """
 
 from __future__ import annotations
@@ -22,10 +26,24 @@ HEALTHZ_PATH = "/healthz"
 READYZ_PATH = "/readyz"
 SUBCOMMANDS = ("run", "discover", "validate-config", "demo", "version", "status")
 ENV_PREFIX = "RDMA_SHARED_DP_"
+DEFAULT_KUBELET_ROOT = "/var/lib/kubelet"
+#: Flag -> its path under the kubelet's root folder (used unless the path is given explicitly).
+KUBELET_PATHS = {
+    "device_plugin_dir": "device-plugins",
+    "plugins_registry_dir": "plugins_registry",
+    "pod_resources_socket": "pod-resources/kubelet.sock",
+}
+#: What the Go binary (and so the Network Operator) spells `--version`.
+VERSION_FLAGS = ("-v", "-version", "--version")
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
+
+
+def _env_or_none(name: str) -> str | None:
+    """The variable's value if it is set at all (an empty value is explicit too)."""
+    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"))
 
 
 def _env_flag(name: str) -> bool:
@@ -39,12 +57,14 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--use-cdi", "-use-cdi", action="store_true", default=_env_flag("use-cdi"))
     p.add_argument("--host-root", default=_env("host-root", "/"))
     p.add_argument(
-        "--device-plugin-dir", default=_env("device-plugin-dir", "/var/lib/kubelet/device-plugins")
+        "--kubelet-root-dir",
+        "-kubelet-root-dir",
+        default=_env("kubelet-root-dir", DEFAULT_KUBELET_ROOT),
+        help="the kubelet's --root-dir; the three kubelet paths below default to folders in it",
     )
-    p.add_argument(
-        "--plugins-registry-dir",
-        default=_env("plugins-registry-dir", "/var/lib/kubelet/plugins_registry"),
-    )
+    # None until resolve_kubelet_paths(): given explicitly (flag or env), or under the root.
+    p.add_argument("--device-plugin-dir", default=_env_or_none("device-plugin-dir"))
+    p.add_argument("--plugins-registry-dir", default=_env_or_none("plugins-registry-dir"))
     p.add_argument(
         "--registration-mode",
         choices=("auto", "classic", "watcher"),
@@ -59,7 +79,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--pod-resources-socket",
-        default=_env("pod-resources-socket", "/var/lib/kubelet/pod-resources/kubelet.sock"),
+        default=_env_or_none("pod-resources-socket"),
+        help="the kubelet's PodResources socket, for per-pod series; empty turns them off",
     )
     p.add_argument(
         "--uevent-source",
@@ -123,10 +144,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resolve_kubelet_paths(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in each kubelet path not given explicitly from `--kubelet-root-dir`."""
+    root = args.kubelet_root_dir.rstrip("/") or "/"
+    for name, relative in KUBELET_PATHS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, os.path.join(root, relative))
+    return args
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse as `main` does, kubelet paths resolved (tests and manifests check flags with it)."""
+    args = build_parser().parse_args(_normalise_argv(argv))
+    return resolve_kubelet_paths(args) if args.command == "run" else args
+
+
 def _normalise_argv(argv: Sequence[str]) -> list[str]:
-    """`run` is the default subcommand; Go's `-version`/`--version` mean `version`."""
+    """`run` is the default subcommand; Go's `-v`/`-version`/`--version` mean `version`."""
     args = list(argv)
-    if any(a in ("-version", "--version") for a in args):
+    if any(a in VERSION_FLAGS for a in args):
         return ["version"]
     if not args or (args[0].startswith("-") and args[0] not in ("-h", "--help")):
         return ["run", *args]
@@ -134,7 +170,11 @@ def _normalise_argv(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(_normalise_argv(sys.argv[1:] if argv is None else argv))
+    from supervisor import pid1
+
+    if argv is None and pid1.should_become_init():
+        pid1.become_init()  # only the child returns; PID 1 reaps and forwards until it exits
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "version":
         print(f"rdma-shared-dp {VERSION}")
         return exitcodes.OK
