@@ -52,7 +52,7 @@ def should_become_init(pid: int | None = None) -> bool:
 
 def become_init() -> None:
     """Fork; return in the child (which runs the plugin); never return in the parent (PID 1)."""
-    watched = {*FORWARDED, signal.SIGCHLD}
+    watched: set[int] = {*FORWARDED, signal.SIGCHLD}
     # Blocked before the fork, so no signal can arrive between the fork and the first wait: the
     # kernel queues a blocked signal even for PID 1 (it drops only unhandled, unblocked ones).
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, watched)

@@ -101,7 +101,9 @@ def test_pid1_reaps_orphans_forwards_signals_and_exits_with_the_childs_status(
         )
         try:
             init = _ns_init(proc)
-            wait_until(lambda: any(x.startswith("reaped=") for x in _lines(report)), 30, what="reap")
+            wait_until(
+                lambda: any(x.startswith("reaped=") for x in _lines(report)), 30, what="reap"
+            )
             lines = _lines(report)
             # The plugin side is PID 2, a child of our init; the orphans were reaped by PID 1.
             assert lines[0] == "pid=2 ppid=1", lines
@@ -138,7 +140,9 @@ def test_pid1_stops_what_the_child_left_behind(tmp_path: Path) -> None:
         )
     assert proc.returncode == 0
     assert marker.read_text().strip()
-    assert not [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "600"]]
+    assert not [
+        p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "600"]
+    ]
 
 
 def test_not_init_unless_pid_1_and_never_twice(monkeypatch: pytest.MonkeyPatch) -> None:
