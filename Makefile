@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo tools test lint typecheck bench clean
+.PHONY: demo tools test lint typecheck bench clean image
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,12 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# The image, with buildah (no Docker engine): `make image IMAGE=registry/name:tag [PUSH=1]`;
+# LOCAL_BASE=1 builds on a Debian 12 base made here (no registry needed). See .ci/build-image.sh.
+image:
+	bash .ci/install-image-tools.sh
+	bash .ci/build-image.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -4,6 +4,7 @@
 #   .ci/build-image.sh                      the documented default: the Alpine base, pulled
 #   LOCAL_BASE=1 .ci/build-image.sh         a Debian 12 base made here with debootstrap, for
 #                                           machines that reach Debian's packages but no registry
+#   PUSH=1 IMAGE=registry/name:tag ...      also push it (buildah push, your registry login)
 #
 # Environment: IMAGE (default rdma-shared-dp:<version>), VERSION (default: pyproject's),
 # IMAGE_STORE (buildah's storage, default /var/cache/rdma-shared-dp/containers: outside the
@@ -74,4 +75,7 @@ if [ -n "$host_ca" ] && [ -f "$host_ca" ]; then
 fi
 
 bah bud --layers --isolation chroot --format oci "${args[@]}" -t "$IMAGE" -f Dockerfile . >&2
+if [ -n "${PUSH:-}" ]; then
+    bah push "$IMAGE" "docker://$IMAGE" >&2
+fi
 echo "image=$IMAGE"

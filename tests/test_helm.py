@@ -172,3 +172,18 @@ def test_one_image_setting_and_one_version() -> None:
     assert re.search(rf"^ARG VERSION={re.escape(VERSION)}$", dockerfile, re.M)
     _, container = daemonset_container(template())
     assert container["image"] == f"rdma-shared-dp:{VERSION}"
+
+
+def test_chart_rollback_to_the_go_image_matches_the_go_rollback_overlay() -> None:
+    """`helm upgrade --set image...,probes.enabled=false` is the Helm path back to Go."""
+    chart = normalised(
+        template(
+            "image.repository=k8s-rdma-shared-dev-plugin",
+            "image.tag=v1.5.2",
+            "probes.enabled=false",
+        )
+    )
+    kustomize = normalised(render(K8S / "overlays" / "go-rollback"))
+    assert chart == kustomize
+    _, container = daemonset_container(template("probes.enabled=false"))
+    assert go_flags_accept(container["args"]) == ""
