@@ -74,6 +74,11 @@ if [ -n "$host_ca" ] && [ -f "$host_ca" ]; then
     args+=(--volume "$host_ca:/run/host-ca.pem:ro" --build-arg PIP_CERT=/run/host-ca.pem)
 fi
 
+# vfs stores each layer as a full copy: superseded builds would fill the disk run by run. Their
+# untagged images are also the layer cache of the next build, so they go only past a few.
+if [ "$(bah images --filter dangling=true -q | wc -l)" -gt 6 ]; then
+    bah rmi --prune >/dev/null
+fi
 bah bud --layers --isolation chroot --format oci "${args[@]}" -t "$IMAGE" -f Dockerfile . >&2
 if [ -n "${PUSH:-}" ]; then
     bah push "$IMAGE" "docker://$IMAGE" >&2
