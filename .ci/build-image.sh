@@ -74,9 +74,10 @@ if [ -n "$host_ca" ] && [ -f "$host_ca" ]; then
     args+=(--volume "$host_ca:/run/host-ca.pem:ro" --build-arg PIP_CERT=/run/host-ca.pem)
 fi
 
-# vfs stores each layer as a full copy: superseded builds would fill the disk run by run. Their
-# untagged images are also the layer cache of the next build, so they go only past a few.
-if [ "$(bah images --filter dangling=true -q | wc -l)" -gt 6 ]; then
+# vfs stores each layer as a full copy, so superseded builds would fill the disk run by run. Their
+# untagged images are also the next build's layer cache: drop them only past a size (the tagged
+# base stays, so the next build skips debootstrap and only redoes the pip step).
+if [ "$(du -sm "$IMAGE_STORE/storage" 2>/dev/null | cut -f1)" -gt "${IMAGE_STORE_MAX_MB:-6000}" ]; then
     bah rmi --prune >/dev/null
 fi
 bah bud --layers --isolation chroot --format oci "${args[@]}" -t "$IMAGE" -f Dockerfile . >&2
