@@ -30,7 +30,9 @@ typecheck: $(STAMP)
 	$(BIN)/mypy --strict common/ supervisor/
 
 bench: $(STAMP)
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@rc=0; for b in benchmarks/bench_*.py; do echo "== $$b"; \
+		RDMA_SHARED_DP_FIGURES=benchmarks/figures.json $(BIN)/python $$b || rc=1; done; \
+		$(BIN)/python benchmarks/figures.py --render README.md; exit $$rc
 
 # The image, with buildah (no Docker engine): `make image IMAGE=registry/name:tag [PUSH=1]`;
 # LOCAL_BASE=1 builds on a Debian 12 base made here (no registry needed). See .ci/build-image.sh.

@@ -38,6 +38,8 @@ from common import exitcodes
 from common.config import Config, ConfigError, load_config_bytes
 from common.devices import Scan, ScanProblem
 from common.discovery import scan
+from common.loop.signals import SignalInbox
+from common.loop.timers import Timers
 from common.messages import (
     Configure,
     Devices,
@@ -46,6 +48,7 @@ from common.messages import (
     Hello,
     Message,
     Ready,
+    ReloadStatus,
     Reregister,
     Status,
     StatusRequest,
@@ -54,17 +57,16 @@ from common.messages import (
     WorkerStatus,
     type_name,
 )
+from common.rdma_netns import EXCLUSIVE, EXCLUSIVE_WARNING, read_netns_mode
 from supervisor.config_diff import diff_configs
-from supervisor.config_watch import ConfigWatch
 from supervisor.control import ControlChannel
 from supervisor.device_state import DeviceState, healthy_count
-from supervisor.kubelet_watch import KubeletWatch
 from supervisor.leftovers import remove_leftovers, remove_stale_cdi_specs
 from supervisor.observer import Observer
 from supervisor.restart_policy import RestartPolicy
 from supervisor.runtime_dir import RuntimeDir, RuntimeDirError, orphaned_workers, stop_processes
-from supervisor.signal_inbox import SignalInbox
-from supervisor.timers import Timers
+from supervisor.watch.config import ConfigWatch
+from supervisor.watch.kubelet import KubeletWatch
 from supervisor.worker_process import WorkerProcess
 from supervisor.worker_table import WorkerRecord, WorkerState, WorkerTable
 
@@ -157,6 +159,8 @@ class Arbiter:
         self.uevents: Any = None
         self.started = time.time()
         self.config_loaded = time.time()
+        self.last_reload: ReloadStatus | None = None
+        self.netns_mode = ""  # common.rdma_netns: read after every scan
         self.stopping = False
         self.stop_started = 0.0
         self.exit_code: int = exitcodes.OK
@@ -347,7 +351,7 @@ class Arbiter:
         if self.options.uevent_source == "off":
             LOG.info("uevent monitor off; device changes are seen by the periodic rescan only")
             return
-        from supervisor.uevents import open_monitor  # pyudev is loaded only when used
+        from supervisor.watch.uevents import open_monitor  # pyudev is loaded only when used
 
         self.uevents = open_monitor(self.options.uevent_source)
 
@@ -631,6 +635,8 @@ class Arbiter:
             config_loaded=self.config_loaded,
             grpc_loaded="grpc" in sys.modules,
             workers=self.worker_statuses(),
+            last_reload=self.last_reload,
+            rdma_netns_mode=self.netns_mode,
             parent=parent,
         )
 
@@ -772,6 +778,7 @@ class Arbiter:
                 problem.detail,
             )
         self.scan_problems = set(result.problems)
+        self._check_netns_mode()
         full_names = {r.resource_name: r.full_name for r in self.config.resources}
         for name in sorted(changed):
             selected = self.devices.selected(name)
@@ -783,6 +790,18 @@ class Arbiter:
                 trigger,
             )
         self._push_devices(changed)
+
+    def _check_netns_mode(self) -> None:
+        """Exclusive RDMA netns mode breaks sharing: warn with the fix, keep serving (issue 13)."""
+        mode = read_netns_mode(self.options.host_root)
+        if mode == self.netns_mode:
+            return
+        if mode == EXCLUSIVE:
+            LOG.warning("%s", EXCLUSIVE_WARNING)
+        elif self.netns_mode == EXCLUSIVE:
+            LOG.info("RDMA netns mode is %s again: devices can be shared", mode)
+        self.netns_mode = mode
+        self._observe(self.observer.rdma_netns_mode, mode)
 
     def _push_devices(self, changed: set[str]) -> None:
         for record in self.table:
@@ -822,11 +841,13 @@ class Arbiter:
             )
             for problem in problems:
                 LOG.error("config problem: %s", problem)
+            self.last_reload = ReloadStatus(time.time(), False, len(problems), problems[0])
             self._observe(self.observer.config_reloaded, False, problems)
             return
         for warning in config.warnings:
             LOG.warning("config %s: %s", self.options.config_file, warning)
         self.apply_config(config)
+        self.last_reload = ReloadStatus(time.time(), True)
         self._observe(self.observer.config_applied, config)
         self._observe(self.observer.config_reloaded, True, [])
 

@@ -5,7 +5,7 @@ The loop calls one method per event on an `Observer`; the base class does nothin
 not block, and may not raise into the loop: the arbiter logs and swallows an observer's error.
 Resources are named by their full name `<prefix>/<name>`, as the kubelet knows them.
 
-Wiring: `supervisor.commands._observer(args)` returns the observer: `MetricsObserver`
+Wiring: `supervisor.cli.commands._observer(args)` returns the observer: `MetricsObserver`
 (supervisor/metrics_observer.py) when `--metrics-address` is set, else None. `started` hands over
 the worker table for /readyz; `stopped` releases what the observer took.
 `loop_turned` runs at least once a second: the /healthz heartbeat. A reader that needs the loop
@@ -58,6 +58,9 @@ class Observer:
 
     def config_reloaded(self, ok: bool, problems: Sequence[str]) -> None:
         """A changed config file was applied (ok) or refused (every problem listed)."""
+
+    def rdma_netns_mode(self, mode: str) -> None:
+        """The RDMA netns mode (shared, exclusive, unknown) was read and differs from before."""
 
     def kubelet_restarted(self) -> None:
         """`kubelet.sock` was replaced."""

@@ -220,6 +220,9 @@ class WorkerTable:
                     allocations=record.counters.allocations_ok,
                     mode=record.mode,
                     reason=record.reason,
+                    failures=record.failures,
+                    crash_looping=record.state is not WorkerState.RUNNING
+                    and self.policy.crash_looping(record.failures),
                 )
             )
         return tuple(rows)

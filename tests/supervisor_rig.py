@@ -26,8 +26,8 @@ import psutil
 from common.messages import Status, WorkerStatus
 from simulator.kubelet import KubeletSimulator
 from simulator.sysfs import SysfsTree, connectx_ib
+from supervisor.cli.status_client import StatusError, fetch_status
 from supervisor.control import endpoint_for
-from supervisor.status_client import StatusError, fetch_status
 from tests.conditions import wait_until
 
 REPO = Path(__file__).resolve().parent.parent

@@ -25,7 +25,7 @@ from unittest import mock
 
 import pytest
 
-from supervisor import cli
+from supervisor.cli import parser as cli
 
 yaml = pytest.importorskip("yaml", reason="PyYAML missing: run .ci/install-tools.sh")
 

@@ -26,7 +26,7 @@ import pytest
 from common.config import load_config_file
 from simulator.kubelet import KubeletSimulator
 from simulator.sysfs import SysfsTree, connectx_ib
-from supervisor import cli
+from supervisor.cli import parser as cli
 from tests.conditions import hard_timeout, wait_until
 from tests.supervisor_rig import HCAS, three_resources
 from tests.test_deployment import (

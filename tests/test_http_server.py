@@ -9,15 +9,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from supervisor.cli import DEFAULT_METRICS_ADDRESS
-from supervisor.http_server import (
+from supervisor.cli.parser import DEFAULT_METRICS_ADDRESS
+from supervisor.metrics.exporter import Metrics
+from supervisor.metrics.http_server import (
     AddressError,
     MetricsServer,
     Probes,
     parse_address,
     start_metrics_server,
 )
-from supervisor.metrics import Metrics
 
 
 class Flags:

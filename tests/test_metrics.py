@@ -1,4 +1,4 @@
-"""`supervisor.metrics.Metrics`: values move as the supervisor reports events (in-process).
+"""`supervisor.metrics.exporter.Metrics`: values move as the supervisor reports events (in-process).
 
 Every check reads the rendered text format back with prometheus_client's parser, so what is
 tested is what Prometheus would scrape.
@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from common import exitcodes
 from common.devices import Candidate, CharDevice, NetDev, Port, RdmaDevice, ScanProblem
 from common.messages import ALLOCATE_BUCKETS, WorkerCounters
-from supervisor.metrics import (
+from supervisor.metrics.exporter import (
     FAMILIES,
     PREFIX,
     RESTART_REASONS,
@@ -24,7 +24,7 @@ from supervisor.metrics import (
     exported_metrics,
     metric_names,
 )
-from supervisor.pod_resources import PodAllocation
+from supervisor.metrics.pod_resources import PodAllocation
 from supervisor.restart_policy import RestartPolicy
 from supervisor.worker_table import exit_decision
 
@@ -113,6 +113,8 @@ rdma_shared_dp_pod_allocations{namespace,pod,container,resource}
 ADDED = {
     # The reload counters cannot tell whether the refused file is still there; this can.
     "rdma_shared_dp_config_last_reload_successful": (),
+    # Issue 13: exclusive RDMA netns mode breaks sharing without any other series showing it.
+    "rdma_shared_dp_rdma_netns_exclusive": (),
 }
 
 
@@ -138,6 +140,7 @@ def test_every_family_is_exported_with_its_labels() -> None:
     m.worker_process(RES, 1 << 20, 0.5, 10)
     m.kubelet_restart()
     m.config_reload(True, 1000.0)
+    m.rdma_netns_mode("shared")
     m.set_pod_allocations([PodAllocation("ns", "p", "c", RES, 1)])
     families = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
     # The parser drops `_total` from counter family names; compare on the exported names.
@@ -149,6 +152,17 @@ def test_every_family_is_exported_with_its_labels() -> None:
         sample_labels = {k for s in family.samples for k in s.labels} - {"le"}
         assert sample_labels == set(labels), short
     assert value(m, "build_info", version="1.2.3") == 1
+
+
+def test_rdma_netns_exclusive_follows_the_mode() -> None:
+    m = Metrics("v")
+    assert series(m, "rdma_netns_exclusive") == {}  # unknown: no series beats a false 0
+    m.rdma_netns_mode("exclusive")
+    assert value(m, "rdma_netns_exclusive") == 1
+    m.rdma_netns_mode("shared")
+    assert value(m, "rdma_netns_exclusive") == 0
+    m.rdma_netns_mode("unknown")
+    assert series(m, "rdma_netns_exclusive") == {}
 
 
 def test_resource_gauges_follow_matched_hcas() -> None:

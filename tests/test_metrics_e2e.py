@@ -31,10 +31,10 @@ from common import exitcodes
 from common.config import Config, load_config_bytes
 from common.devices import Scan
 from common.messages import WorkerCounters, WorkerStatus
-from supervisor.http_server import Probes
-from supervisor.metrics import Metrics
-from supervisor.metrics_observer import MetricsObserver
-from supervisor.pod_resources import PodAllocation
+from supervisor.metrics.exporter import Metrics
+from supervisor.metrics.http_server import Probes
+from supervisor.metrics.observer import MetricsObserver
+from supervisor.metrics.pod_resources import PodAllocation
 from tests.conditions import hard_timeout, wait_until
 from tests.podresources_simulator import PodDevices, PodResourcesSimulator
 from tests.supervisor_rig import REPO, Plant, full, resource_entry, three_resources
@@ -413,7 +413,7 @@ def _pollers(rig: MetricsPlant) -> list[int]:
     for proc in psutil.process_iter(["cmdline", "status"]):
         cmd = proc.info.get("cmdline") or []
         if (
-            "workers.pod_resources_poller" in cmd
+            "podresources.poller" in cmd
             and str(rig.pod_socket) in cmd
             and proc.info.get("status") != psutil.STATUS_ZOMBIE
         ):
@@ -476,7 +476,7 @@ def test_metrics_off_loads_neither_prometheus_client_nor_psutil() -> None:
     # The import check the supervisor's memory budget relies on: with an empty address the
     # commands module must not pull in the metrics stack.
     code = (
-        "import sys; from supervisor.commands import _observer; import argparse;"
+        "import sys; from supervisor.cli.commands import _observer; import argparse;"
         "o = _observer(argparse.Namespace(metrics_address='', pod_resources_socket='x'));"
         "print(o, 'prometheus_client' in sys.modules, 'psutil' in sys.modules)"
     )

@@ -21,9 +21,9 @@ import pytest
 
 from common.devices import Candidate, CharDevice, NetDev, Port, RdmaDevice, ScanProblem
 from common.messages import ALLOCATE_BUCKETS, WorkerCounters
-from supervisor.http_server import MetricsServer, start_metrics_server
-from supervisor.metrics import Metrics
-from supervisor.pod_resources import PodAllocation
+from supervisor.metrics.exporter import Metrics
+from supervisor.metrics.http_server import MetricsServer, start_metrics_server
+from supervisor.metrics.pod_resources import PodAllocation
 from tests.conditions import wait_until
 
 RES = "rdma/hca_shared_devices_a"

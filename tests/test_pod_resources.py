@@ -1,6 +1,6 @@
 """PodResources: the poller process against the simulator, and the supervisor-side reader.
 
-Real processes and pipes: `python -m workers.pod_resources_poller` talks gRPC to
+Real processes and pipes: `python -m podresources.poller` talks gRPC to
 `tests.podresources_simulator` on a unix socket; `PodResourcesReader` owns the poller. Where a
 test needs a misbehaving poller, a tiny shell script stands in for the Python interpreter.
 """
@@ -23,13 +23,13 @@ import grpc
 import psutil
 import pytest
 
-from supervisor.metrics import Metrics
-from supervisor.pod_resources import PodAllocation, PodResourcesReader, parse_snapshot
+from supervisor.metrics.exporter import Metrics
+from supervisor.metrics.pod_resources import PodAllocation, PodResourcesReader, parse_snapshot
 from tests.conditions import wait_until
 from tests.podresources_simulator import PodDevices, PodResourcesSimulator, short_tmp_dir
 
 RES = "rdma/hca_shared_devices_a"
-POLLER = [sys.executable, "-m", "workers.pod_resources_poller"]
+POLLER = [sys.executable, "-m", "podresources.poller"]
 
 
 @pytest.fixture
@@ -247,7 +247,7 @@ def test_reader_with_no_socket_says_so_once_and_keeps_one_quiet_poller(
     short_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The Network Operator mounts no pod-resources socket: one log line, no retry storm."""
-    caplog.set_level("INFO", logger="supervisor.pod_resources")
+    caplog.set_level("INFO", logger="supervisor.metrics.pod_resources")
     reader = PodResourcesReader(str(short_dir / "pod-resources" / "kubelet.sock"), interval=0.02)
     try:
         first = reader.pid
@@ -299,7 +299,7 @@ def test_reader_stop_ends_the_poller(sim: PodResourcesSimulator) -> None:
 
 
 def fake_python(folder: Path, body: str) -> Path:
-    """An executable that ignores `-m workers.pod_resources_poller ...` and runs `body`."""
+    """An executable that ignores `-m podresources.poller ...` and runs `body`."""
     path = folder / "fake-python"
     path.write_text("#!/bin/sh\n" + body)
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
@@ -399,9 +399,9 @@ def test_the_supervisor_side_never_loads_grpc(sim: PodResourcesSimulator) -> Non
     code = textwrap.dedent(
         f"""
         import select, sys
-        from supervisor.http_server import start_metrics_server
-        from supervisor.metrics import Metrics
-        from supervisor.pod_resources import PodResourcesReader
+        from supervisor.metrics.http_server import start_metrics_server
+        from supervisor.metrics.exporter import Metrics
+        from supervisor.metrics.pod_resources import PodResourcesReader
         reader = PodResourcesReader({str(sim.socket_path)!r}, interval=0.1)
         rows = None
         while not rows:

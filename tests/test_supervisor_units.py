@@ -22,6 +22,8 @@ import zmq
 
 from common.config import ResourceConfig, Selectors
 from common.discovery import scan
+from common.loop.signals import SignalInbox
+from common.loop.timers import Timers
 from common.messages import (
     Error,
     Hello,
@@ -34,13 +36,11 @@ from common.messages import (
     encode,
 )
 from simulator.sysfs import SysfsTree, connectx_ib
+from supervisor.cli.status_client import StatusError, fetch_status, render_json, render_text
 from supervisor.control import ControlChannel
 from supervisor.device_state import DeviceState
 from supervisor.leftovers import remove_leftovers
 from supervisor.runtime_dir import RuntimeDir, RuntimeDirError
-from supervisor.signal_inbox import SignalInbox
-from supervisor.status_client import StatusError, fetch_status, render_json, render_text
-from supervisor.timers import Timers
 from supervisor.worker_process import worker_command, worker_env
 from tests.conditions import wait_until
 

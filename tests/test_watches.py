@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.config_watch import ConfigWatch
-from supervisor.kubelet_watch import KubeletWatch
+from supervisor.watch.config import ConfigWatch
+from supervisor.watch.kubelet import KubeletWatch
 
 
 def _configmap_layout(root: Path, content: bytes, version: str) -> None:

@@ -1,4 +1,4 @@
-"""Signals as readable events for the supervisor's poll loop (supervisor process).
+"""Signals as readable events for a process's poll loop (supervisor and workers).
 
 The handlers only record the signal number; `signal.set_wakeup_fd` writes a byte to a socket pair
 that the loop's `zmq.Poller` watches, so a signal wakes the loop and the loop does the work. No

@@ -8,7 +8,7 @@ probes store one value, the PodResources reader only drains a non-blocking pipe,
 a worker's /proc entry at most every `SAMPLE_EVERY` seconds per worker.
 
 This module, prometheus_client and psutil are imported only when the metrics address is not
-empty (`supervisor.commands._observer`), so a supervisor without metrics does not pay for them.
+empty (`supervisor.cli.commands._observer`), so a supervisor without metrics does not pay for them.
 Per-resource events are counted only for resources in the running config: a worker still stopping
 after its resource left the config must not bring that resource's series back.
 """
@@ -24,11 +24,12 @@ import psutil
 from common.config import Config
 from common.devices import Candidate, Scan
 from common.messages import WorkerCounters, WorkerStatus
-from supervisor.cli import VERSION
-from supervisor.http_server import MetricsServer, Probes, start_metrics_server
-from supervisor.metrics import Metrics
+from common.rdma_netns import EXCLUSIVE, EXCLUSIVE_WARNING
+from supervisor.cli.parser import VERSION
+from supervisor.metrics.exporter import Metrics
+from supervisor.metrics.http_server import MetricsServer, Probes, start_metrics_server
+from supervisor.metrics.pod_resources import PodAllocation, PodResourcesReader
 from supervisor.observer import Observer, StatusSource
-from supervisor.pod_resources import PodAllocation, PodResourcesReader
 
 LOG = logging.getLogger(__name__)
 
@@ -78,7 +79,20 @@ class MetricsObserver(Observer):
         self._publish_readiness()
 
     def config_reloaded(self, ok: bool, problems: Sequence[str]) -> None:
-        self.metrics.config_reload(ok, time.time())
+        now = time.time()
+        self.metrics.config_reload(ok, now)
+        note = None
+        if not ok:
+            first = problems[0] if problems else "invalid config"
+            note = (
+                f"config reload refused at {_utc(now)} ({len(problems)} problem(s), first: "
+                f"{first}); the running config keeps serving"
+            )
+        self.probes.set_note("reload", note)
+
+    def rdma_netns_mode(self, mode: str) -> None:
+        self.metrics.rdma_netns_mode(mode)
+        self.probes.set_note("netns", EXCLUSIVE_WARNING if mode == EXCLUSIVE else None)
 
     def scan_finished(
         self,
@@ -185,6 +199,10 @@ class MetricsObserver(Observer):
             return  # it just exited: the state machine reports that
         self._processes[resource] = (proc, now)
         self.metrics.worker_process(resource, rss, cpu.user + cpu.system, pid)
+
+
+def _utc(unix: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
 
 
 def _not_ready(status: WorkerStatus | None) -> str | None:

@@ -1,7 +1,7 @@
 """Which pods hold which devices, from the kubelet's PodResources API (supervisor process).
 
 The API is gRPC and the supervisor never imports grpc, so a tiny child process
-(`python -m workers.pod_resources_poller`) makes the calls and writes one JSON line per poll to a
+(`python -m podresources.poller`) makes the calls and writes one JSON line per poll to a
 pipe; `PodResourcesReader` owns that child and parses its lines without ever blocking.
 
 The pipe is created here once and handed to every incarnation of the child as its stdout, so
@@ -222,7 +222,7 @@ class PodResourcesReader:
         argv = [
             self._python,
             "-m",
-            "workers.pod_resources_poller",
+            "podresources.poller",
             "--socket",
             self.socket_path,
             "--interval",

@@ -1,6 +1,6 @@
 """Polls the kubelet's PodResources API for the supervisor (its own small child process).
 
-`python -m workers.pod_resources_poller --socket PATH --interval SECONDS`
+`python -m podresources.poller --socket PATH --interval SECONDS`
 
 The supervisor must not import grpc, so this process does the gRPC calls: every interval it calls
 `PodResourcesLister.List` on the unix socket and writes ONE JSON line to stdout:
@@ -147,7 +147,7 @@ def run(socket_path: str, interval: float) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workers.pod_resources_poller")
+    parser = argparse.ArgumentParser(prog="python -m podresources.poller")
     parser.add_argument("--socket", required=True, help="the kubelet's PodResources socket")
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between polls")
     args = parser.parse_args(argv)

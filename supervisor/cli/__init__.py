@@ -1,0 +1,1 @@
+"""The supervisor's command line: parser, subcommands, reports (supervisor process)."""

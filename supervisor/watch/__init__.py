@@ -1,0 +1,1 @@
+"""What the supervisor watches: the config file, kubelet.sock, kernel/udev uevents."""
