@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo tools test test-fast lint typecheck bench bench-quick clean
+.PHONY: demo tools test test-fast lint typecheck bench bench-quick clean image
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,12 @@ bench: $(STAMP)
 # when the benchmark itself breaks; targets are printed, not enforced.
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/bench_scale.py --quick --output ''
+
+# The image, with buildah (no Docker engine): `make image IMAGE=registry/name:tag [PUSH=1]`;
+# LOCAL_BASE=1 builds on a Debian 12 base made here (no registry needed). See .ci/build-image.sh.
+image:
+	bash .ci/install-image-tools.sh
+	bash .ci/build-image.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

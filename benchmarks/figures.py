@@ -4,9 +4,10 @@
 calls `record(key, value)` next to what it prints, and `record` merges the figure into the file
 (without the variable it does nothing, so a benchmark run by hand changes no committed file). Then
 `python benchmarks/figures.py --render README.md` rewrites the README's "Measured" table (between
-the `<!-- figures:begin -->` and `<!-- figures:end -->` markers) from the file.
-`tests/test_figures.py` fails when the README's table is not what the file renders, and when a
-doc quotes its own memory or timing figures instead of linking to that table.
+the `<!-- figures:begin -->` and `<!-- figures:end -->` markers) from the file, and the scale
+block (`<!-- scale:begin -->`) from `results/scale.json`. `tests/static/test_figures.py` fails
+when either is not what the files render, and when a doc quotes its own memory or timing figures
+instead of linking to that table.
 """
 
 from __future__ import annotations

@@ -122,6 +122,9 @@ class PodResourcesReader:
         #: From the last valid line: whether the API answered, and its error if not.
         self.available = False
         self.last_error = ""
+        #: Whether the first state was logged: an absent socket (the Network Operator mounts
+        #: none) is said once at start, then only changes are.
+        self._reported = False
         #: False: the supervisor's lifecycle runs the child (`child_spec`), this only reads.
         self._supervising = supervise
         if supervise:
@@ -206,7 +209,8 @@ class PodResourcesReader:
                 LOG.warning("PodResources poller wrote an invalid line, ignored: %.200r", line)
                 continue
             available, rows, error = parsed
-            if available != self.available or error != self.last_error:
+            if not self._reported or available != self.available or error != self.last_error:
+                self._reported = True
                 if available:
                     LOG.info("PodResources API answering socket=%s", self.socket_path)
                 else:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.cli.parser import DEFAULT_CONFIG_FILE, _normalise_argv, build_parser
+from supervisor.cli.parser import DEFAULT_CONFIG_FILE, _normalise_argv, build_parser, parse_args
 from tests.unit.test_discovery_real import FIXTURE, materialise
 
 EXAMPLE = {
@@ -162,3 +162,49 @@ def test_discover_table_lists_subfunctions_under_their_parent(tmp_path: Path) ->
     assert out.returncode == 0, out.stderr
     assert "0000:b1:00.0/mlx5_core.sf.2" in out.stdout
     assert out.stdout.splitlines()[1].split()[:2] == ["PCI", "ADDRESS"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--kubelet-root-dir", "/data/kubelet"],
+        ["-kubelet-root-dir", "/data/kubelet"],
+        ["--kubelet-root-dir=/data/kubelet/"],
+        ["-kubelet-root-dir=/data/kubelet"],
+        ["run", "--kubelet-root-dir", "/data/kubelet"],
+    ],
+)
+def test_kubelet_root_dir_moves_the_three_kubelet_paths(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("DEVICE_PLUGIN_DIR", "PLUGINS_REGISTRY_DIR", "POD_RESOURCES_SOCKET"):
+        monkeypatch.delenv(f"RDMA_SHARED_DP_{name}", raising=False)
+    args = parse_args(argv)
+    assert args.device_plugin_dir == "/data/kubelet/device-plugins"
+    assert args.plugins_registry_dir == "/data/kubelet/plugins_registry"
+    assert args.pod_resources_socket == "/data/kubelet/pod-resources/kubelet.sock"
+
+
+def test_explicit_kubelet_paths_win_over_the_root_by_flag_or_env(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RDMA_SHARED_DP_PLUGINS_REGISTRY_DIR", "/env/registry")
+    monkeypatch.setenv("RDMA_SHARED_DP_POD_RESOURCES_SOCKET", "")  # explicit: series off
+    monkeypatch.delenv("RDMA_SHARED_DP_DEVICE_PLUGIN_DIR", raising=False)
+    args = parse_args(["--kubelet-root-dir=/k", "--device-plugin-dir", "/flag/dp"])
+    assert args.device_plugin_dir == "/flag/dp"
+    assert args.plugins_registry_dir == "/env/registry"
+    assert args.pod_resources_socket == ""
+    monkeypatch.delenv("RDMA_SHARED_DP_PLUGINS_REGISTRY_DIR")
+    monkeypatch.delenv("RDMA_SHARED_DP_POD_RESOURCES_SOCKET")
+    defaults = parse_args([])
+    assert defaults.device_plugin_dir == "/var/lib/kubelet/device-plugins"
+    assert defaults.plugins_registry_dir == "/var/lib/kubelet/plugins_registry"
+    assert defaults.pod_resources_socket == "/var/lib/kubelet/pod-resources/kubelet.sock"
+
+
+@pytest.mark.parametrize("flag", ["-v", "-version", "--version"])
+def test_go_version_flags_anywhere(flag: str) -> None:
+    assert parse_args(["--use-cdi", flag]).command == "version"
+    out = _cli(flag)
+    assert out.returncode == 0 and out.stdout.strip() == "rdma-shared-dp 0.1.0"

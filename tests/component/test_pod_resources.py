@@ -243,6 +243,32 @@ def test_reader_turns_lines_into_allocations_and_metrics(sim: PodResourcesSimula
         reader.stop()
 
 
+def test_reader_with_no_socket_says_so_once_and_keeps_one_quiet_poller(
+    short_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Network Operator mounts no pod-resources socket: one log line, no retry storm."""
+    caplog.set_level("INFO", logger="supervisor.metrics.pod_resources")
+    reader = PodResourcesReader(str(short_dir / "pod-resources" / "kubelet.sock"), interval=0.02)
+    try:
+        first = reader.pid
+        snapshots = 0
+
+        def polled_enough(rows: list[PodAllocation]) -> bool:
+            nonlocal snapshots
+            snapshots += 1
+            return snapshots >= 25
+
+        assert read_until(reader, polled_enough) == []
+        assert reader.pid == first  # the same child all along: nothing restarted
+        lines = [r for r in caplog.records if "PodResources" in r.getMessage()]
+        assert len(lines) == 1, [r.getMessage() for r in lines]
+        assert "not available" in lines[0].getMessage()
+        assert "no socket" in lines[0].getMessage()
+        assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    finally:
+        reader.stop()
+
+
 def test_reader_restarts_a_killed_poller_on_the_same_descriptor(
     sim: PodResourcesSimulator,
 ) -> None:

@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -104,13 +105,27 @@ def daemonset_container(docs: list[Doc]) -> tuple[Doc, Doc]:
     return pod, pod["containers"][0]
 
 
-def parse_run_args(args: list[str]) -> argparse.Namespace:
-    """Parse container args as `rdma-shared-dp` does: no subcommand means `run`."""
-    argv = args if args and not args[0].startswith("-") else ["run", *args]
-    try:
-        return cli.build_parser().parse_args(argv)
-    except SystemExit as exc:  # argparse reports the bad flag on stderr, then exits
-        raise AssertionError(f"rdma-shared-dp refuses the manifest's args {args}") from exc
+def parse_run_args(args: list[str], env: dict[str, str] | None = None) -> argparse.Namespace:
+    """Parse container args as `rdma-shared-dp` does (no subcommand means `run`), with exactly
+    the container's environment (the parser reads its RDMA_SHARED_DP_* defaults from it)."""
+    with mock.patch.dict(os.environ, env or {}, clear=True):
+        try:
+            return cli.parse_args(args)
+        except SystemExit as exc:  # argparse reports the bad flag on stderr, then exits
+            raise AssertionError(f"rdma-shared-dp refuses the manifest's args {args}") from exc
+
+
+def container_env(container: Doc) -> dict[str, str]:
+    env = {}
+    for item in container.get("env", []):
+        assert set(item) == {"name", "value"}, f"env from a source the test cannot see: {item}"
+        env[item["name"]] = item["value"]
+    return env
+
+
+def parse_container(container: Doc) -> argparse.Namespace:
+    """The plugin's view of a container: its args and its environment, nothing else."""
+    return parse_run_args(container.get("args", []), container_env(container))
 
 
 def mounts_by_path(pod: Doc, container: Doc) -> dict[str, tuple[Doc, Doc]]:
@@ -132,6 +147,10 @@ def mount_holding(path: str, pod: Doc, container: Doc) -> tuple[Doc, Doc]:
 
 ALL_KUSTOMIZATIONS = kustomizations()
 KUSTOMIZATION_IDS = [str(p.relative_to(DEPLOYMENT)) for p in ALL_KUSTOMIZATIONS]
+# Those that run our image (the go-rollback overlay runs the Go one:
+# tests/component/test_dropin.py).
+OUR_KUSTOMIZATIONS = [p for p in ALL_KUSTOMIZATIONS if p.name != "go-rollback"]
+OUR_IDS = [str(p.relative_to(DEPLOYMENT)) for p in OUR_KUSTOMIZATIONS]
 
 
 # --- rendering and schema validation -------------------------------------------------------------
@@ -218,7 +237,7 @@ def test_container_args_are_accepted_by_the_real_parser(folder: Path) -> None:
     pod, container = daemonset_container(render(folder))
     # `command` would replace the image's tini entrypoint as well as the program.
     assert "command" not in container
-    args = parse_run_args(container.get("args", []))
+    args = parse_container(container)
     assert args.command == "run"
 
     # Every folder the flags name is mounted, and the kubelet folders at the host's own paths.
@@ -242,7 +261,7 @@ def test_parser_check_can_fail() -> None:
         parse_run_args(["--config-flie=/x"])
 
 
-@pytest.mark.parametrize("folder", ALL_KUSTOMIZATIONS, ids=KUSTOMIZATION_IDS)
+@pytest.mark.parametrize("folder", OUR_KUSTOMIZATIONS, ids=OUR_IDS)
 def test_probes_match_the_plugin_defaults(folder: Path) -> None:
     _, container = daemonset_container(render(folder))
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -256,13 +275,13 @@ def test_probes_match_the_plugin_defaults(folder: Path) -> None:
         assert get["path"] == path, probe
         port = get["port"]
         assert (ports[port] if isinstance(port, str) else port) == cli.DEFAULT_METRICS_PORT
-    address = parse_run_args(container["args"]).metrics_address
+    address = parse_container(container).metrics_address
     assert address.rsplit(":", 1)[1] == str(cli.DEFAULT_METRICS_PORT)
 
 
 def test_config_file_path_is_the_plugin_default() -> None:
     _, container = daemonset_container(render(K8S / "base"))
-    assert parse_run_args(container["args"]).config_file == cli.DEFAULT_CONFIG_FILE
+    assert parse_container(container).config_file == cli.DEFAULT_CONFIG_FILE
 
 
 def validate_config(path: Path) -> subprocess.CompletedProcess[str]:
@@ -333,19 +352,19 @@ def test_image_is_set_through_kustomize_images() -> None:
 
 def test_cdi_overlay_passes_the_flag() -> None:
     _, container = daemonset_container(render(K8S / "overlays" / "cdi"))
-    assert parse_run_args(container["args"]).use_cdi is True
+    assert parse_container(container).use_cdi is True
 
 
 def test_kubelet_root_overlay_moves_only_what_follows_the_root_folder() -> None:
     base_pod, base_container = daemonset_container(render(K8S / "base"))
     pod, container = daemonset_container(render(K8S / "overlays" / "kubelet-root"))
-    args = parse_run_args(container["args"])
+    args = parse_container(container)
     # device-plugins does not follow --root-dir: the kubelet serves kubelet.sock there always.
     assert args.device_plugin_dir == "/var/lib/kubelet/device-plugins"
     assert args.plugins_registry_dir == "/data/kubelet/plugins_registry"
     _, volume = mount_holding(args.pod_resources_socket, pod, container)
     assert volume["hostPath"]["path"] == "/data/kubelet/pod-resources"
-    base_args = parse_run_args(base_container["args"])
+    base_args = parse_container(base_container)
     _, base_volume = mount_holding(base_args.pod_resources_socket, base_pod, base_container)
     assert base_volume["hostPath"]["path"] == "/var/lib/kubelet/pod-resources"
 

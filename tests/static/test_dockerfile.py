@@ -1,9 +1,9 @@
 """Tests of the Dockerfile and .dockerignore (run in the test process only).
 
-No container engine is available where these run, so the image is not built here: hadolint lints
-the Dockerfile, and the rest checks the promises the Dockerfile makes by reading it (the final
-stage runs no package manager, PID 1 is tini, the entrypoint is the project's console script,
-the build context admits every package the project installs).
+hadolint lints the Dockerfile, and the rest checks the promises the Dockerfile makes by reading
+it (the final stage runs only guarded package-manager steps, PID 1 is tini, the entrypoint is
+the project's console script, the build context admits every package the project installs).
+tests/e2e/test_image.py builds the image for real and runs it, where buildah is installed.
 """
 
 from __future__ import annotations
@@ -120,25 +120,39 @@ def test_multi_stage_with_a_final_stage_on_the_chosen_base() -> None:
     assert any(s[0][1].startswith("${BASE_IMAGE} AS ") for s in all_stages[:-1])
 
 
-# The one package the final stage may add: libudev for pyudev, on Alpine bases only, guarded so
-# that every other base skips the step.
+# The packages the final stage may add, each guarded so that every other base skips the step:
+# libudev for pyudev on Alpine bases, and kmod (lsmod, for the Network Operator's init
+# container) on Debian-based bases that lack it.
 ALPINE_ONLY_STEP = re.compile(
     r"if command -v apk >/dev/null 2>&1; then apk add --no-cache ([\w. -]+); fi"
 )
+DEBIAN_KMOD_STEP = re.compile(
+    r"if ! command -v lsmod >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then\s+"
+    r"apt-get update -qq && apt-get install -y -qq --no-install-recommends ([\w. -]+?)\s+"
+    r"&& rm -rf /var/lib/apt/lists/\*; fi\s+"
+    r"&& command -v sh && command -v grep && command -v lsmod"
+)
 RUNTIME_PACKAGES = {"eudev-libs"}
+DEBIAN_PACKAGES = {"kmod"}
 
 
-def test_final_stage_installs_only_libudev_and_only_on_alpine() -> None:
+def test_final_stage_installs_only_libudev_and_kmod_each_guarded() -> None:
     final = stages(DOCKERFILE.read_text())[-1]
+    seen = set()
     for word, rest in final:
         if word != "RUN":
             continue
         assert "pip" not in rest, rest
         tokens = set(re.split(r"[\s;&|]+", rest))
         if tokens & set(PACKAGE_MANAGERS):
-            match = ALPINE_ONLY_STEP.fullmatch(rest)
-            assert match, f"unguarded package-manager step in the final stage: {rest}"
-            assert set(match[1].split()) <= RUNTIME_PACKAGES, rest
+            alpine, debian = ALPINE_ONLY_STEP.fullmatch(rest), DEBIAN_KMOD_STEP.fullmatch(rest)
+            assert alpine or debian, f"unguarded package-manager step in the final stage: {rest}"
+            if alpine:
+                assert set(alpine[1].split()) <= RUNTIME_PACKAGES, rest
+            if debian:
+                assert set(debian[1].split()) <= DEBIAN_PACKAGES, rest
+            seen.add("alpine" if alpine else "debian")
+    assert seen == {"alpine", "debian"}
 
 
 def test_final_stage_copies_only_from_other_stages() -> None:
@@ -165,6 +179,12 @@ def test_entrypoint_is_tini_then_the_console_script() -> None:
     assert not [rest for word, rest in final if word == "CMD"]
     # tini itself comes out of a stage that installs the statically linked build.
     assert any(word == "COPY" and "tini-static" in rest for word, rest in final)
+    # The Network Operator's `command`, which bypasses tini, runs the same console script.
+    assert any(
+        word == "RUN"
+        and "ln -s /opt/rdma-shared-dp/bin/rdma-shared-dp /bin/k8s-rdma-shared-dp" in rest
+        for word, rest in final
+    )
 
 
 def test_oci_labels() -> None:
