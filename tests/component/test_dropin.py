@@ -343,7 +343,12 @@ def test_the_operator_shape_really_runs_with_no_env_and_no_pod_resources_socket(
                 kubelet.wait_for_registration(f"example.com/{name}", timeout=30)
 
             def pod_resources_lines() -> list[str]:
-                return [x for x in log.read_text().splitlines() if "PodResources" in x]
+                # Its availability, not the lifecycle's started/stopped lines.
+                return [
+                    x
+                    for x in log.read_text().splitlines()
+                    if "PodResources" in x and "supervisor.children" not in x
+                ]
 
             lines = wait_until(pod_resources_lines, 20, what="the PodResources log line")
             assert len(lines) == 1, lines
