@@ -357,7 +357,7 @@ def test_the_operator_shape_really_runs_with_no_env_and_no_pod_resources_socket(
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0
             text = log.read_text()
-            assert len([x for x in text.splitlines() if "PodResources" in x]) == 1, text
+            assert len(pod_resources_lines()) == 1, text
             assert "Traceback" not in text, text
     finally:
         if proc is not None and proc.poll() is None:
