@@ -394,10 +394,17 @@ class Metrics:
 
     def set_pod_allocations(self, rows: Sequence[PodAllocation]) -> None:
         """The PodResources snapshot, already filtered to this plugin's resources (replaces all)."""
-        pods: dict[tuple[str, str, str, str], int] = {}
+        # The kubelet lists a device once per NUMA node of its topology, in one entry per node:
+        # rows that carry their IDs count each ID once; rows without IDs add their counts.
+        ids: dict[tuple[str, str, str, str], set[str]] = {}
+        bare: dict[tuple[str, str, str, str], int] = {}
         for row in rows:
             key = (row.namespace, row.pod, row.container, row.resource)
-            pods[key] = pods.get(key, 0) + row.count
+            if row.device_ids:
+                ids.setdefault(key, set()).update(row.device_ids)
+            else:
+                bare[key] = bare.get(key, 0) + row.count
+        pods = {k: len(ids.get(k, ())) + bare.get(k, 0) for k in ids.keys() | bare.keys()}
         with self._lock:
             self._pods = pods
 

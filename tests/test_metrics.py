@@ -437,3 +437,16 @@ def test_rdma_hca_max_edge_values(rdma_hca_max: int, devices: int) -> None:
     m = Metrics("v")
     m.set_resource(RES, rdma_hca_max, [candidate(0)])
     assert value(m, "resource_devices", resource=RES) == devices
+
+
+def test_pod_allocations_count_a_device_listed_under_two_numa_nodes_once() -> None:
+    # A real kubelet answered List with one ContainerDevices entry per NUMA node, each naming
+    # the two device IDs of a device that sits on nodes 0 and 1.
+    m = Metrics("v")
+    m.set_pod_allocations(
+        [
+            PodAllocation("ns", "p", "c", RES, 2, ("0", "5")),
+            PodAllocation("ns", "p", "c", RES, 2, ("0", "5")),
+        ]
+    )
+    assert value(m, "pod_allocations", namespace="ns", pod="p", container="c", resource=RES) == 2
