@@ -810,7 +810,7 @@ class Plugin:
             return [
                 c
                 for c in psutil.Process(self.proc.pid).children()
-                if "workers" in " ".join(c.cmdline())
+                if "--resource" in c.cmdline()
             ]
         return []
 

@@ -191,7 +191,7 @@ def test_resource_without_devices_is_refused_at_admission(node: Node) -> None:
 
 @pytest.mark.parametrize("runtime", ["containerd2", "containerd1.6"])
 def test_cdi_devices_come_through_the_runtime(
-    runtime: str, request: pytest.FixtureRequest
+    runtime: str, kubelet_version: str, request: pytest.FixtureRequest
 ) -> None:
     """With --use-cdi the plugin names CDI devices and hands out no DeviceSpecs: containerd 2.x
     puts the devices in the container; containerd 1.6 drops the names silently (why CDI needs a
