@@ -58,6 +58,7 @@ from supervisor.config_diff import diff_configs
 from supervisor.config_watch import ConfigWatch
 from supervisor.control import ControlChannel
 from supervisor.device_state import DeviceState, healthy_count
+from supervisor.held_ids import HeldIds
 from supervisor.kubelet_watch import KubeletWatch
 from supervisor.leftovers import remove_leftovers, remove_stale_cdi_specs
 from supervisor.observer import Observer
@@ -145,6 +146,7 @@ class Arbiter:
         self.observer = observer or Observer()
         self.clock: Callable[[], float] = time.monotonic
         self.table = WorkerTable(policy, on_change=self._state_changed)
+        self.held_ids = HeldIds()
         self.devices = DeviceState()
         self.timers = Timers()
         self.config_watch = ConfigWatch(options.config_file)
@@ -195,6 +197,16 @@ class Arbiter:
             return exitcodes.FATAL
         finally:
             self._close(signals)
+
+    def _keep_held_ids(self) -> None:
+        """Reconfigure workers whose pods hold IDs above rdmaHcaMax (or released them)."""
+        for resource in self.held_ids.update(self.config.resources, self.observer.pod_rows()):
+            record = self.table.get(resource.resource_name)
+            if record is not None and record.state is WorkerState.RUNNING and record.configured:
+                devices = self.devices.selected(resource.resource_name)
+                self._send(
+                    record, Configure(self.held_ids.serving(resource), self.settings, devices)
+                )
 
     def _stop_in_order(self, signals: SignalInbox | None) -> None:
         """After the loop itself failed: the normal stop ladder, if the loop can still turn."""
@@ -252,6 +264,7 @@ class Arbiter:
                 self._guarded(f"timer:{kind}", self._on_timer, key)
             self._guarded("reap", self._reap)
             self._observe(self.observer.loop_turned, {fd for fd in extra_fds if fd in ready})
+            self._guarded("held ids", self._keep_held_ids)
             if self.stopping and not any(r.proc for r in self.table):
                 return
             if self.stopping and self.clock() > self.stop_started + SHUTDOWN_BUDGET + STOP_OVERRUN:
@@ -600,7 +613,8 @@ class Arbiter:
             self.control.send(peer, Stop(record.reason, parent=msg.id))
             return
         devices = self.devices.selected(record.name)
-        self.control.send(peer, Configure(record.config, self.settings, devices, parent=msg.id))
+        config = self.held_ids.serving(record.config)
+        self.control.send(peer, Configure(config, self.settings, devices, parent=msg.id))
         record.configured = True
         record.sent_devices = devices
         if record.state is WorkerState.STARTING:
@@ -883,7 +897,8 @@ class Arbiter:
             found.config = resource
             if found.state is WorkerState.RUNNING and found.configured:
                 selected = self.devices.selected(resource.resource_name)
-                self._send(found, Configure(resource, self.settings, selected))
+                config = self.held_ids.serving(resource)
+                self._send(found, Configure(config, self.settings, selected))
                 found.sent_devices = selected
             elif found.state is WorkerState.BACKOFF:
                 self._retry_early(found, "config changed")

@@ -62,6 +62,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         default=_env("pod-resources-socket", "/var/lib/kubelet/pod-resources/kubelet.sock"),
     )
     p.add_argument(
+        "--pod-resources-interval",
+        type=float,
+        default=_env("pod-resources-interval", "10"),
+        help="seconds between PodResources polls (pod series, IDs held above rdmaHcaMax)",
+    )
+    p.add_argument(
         "--uevent-source",
         choices=("kernel", "udev", "off"),
         default=_env("uevent-source", "kernel"),

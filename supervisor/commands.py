@@ -152,4 +152,5 @@ def _observer(args: argparse.Namespace) -> Observer | None:
         return None
     from supervisor.metrics_observer import start_metrics_observer
 
-    return start_metrics_observer(args.metrics_address, args.pod_resources_socket)
+    interval = getattr(args, "pod_resources_interval", 10.0)
+    return start_metrics_observer(args.metrics_address, args.pod_resources_socket, interval)

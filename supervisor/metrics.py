@@ -30,7 +30,7 @@ import itertools
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -157,6 +157,12 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("namespace", "pod", "container", "resource"),
         "Devices of the resource allocated to the container, from the kubelet's PodResources API.",
     ),
+    "retained_device_ids": (
+        "gauge",
+        ("resource",),
+        "Device IDs above rdmaHcaMax still advertised because running pods hold them (after a "
+        "shrink); the log names the pods.",
+    ),
 }
 
 
@@ -276,6 +282,7 @@ class Metrics:
         self._scan_errors: dict[str, int] = {}
         self._scan_duration = _Histogram.empty(SCAN_BUCKETS)
         self._pods: dict[tuple[str, str, str, str], int] = {}
+        self._retained: dict[str, int] = {}
         self._refused_pids: set[tuple[str, int]] = set()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -303,6 +310,7 @@ class Metrics:
         """The resource left the config: every series with its label goes."""
         with self._lock:
             self._resources.pop(resource, None)
+            self._retained.pop(resource, None)
             self._refused_pids = {k for k in self._refused_pids if k[0] != resource}
 
     def set_ports(self, candidates: Sequence[Candidate]) -> None:
@@ -408,6 +416,11 @@ class Metrics:
         with self._lock:
             self._pods = pods
 
+    def set_retained(self, held: Mapping[str, Sequence[str]]) -> None:
+        """Per resource, the IDs above rdmaHcaMax that pods hold (replaces all)."""
+        with self._lock:
+            self._retained = {name: len(ids) for name, ids in held.items()}
+
     # -- the collector -------------------------------------------------------------------------
 
     def _resource(self, name: str) -> _Resource:
@@ -448,6 +461,8 @@ class Metrics:
                 add("hca_port_up", [rdma, port], 1 if up else 0)
             for key, count in sorted(self._pods.items()):
                 add("pod_allocations", key, count)
+            for name, n in sorted(self._retained.items()):
+                add("retained_device_ids", [name], n)
             for name, r in sorted(self._resources.items()):
                 self._collect_resource(name, r, add, fam)
         return list(fam.values())

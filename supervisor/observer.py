@@ -20,6 +20,7 @@ from typing import Protocol
 from common.config import Config
 from common.devices import Candidate, Scan
 from common.messages import WorkerCounters, WorkerStatus
+from supervisor.pod_resources import PodAllocation
 
 
 class StatusSource(Protocol):
@@ -83,6 +84,10 @@ class Observer:
 
     def poll_timeout(self) -> float | None:
         """Seconds until `loop_turned` must run again at the latest (None: no wish)."""
+        return None
+
+    def pod_rows(self) -> Sequence[PodAllocation] | None:
+        """The latest PodResources snapshot, or None when unknown (no reader, kubelet away)."""
         return None
 
     def loop_turned(self, readable: Collection[int]) -> None:

@@ -113,6 +113,8 @@ rdma_shared_dp_pod_allocations{namespace,pod,container,resource}
 ADDED = {
     # The reload counters cannot tell whether the refused file is still there; this can.
     "rdma_shared_dp_config_last_reload_successful": (),
+    # Issue 9: IDs above a shrunk rdmaHcaMax kept because running pods hold them.
+    "rdma_shared_dp_retained_device_ids": ("resource",),
 }
 
 
@@ -139,6 +141,7 @@ def test_every_family_is_exported_with_its_labels() -> None:
     m.kubelet_restart()
     m.config_reload(True, 1000.0)
     m.set_pod_allocations([PodAllocation("ns", "p", "c", RES, 1)])
+    m.set_retained({RES: ("9",)})
     families = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
     # The parser drops `_total` from counter family names; compare on the exported names.
     exported = {n + "_total" if f.type == "counter" else n for n, f in families.items()}

@@ -1,1 +1,1 @@
-"""The real-kubelet suite: an upstream kubelet and containerd on this machine (see docs/e2e-kubelet.md)."""
+"""The real-kubelet suite: upstream kubelet and containerd on this machine (docs/e2e-kubelet.md)."""

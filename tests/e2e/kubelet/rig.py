@@ -162,7 +162,11 @@ def build_image_archive(dest: Path) -> Path:
         "architecture": "amd64",
         "os": "linux",
         "config": {
-            "Cmd": ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"],
+            "Cmd": [
+                "/bin/sh",
+                "-c",
+                "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done",
+            ],
             "Env": ["PATH=/bin"],
         },
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
@@ -347,8 +351,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         for line in self.ctr("tasks", "ls", "-q", check=False).split():
             with contextlib.suppress(Exception):
                 wait_for(
-                    lambda ln=line: "STOPPED" in self.ctr("tasks", "ls", check=False)
-                    or ln not in self.ctr("tasks", "ls", "-q", check=False),
+                    lambda ln=line: (
+                        "STOPPED" in self.ctr("tasks", "ls", check=False)
+                        or ln not in self.ctr("tasks", "ls", "-q", check=False)
+                    ),
                     timeout=10,
                 )
             self.ctr("tasks", "delete", "-f", line, check=False)
@@ -399,7 +405,12 @@ class SocketCreations:
         self._fd = libc.inotify_init1(os.O_CLOEXEC)
         if self._fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1")
-        if libc.inotify_add_watch(self._fd, str(folder).encode(), self.IN_CREATE | self.IN_MOVED_TO) < 0:
+        if (
+            libc.inotify_add_watch(
+                self._fd, str(folder).encode(), self.IN_CREATE | self.IN_MOVED_TO
+            )
+            < 0
+        ):
             raise OSError(ctypes.get_errno(), "inotify_add_watch")
         self._r, self._w = os.pipe()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -606,8 +617,10 @@ registerNode: false
         def running() -> bool:
             st = self.pod_status(name)
             cs = st.get("containerStatuses") or []
-            return st.get("phase") == "Running" and bool(cs) and all(
-                "running" in (c.get("state") or {}) for c in cs
+            return (
+                st.get("phase") == "Running"
+                and bool(cs)
+                and all("running" in (c.get("state") or {}) for c in cs)
             )
 
         wait_for(
@@ -761,6 +774,7 @@ class Plugin:
             f"--metrics-address=127.0.0.1:{self.metrics_port}",
             f"--pod-resources-socket={self.kubelet.pod_resources_socket}",
             "--uevent-source=off",
+            "--pod-resources-interval=0.5",
             "--log-level=debug",
         ]
         if self.use_cdi:
@@ -769,7 +783,12 @@ class Plugin:
         env["PYTHONPATH"] = str(REPO)
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, cwd=REPO,
+                args,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=REPO,
                 start_new_session=True,
             )
 
@@ -808,9 +827,7 @@ class Plugin:
             return []
         with contextlib.suppress(psutil.Error):
             return [
-                c
-                for c in psutil.Process(self.proc.pid).children()
-                if "--resource" in c.cmdline()
+                c for c in psutil.Process(self.proc.pid).children() if "--resource" in c.cmdline()
             ]
         return []
 
@@ -899,8 +916,9 @@ class Node:
         self.tree = SysfsTree(self.host_root, mknod=True)
         for i in range(hcas):
             self.tree.add(
-                connectx_ib(f"0000:{0x3b + i:02x}:00.0", rdma=f"mlx5_{i}", netdev=f"ib{i}",
-                            numa_node=i % 2)
+                connectx_ib(
+                    f"0000:{0x3B + i:02x}:00.0", rdma=f"mlx5_{i}", netdev=f"ib{i}", numa_node=i % 2
+                )
             )
         self.devices = HostDevices()
         self.devices.add_from(self.host_root)
@@ -908,7 +926,9 @@ class Node:
         self.cdi_dir.mkdir(exist_ok=True)
         self.containerd = Containerd(workdir / "ctd", v2=containerd2, cdi_dir=self.cdi_dir)
         self.containerd.start(image_archive)
-        self.kubelet = Kubelet(kubelet_binary(kubelet_version), workdir / "kubelet", self.containerd)
+        self.kubelet = Kubelet(
+            kubelet_binary(kubelet_version), workdir / "kubelet", self.containerd
+        )
         self.plugin: Plugin | None = None
 
     def expected_view(self) -> dict[str, tuple[int, int]]:
@@ -923,7 +943,11 @@ class Node:
         self, resources: Sequence[dict[str, Any]], mode: str = "classic", use_cdi: bool = False
     ) -> Plugin:
         self.plugin = Plugin(
-            self.dir / "plugin", self.host_root, self.kubelet, mode, use_cdi=use_cdi,
+            self.dir / "plugin",
+            self.host_root,
+            self.kubelet,
+            mode,
+            use_cdi=use_cdi,
             cdi_dir=self.cdi_dir,
         )
         self.plugin.dir.mkdir(parents=True, exist_ok=True)
@@ -941,8 +965,10 @@ class Node:
         wait_for(
             lambda: len(regs()) >= count,
             timeout=timeout,
-            message=lambda: f"{full} not registered:\n{self.kubelet.tail()}\n"
-            + (self.plugin.log_text()[-3000:] if self.plugin else ""),
+            message=lambda: (
+                f"{full} not registered:\n{self.kubelet.tail()}\n"
+                + (self.plugin.log_text()[-3000:] if self.plugin else "")
+            ),
         )
         return regs()[count - 1]
 
@@ -953,8 +979,10 @@ class Node:
             if k.running():
                 for f in k.manifests.glob("*.json"):
                     f.unlink()
-                wait_for(lambda: not self.containerd.ctr("tasks", "ls", "-q", check=False).split(),
-                           timeout=30)
+                wait_for(
+                    lambda: not self.containerd.ctr("tasks", "ls", "-q", check=False).split(),
+                    timeout=30,
+                )
         k.stop()
         k.creations.close()
         if self.plugin is not None:

@@ -8,7 +8,6 @@ read-only port, and what the running container saw under /dev/infiniband.
 from __future__ import annotations
 
 import random
-import re
 import signal
 import statistics
 import time
@@ -29,8 +28,11 @@ RES_A = {"resourceName": "hca_a", "rdmaHcaMax": 8, "selectors": {"ifNames": ["ib
 def start(node: Node, resources: list[dict[str, object]], mode: str = "classic") -> rig.Plugin:
     node.kubelet.start()
     plugin = node.start_plugin(resources, mode)
-    node.wait_registered("hca_a" if any(r["resourceName"] == "hca_a" for r in resources) else
-                         str(resources[0]["resourceName"]))
+    node.wait_registered(
+        "hca_a"
+        if any(r["resourceName"] == "hca_a" for r in resources)
+        else str(resources[0]["resourceName"])
+    )
     return plugin
 
 
@@ -88,8 +90,10 @@ def _restarts(node: Node, mode: str, count: int) -> None:
         name = f"crash-{serial}"
         k.write_pod(rig.pod_manifest(name, {"hca_a": 1}, crash_out, command="exit 1"))
         wait_for(
-            lambda: any(c.get("restartCount", 0) >= 1
-                        for c in k.pod_status(name).get("containerStatuses") or []),
+            lambda: any(
+                c.get("restartCount", 0) >= 1
+                for c in k.pod_status(name).get("containerStatuses") or []
+            ),
             60,
             lambda: f"{name} did not crash-loop: {k.pod_status(name)}",
             interval=0.2,
@@ -112,7 +116,7 @@ def _restarts(node: Node, mode: str, count: int) -> None:
         latencies.append(node.wait_registered("hca_a") - inc.served)
         same_inode += inc.inode == before.inode
         # The kubelet re-admits the crash-looping pod right after it starts serving.
-        status = wait_for(lambda: k.pod_status(crashing), 30, interval=0.1)
+        status = wait_for(lambda c=crashing: k.pod_status(c), 30, interval=0.1)
         if status.get("reason") == "UnexpectedAdmissionError":
             rejected.append(status.get("message", ""))
             k.delete_pod(crashing)
@@ -140,7 +144,7 @@ def test_kubelet_restarts(node: Node, mode: str) -> None:
 
 def test_worker_kill9(node: Node) -> None:
     plugin = start(node, [RES_A])
-    uid, out = run_pod(node, "steady", 2)
+    uid, _ = run_pod(node, "steady", 2)
     workers = plugin.workers()
     assert len(workers) == 1
     killed = time.time()
@@ -148,9 +152,14 @@ def test_worker_kill9(node: Node) -> None:
     t = node.wait_registered("hca_a", count=2)
     wait_for(lambda: len(node.kubelet.registered_devices(A)) == 8, 20)
     assert node.kubelet.pod_status("steady").get("phase") == "Running"
-    assert node.kubelet.checkpoint_devices(uid, A) and len(node.kubelet.checkpoint_devices(uid, A)) == 2
-    FIGURES.append(f"{node.kubelet.binary.name}: worker kill -9 -> registered again in "
-                   f"{(t - killed) * 1000:.0f} ms")
+    assert (
+        node.kubelet.checkpoint_devices(uid, A)
+        and len(node.kubelet.checkpoint_devices(uid, A)) == 2
+    )
+    FIGURES.append(
+        f"{node.kubelet.binary.name}: worker kill -9 -> registered again in "
+        f"{(t - killed) * 1000:.0f} ms"
+    )
     check_allocation(node, plugin, "after", 1)
 
 
@@ -162,8 +171,11 @@ def test_hot_reload_adds_and_changes_resources(node: Node) -> None:
     plugin.reload()
     node.wait_registered("hca_b")
     wait_for(lambda: len(node.kubelet.registered_devices(f"{PREFIX}/hca_b")) == 2, 20)
-    wait_for(lambda: len(node.kubelet.registered_devices(A)) == 6, 20,
-             lambda: str(node.kubelet.registered_devices(A)))
+    wait_for(
+        lambda: len(node.kubelet.registered_devices(A)) == 6,
+        20,
+        lambda: str(node.kubelet.registered_devices(A)),
+    )
     # The grown resource takes a pod the old size could not, and resource B hands out ib1 only.
     uid, _ = run_pod(node, "five", 5)
     assert len(node.kubelet.checkpoint_devices(uid, A)) == 5
@@ -181,12 +193,41 @@ def test_resource_without_devices_is_refused_at_admission(node: Node) -> None:
     out = node.dir / "out" / "nothing"
     node.kubelet.write_pod(rig.pod_manifest("nothing", {"hca_none": 1}, out))
     status = wait_for(
-        lambda: (s := node.kubelet.pod_status("nothing")).get("phase") == "Failed" and s, 30,
+        lambda: (s := node.kubelet.pod_status("nothing")).get("phase") == "Failed" and s,
+        30,
         lambda: str(node.kubelet.pod_status("nothing")),
     )
     assert status["reason"] == "UnexpectedAdmissionError"
     assert f"{PREFIX}/hca_none" in status["message"]
     assert not (out / "view").exists()
+
+
+def test_shrink_keeps_the_ids_a_running_pod_holds(node: Node) -> None:
+    plugin = start(node, [{**RES_A, "rdmaHcaMax": 4}])
+    uid, _ = run_pod(node, "holder", 3)
+    held = node.kubelet.checkpoint_devices(uid, A)
+    full = f"holder-{rig.NODE_NAME}"
+    wait_for(lambda: plugin.metric("pod_allocations", pod=full, resource=A) == 3, 20)
+    plugin.write_config([{**RES_A, "rdmaHcaMax": 1}])
+    plugin.reload()
+    above = held - {"0"}
+    assert above  # 3 of 4 IDs: at most one of them is "0"
+    wait_for(lambda: node.kubelet.registered_devices(A) == {"0"} | held, 20,
+             lambda: str(node.kubelet.registered_devices(A)))
+    wait_for(lambda: plugin.metric("retained_device_ids", resource=A) == len(above), 20)
+    assert f"default/{full}" in plugin.log_text()
+    # A new kubelet re-admits nothing here (the pod runs) but must still count the IDs healthy.
+    node.kubelet.stop(signal.SIGKILL)
+    node.kubelet.start()
+    node.wait_registered("hca_a")
+    wait_for(lambda: node.kubelet.registered_devices(A) == {"0"} | held, 20)
+    assert node.kubelet.pod_status("holder").get("phase") == "Running"
+    assert node.kubelet.checkpoint_devices(uid, A) == held
+    # Released: only rdmaHcaMax IDs again.
+    node.kubelet.delete_pod("holder")
+    wait_for(lambda: node.kubelet.registered_devices(A) == {"0"}, 60,
+             lambda: str(node.kubelet.registered_devices(A)))
+    wait_for(lambda: plugin.metric("retained_device_ids", resource=A) == 0, 20)
 
 
 @pytest.mark.parametrize("runtime", ["containerd2", "containerd1.6"])
