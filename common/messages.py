@@ -47,7 +47,7 @@ Messages (type: direction, body)
                 `rdma-shared-dp status` asks the running supervisor for its worker table, over a
                 DEALER of its own on the same control socket (any routing id).
     status      supervisor -> CLI     {pid, started, config_file, config_loaded, grpc_loaded,
-                workers: [WorkerStatus, ...]}
+                workers: [WorkerStatus, ...], use_cdi (optional, false)}
                 The answer to status_request (`parent` is the request's id).
 
 Value shapes
@@ -203,6 +203,7 @@ class Status(_Envelope):
     config_loaded: float  # Unix time the running config was loaded
     grpc_loaded: bool  # never true: the supervisor does not import grpc
     workers: tuple[WorkerStatus, ...]
+    use_cdi: bool = False  # CDI mode: `status` reminds what the runtime must support
 
 
 Message = (

@@ -54,6 +54,7 @@ from common.messages import (
     WorkerStatus,
     type_name,
 )
+from supervisor.cdi_runtime import CDI_RUNTIME_REQUIREMENT
 from supervisor.config_diff import diff_configs
 from supervisor.config_watch import ConfigWatch
 from supervisor.control import ControlChannel
@@ -230,6 +231,7 @@ class Arbiter:
         )
         self._observe(self.observer.config_applied, self.config)
         if self.options.use_cdi:
+            LOG.info("CDI mode: %s", CDI_RUNTIME_REQUIREMENT)
             remove_stale_cdi_specs(
                 self.options.cdi_dir, {r.full_name for r in self.config.resources}
             )
@@ -645,6 +647,7 @@ class Arbiter:
             config_loaded=self.config_loaded,
             grpc_loaded="grpc" in sys.modules,
             workers=self.worker_statuses(),
+            use_cdi=self.settings.use_cdi,
             parent=parent,
         )
 

@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         "else every candidate is shown under one catch-all resource; '' forces that)",
     )
     discover.add_argument("--host-root", default=_env("host-root", "/"))
+    discover.add_argument(
+        "--use-cdi",
+        "-use-cdi",
+        action="store_true",
+        default=_env_flag("use-cdi"),
+        help="show the CDI device names each resource hands out (and what CDI needs)",
+    )
     discover.add_argument("--json", action="store_true", help="print JSON instead of tables")
     _add_log_flags(discover)
 

@@ -58,6 +58,10 @@ def discover(args: argparse.Namespace) -> int:
         )
         return exitcodes.FATAL
     report = build_report(config, result, args.host_root, config_file)
+    if getattr(args, "use_cdi", False):
+        from supervisor.cdi_runtime import CDI_RUNTIME_REQUIREMENT
+
+        report["cdi"] = {"enabled": True, "runtime_requirement": CDI_RUNTIME_REQUIREMENT}
     if args.json:
         print(json.dumps(report, indent=2))
     else:

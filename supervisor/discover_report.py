@@ -116,6 +116,9 @@ def render_text(report: dict[str, Any]) -> str:
                 label = d["name"] + (f" ({d['netdev']})" if d["netdev"] else "")
                 lines.append(f"    {label}: {r['reason']}: {r['detail']}")
         lines.append("")
+    if report.get("cdi", {}).get("enabled"):
+        lines.append(f"note: {report['cdi']['runtime_requirement']}")
+        lines.append("")
     if report["problems"]:
         lines.append("skipped sysfs entries:")
         lines.extend(f"  {p['path']}: {p['reason']}: {p['detail']}" for p in report["problems"])

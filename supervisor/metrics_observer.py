@@ -226,6 +226,9 @@ def start_metrics_observer(
     if pod_resources_socket.strip():
         try:
             reader = PodResourcesReader(pod_resources_socket.strip(), pod_resources_interval)
-        except (OSError, ValueError) as err:  # no pipe: metrics without pod series beat no supervisor
+        except (
+            OSError,
+            ValueError,
+        ) as err:  # no pipe: metrics without pod series beat no supervisor
             LOG.error("cannot start the PodResources poller: %s; no pod series", err)
     return MetricsObserver(metrics, probes, server, reader)

@@ -16,6 +16,7 @@ from dataclasses import asdict
 import zmq
 
 from common.messages import ProtocolError, Status, StatusRequest, decode, encode
+from supervisor.cdi_runtime import CDI_RUNTIME_REQUIREMENT
 from supervisor.control import SOCKET_NAME, endpoint_for
 
 TIMEOUT = 3.0
@@ -119,6 +120,8 @@ def render_text(status: Status) -> str:
     ]
     if notes:
         lines += ["", "not serving:", *notes]
+    if status.use_cdi:
+        lines += ["", f"note: {CDI_RUNTIME_REQUIREMENT}"]
     return "\n".join(lines) + "\n"
 
 

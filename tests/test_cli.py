@@ -162,3 +162,24 @@ def test_discover_table_lists_subfunctions_under_their_parent(tmp_path: Path) ->
     assert out.returncode == 0, out.stderr
     assert "0000:b1:00.0/mlx5_core.sf.2" in out.stdout
     assert out.stdout.splitlines()[1].split()[:2] == ["PCI", "ADDRESS"]
+
+
+def test_discover_in_cdi_mode_says_what_the_runtime_must_support(stampede: Path) -> None:
+    text = _cli("discover", "--host-root", str(stampede), "--config-file", "", "--use-cdi")
+    assert text.returncode == 0, text.stderr
+    assert "containerd >= 1.7" in text.stdout and "CRI-O >= 1.23" in text.stdout
+    report = json.loads(
+        _cli(
+            "discover",
+            "--host-root",
+            str(stampede),
+            "--config-file",
+            "",
+            "--json",
+            env={"RDMA_SHARED_DP_USE_CDI": "true"},
+        ).stdout
+    )
+    assert report["cdi"]["enabled"] is True
+    assert "containerd 1.6" in report["cdi"]["runtime_requirement"]
+    plain = _cli("discover", "--host-root", str(stampede), "--config-file", "")
+    assert "containerd" not in plain.stdout

@@ -84,9 +84,10 @@ def test_configure_carries_retained_ids_and_refuses_bad_ones() -> None:
 
 @pytest.fixture
 def plant() -> Iterator[MetricsPlant]:
-    config: dict[str, Any] = {"periodicUpdateInterval": 0, "configList": [
-        resource_entry("a", ["mlx5_0"], count=8)
-    ]}
+    config: dict[str, Any] = {
+        "periodicUpdateInterval": 0,
+        "configList": [resource_entry("a", ["mlx5_0"], count=8)],
+    }
 
     class Fast(MetricsPlant):
         def command(self) -> list[str]:
@@ -113,10 +114,22 @@ def ids(rig: MetricsPlant) -> list[str]:
 def test_shrink_keeps_held_ids_until_the_pod_goes(plant: MetricsPlant) -> None:
     rig = plant
     rig.pods.set_pods([PodDevices("team", "trainer", {"main": {full("a"): ["2", "6", "6"]}})])
-    until(lambda: rig.value("pod_allocations", namespace="team", pod="trainer",
-                            container="main", resource=full("a")) == 2, what="pod seen")
-    rig.write_config({"periodicUpdateInterval": 0,
-                      "configList": [resource_entry("a", ["mlx5_0"], count=4)]})
+    until(
+        lambda: (
+            rig.value(
+                "pod_allocations",
+                namespace="team",
+                pod="trainer",
+                container="main",
+                resource=full("a"),
+            )
+            == 2
+        ),
+        what="pod seen",
+    )
+    rig.write_config(
+        {"periodicUpdateInterval": 0, "configList": [resource_entry("a", ["mlx5_0"], count=4)]}
+    )
     until(lambda: ids(rig) == ["0", "1", "2", "3", "6"], what="held ID 6 still advertised")
     assert rig.value("retained_device_ids", resource=full("a")) == 1
     assert "team/trainer" in rig.log() and "ids=6" in rig.log()

@@ -212,8 +212,11 @@ def test_shrink_keeps_the_ids_a_running_pod_holds(node: Node) -> None:
     plugin.reload()
     above = held - {"0"}
     assert above  # 3 of 4 IDs: at most one of them is "0"
-    wait_for(lambda: node.kubelet.registered_devices(A) == {"0"} | held, 20,
-             lambda: str(node.kubelet.registered_devices(A)))
+    wait_for(
+        lambda: node.kubelet.registered_devices(A) == {"0"} | held,
+        20,
+        lambda: str(node.kubelet.registered_devices(A)),
+    )
     wait_for(lambda: plugin.metric("retained_device_ids", resource=A) == len(above), 20)
     assert f"default/{full}" in plugin.log_text()
     # A new kubelet re-admits nothing here (the pod runs) but must still count the IDs healthy.
@@ -225,8 +228,11 @@ def test_shrink_keeps_the_ids_a_running_pod_holds(node: Node) -> None:
     assert node.kubelet.checkpoint_devices(uid, A) == held
     # Released: only rdmaHcaMax IDs again.
     node.kubelet.delete_pod("holder")
-    wait_for(lambda: node.kubelet.registered_devices(A) == {"0"}, 60,
-             lambda: str(node.kubelet.registered_devices(A)))
+    wait_for(
+        lambda: node.kubelet.registered_devices(A) == {"0"},
+        60,
+        lambda: str(node.kubelet.registered_devices(A)),
+    )
     wait_for(lambda: plugin.metric("retained_device_ids", resource=A) == 0, 20)
 
 
