@@ -122,8 +122,9 @@ def _restarts(node: Node, mode: str, count: int) -> None:
             k.delete_pod(crashing)
             serial += 1
             crashing = crash_pod()
-        steady = k.pod_status("steady")
+        steady = wait_for(lambda: k.pod_status("steady"), 30, interval=0.1)
         assert steady.get("phase") == "Running", f"restart {i}: steady pod {steady}"
+        assert steady.get("reason") != "UnexpectedAdmissionError"
     assert len([r for _t, r in k.current.registrations() if r == A]) == 1
     assert plugin.proc is not None and plugin.proc.poll() is None
     med, p95 = statistics.median(latencies), rig.percentile(latencies, 95)
