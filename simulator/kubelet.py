@@ -285,9 +285,12 @@ class KubeletSimulator:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start like the kubelet: wipe the device-plugin sockets, serve `kubelet.sock`, watch."""
-        self._start(keep=None)
+    def start(self, *, inode: int | None = None) -> None:
+        """Start like the kubelet: wipe the device-plugin sockets, serve `kubelet.sock`, watch.
+
+        `inode`: serve kubelet.sock at this inode number if the filesystem hands it back (as
+        the real kubelet's socket usually came back after a kill); see `inode_reused`."""
+        self._start(keep=None, want_inode=inode)
 
     def _serve(self, stopping: threading.Event, want_inode: int | None) -> tuple[Any, Any]:
         """Serve Registration on kubelet.sock; with `want_inode`, at that inode number if the
@@ -307,12 +310,13 @@ class KubeletSimulator:
                 if port == 0:
                     pool.shutdown(wait=False)
                     raise KubeletSimulatorError(f"cannot listen on {self.kubelet_socket}")
-                server.start()
-                if want_inode is None:
-                    return server, pool
+                # Bound, not serving yet: a number that is not the wanted one is discarded
+                # before any plugin could register with this server.
                 got = self.kubelet_socket.stat().st_ino
-                if got == want_inode or attempt == SAME_INODE_ATTEMPTS - 1:
-                    self.inode_reused.append(got == want_inode)
+                if want_inode is None or got == want_inode or attempt == SAME_INODE_ATTEMPTS - 1:
+                    if want_inode is not None:
+                        self.inode_reused.append(got == want_inode)
+                    server.start()
                     return server, pool
                 placeholder = self.device_plugin_dir / f".inode-placeholder-{attempt}"
                 os.rename(self.kubelet_socket, placeholder)
@@ -428,10 +432,11 @@ class KubeletSimulator:
         else:
             os.replace(aside, self.kubelet_socket)
 
-    def restart(self, *, killed: bool = False, same_inode: bool = False) -> None:
+    def restart(self, *, killed: bool = False, same_inode: bool = False, gap: float = 0.0) -> None:
         """A kubelet restart: stop (or `killed`: die and leave kubelet.sock behind), wipe the
         sockets, start again. By default kubelet.sock gets a new inode; `same_inode` gives it the
-        old number back where the filesystem allows, as a real kubelet on ext4 usually got."""
+        old number back where the filesystem allows, as a real kubelet on ext4 usually got;
+        `gap` seconds pass between the two kubelets."""
         if same_inode:
             try:
                 old: int | None = self.kubelet_socket.stat().st_ino
@@ -441,6 +446,7 @@ class KubeletSimulator:
                 self.kill()
             else:
                 self.stop()
+            time.sleep(gap)  # the kubelet is down this long: part of the scenario
             self._start(None, want_inode=old)
             return
         # Filesystems hand a freed inode number straight to the next file, so the new
@@ -566,8 +572,13 @@ class KubeletSimulator:
         """What PodResources `List` answers: each held ID once per NUMA node of its device."""
         with self._lock:
             pods = list(self._pods.values())
+            # The kubelet keeps each allocated device's NUMA nodes (its checkpoint has them), so
+            # they do not depend on a stream being open right now: the newest snapshot has them.
             topology = {
-                (res, d.id): d.numa_nodes for res, devs in self._devices.items() for d in devs
+                (res, d.id): d.numa_nodes
+                for res, history in self._snapshots.items()
+                if history
+                for d in history[-1]
             }
         out = []
         for pod in pods:

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -726,6 +726,14 @@ def container_view(out_dir: Path) -> dict[str, tuple[int, int]]:
 # -- the plugin -----------------------------------------------------------------------------------
 
 
+class KubeletPaths(Protocol):
+    """Where a kubelet serves: `Kubelet` here, or the simulator's `KubeletSimulator`."""
+
+    device_plugin_dir: Path
+    plugins_registry_dir: Path | None
+    pod_resources_socket: Path | None
+
+
 class Plugin:
     """The real plugin (supervisor and workers) against the kubelet's folders."""
 
@@ -733,7 +741,7 @@ class Plugin:
         self,
         workdir: Path,
         host_root: Path,
-        kubelet: Kubelet,
+        kubelet: KubeletPaths,
         mode: str,
         *,
         use_cdi: bool = False,
@@ -767,12 +775,12 @@ class Plugin:
             f"--config-file={self.config_file}",
             f"--host-root={self.host_root}",
             f"--device-plugin-dir={self.kubelet.device_plugin_dir}",
-            f"--plugins-registry-dir={self.kubelet.plugins_registry_dir}",
+            f"--plugins-registry-dir={self.kubelet.plugins_registry_dir or self.dir / 'registry'}",
             f"--registration-mode={self.mode}",
             f"--cdi-dir={self.cdi_dir}",
             f"--runtime-dir={self.runtime_dir}",
             f"--metrics-address=127.0.0.1:{self.metrics_port}",
-            f"--pod-resources-socket={self.kubelet.pod_resources_socket}",
+            f"--pod-resources-socket={self.kubelet.pod_resources_socket or ''}",
             "--uevent-source=off",
             "--pod-resources-interval=0.5",
             "--log-level=debug",
@@ -804,6 +812,15 @@ class Plugin:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=5) as resp:
             return str(resp.read().decode())
+
+    def ready(self) -> bool:
+        """/readyz answers 200: every worker registered with the kubelet."""
+        try:
+            url = f"http://127.0.0.1:{self.metrics_port}/readyz"
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return int(resp.status) == 200
+        except OSError:
+            return False
 
     def metric(self, name: str, **labels: str) -> float | None:
         """The value of one series, or None (also while the endpoint does not answer)."""
