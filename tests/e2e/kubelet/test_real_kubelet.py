@@ -122,7 +122,13 @@ def _restarts(node: Node, mode: str, count: int) -> None:
             k.delete_pod(crashing)
             serial += 1
             crashing = crash_pod()
-        steady = wait_for(lambda: k.pod_status("steady"), 30, interval=0.1)
+        # A new kubelet reports a pod Pending until its first sync of it.
+        steady = wait_for(
+            lambda: (st := k.pod_status("steady")).get("phase") not in (None, "Pending") and st,
+            30,
+            lambda: str(k.pod_status("steady")),
+            interval=0.1,
+        )
         assert steady.get("phase") == "Running", f"restart {i}: steady pod {steady}"
         assert steady.get("reason") != "UnexpectedAdmissionError"
     assert len([r for _t, r in k.current.registrations() if r == A]) == 1
@@ -134,8 +140,9 @@ def _restarts(node: Node, mode: str, count: int) -> None:
         f"max {max(latencies) * 1000:.0f} ms; crash-looping pods rejected: {len(rejected)} of "
         f"{count}; kubelet.sock at the same inode: {same_inode} of {count}"
     )
-    if rejected:
-        assert all("UnexpectedAdmissionError" in m or "hca_a" in m or m for m in rejected)
+    for message in sorted(set(rejected)):  # what the kubelet said, for the record
+        FIGURES.append(f"  rejected with: {message}")
+        assert A in message
 
 
 @pytest.mark.parametrize("mode", ["classic", "watcher"])
