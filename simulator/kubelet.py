@@ -548,7 +548,10 @@ class KubeletSimulator:
                         f"unhealthy devices {pod.resource}"
                     )
                 if problem:
-                    message = f"Allocate failed due to {problem}, which is unexpected"
+                    # As the pod's status message says it.
+                    message = (
+                        f"Pod was rejected: Allocate failed due to {problem}, which is unexpected"
+                    )
                     self._admissions.append(Admission(pod.name, False, REJECTED, message, after))
                     del self._pods[pod.name]  # a rejected pod is Failed: never admitted again
                     LOG.warning("pod rejected pod=%s reason=%s %s", pod.name, REJECTED, message)

@@ -71,8 +71,8 @@ def test_restart_with_same_inode_and_readmission(plant: Plant) -> None:
     if not admission.admitted:  # the plugin was not registered again in time
         assert admission.reason == "UnexpectedAdmissionError"
         assert admission.message == (
-            f"Allocate failed due to no healthy devices present; cannot allocate unhealthy "
-            f"devices {A}, which is unexpected"
+            "Pod was rejected: Allocate failed due to no healthy devices present; cannot "
+            f"allocate unhealthy devices {A}, which is unexpected"
         )
         assert "crash" not in {p.name for p in sim.pods()}
     assert "steady" in {p.name for p in sim.pods()}  # running pods are never re-admitted

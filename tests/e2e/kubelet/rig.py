@@ -675,6 +675,13 @@ registerNode: false
             (self.manifests / f"{name}.json").unlink()
 
 
+def settled(kubelet: Kubelet, name: str) -> dict[str, Any]:
+    """The pod's status once this kubelet has decided on it (a new kubelet says Pending first),
+    or {} until then: Failed (for example rejected at admission) or Running."""
+    status = kubelet.pod_status(name)
+    return status if status.get("phase") not in (None, "Pending") else {}
+
+
 def pod_manifest(
     name: str,
     resources: dict[str, int],

@@ -17,7 +17,7 @@ import pytest
 
 from tests.e2e.kubelet import rig
 from tests.e2e.kubelet.conftest import FIGURES
-from tests.e2e.kubelet.rig import PREFIX, Node, wait_for
+from tests.e2e.kubelet.rig import PREFIX, Node, settled, wait_for
 
 pytestmark = [pytest.mark.kubelet, pytest.mark.root]
 
@@ -116,19 +116,13 @@ def _restarts(node: Node, mode: str, count: int) -> None:
         latencies.append(node.wait_registered("hca_a") - inc.served)
         same_inode += inc.inode == before.inode
         # The kubelet re-admits the crash-looping pod right after it starts serving.
-        status = wait_for(lambda c=crashing: k.pod_status(c), 30, interval=0.1)
+        status = wait_for(lambda c=crashing: settled(k, c), 30, interval=0.1)
         if status.get("reason") == "UnexpectedAdmissionError":
             rejected.append(status.get("message", ""))
             k.delete_pod(crashing)
             serial += 1
             crashing = crash_pod()
-        # A new kubelet reports a pod Pending until its first sync of it.
-        steady = wait_for(
-            lambda: (st := k.pod_status("steady")).get("phase") not in (None, "Pending") and st,
-            30,
-            lambda: str(k.pod_status("steady")),
-            interval=0.1,
-        )
+        steady = wait_for(lambda: settled(k, "steady"), 30, lambda: str(k.pod_status("steady")))
         assert steady.get("phase") == "Running", f"restart {i}: steady pod {steady}"
         assert steady.get("reason") != "UnexpectedAdmissionError"
     assert len([r for _t, r in k.current.registrations() if r == A]) == 1

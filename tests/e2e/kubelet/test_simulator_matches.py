@@ -26,7 +26,7 @@ from proto.podresources.v1 import api_pb2_grpc as pr_grpc
 from simulator.kubelet import KubeletSimulator
 from tests.e2e.kubelet import rig
 from tests.e2e.kubelet.conftest import FIGURES
-from tests.e2e.kubelet.rig import PREFIX, Node, wait_for
+from tests.e2e.kubelet.rig import PREFIX, Node, settled, wait_for
 
 pytestmark = [pytest.mark.kubelet, pytest.mark.root]
 
@@ -93,6 +93,7 @@ def simulated(node: Node, workdir: Path) -> dict[str, Any]:
         obs["podresources_multiplicity"] = multiplicity(listing, "steady")
         obs["plugin"] = plugin_view(plugin, "steady")
         obs["rejected"] = sum(not a.admitted for a in sim.admissions())
+        obs["messages"] = sorted({a.message for a in sim.admissions() if not a.admitted})
         return obs
     finally:
         plugin.stop()
@@ -124,7 +125,7 @@ def real(node: Node) -> dict[str, Any]:
 
     crashing = crash_pod()
     obs: dict[str, Any] = {"left_behind": [], "same_inode": [], "readmitted": []}
-    runs, rejected = [], 0
+    runs, rejected, messages = [], 0, set()
     for _ in range(RESTARTS):
         before = k.current
         k.stop(signal.SIGKILL)
@@ -134,10 +135,11 @@ def real(node: Node) -> dict[str, Any]:
         inc = k.start()
         obs["same_inode"].append(inc.inode == before.inode)
         node.wait_registered("hca_a")
-        status = wait_for(lambda c=crashing: k.pod_status(c), 30, interval=0.1)
+        status = wait_for(lambda c=crashing: settled(k, c), 30, interval=0.1)
         obs["readmitted"].append(bool(status))
         if status.get("reason") == "UnexpectedAdmissionError":
             rejected += 1
+            messages.add(status.get("message", ""))
             k.delete_pod(crashing)
             serial += 1
             crashing = crash_pod()
@@ -149,6 +151,7 @@ def real(node: Node) -> dict[str, Any]:
     )
     obs["plugin"] = plugin_view(plugin, full)
     obs["rejected"] = rejected
+    obs["messages"] = sorted(messages)
     return obs
 
 
@@ -163,4 +166,6 @@ def test_simulator_and_real_kubelet_look_the_same_to_the_plugin(node: Node) -> N
     for key in ("pod_allocations", "ready"):
         assert sim["plugin"][key] == got["plugin"][key], key
     assert any(sim["same_inode"]) and any(got["same_inode"])
+    if sim["messages"] and got["messages"]:  # a rejection reads the same in both
+        assert sim["messages"] == got["messages"]
     assert sim["podresources_multiplicity"] == [2, 2]  # each ID once per NUMA node (0 and 1)
