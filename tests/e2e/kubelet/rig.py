@@ -52,6 +52,7 @@ PREFIX = "rdma.e2e"
 NODE_NAME = "e2e-node"
 #: The device manager's folder is a constant in the kubelet: it does not follow --root-dir.
 DEVICE_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
+CONTAINER_LOGS_DIR = Path("/var/log/containers")
 
 
 def wait_for(
@@ -929,6 +930,8 @@ class Node:
         self.cgroups_before = _cgroup_dirs()
         self.run_containerd_existed = Path("/run/containerd").exists()
         self.var_lib_kubelet_existed = DEVICE_PLUGIN_DIR.parent.exists()
+        # The kubelet's container log links go to this constant folder, whatever --root-dir says.
+        self.container_logs_existed = CONTAINER_LOGS_DIR.exists()
         live = DEVICE_PLUGIN_DIR / "kubelet.sock"
         with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as probe:
             probe.connect(str(live))
@@ -1036,6 +1039,8 @@ class Node:
             for f in DEVICE_PLUGIN_DIR.glob("*"):
                 if f.name == "kubelet_internal_checkpoint" or f.is_socket():
                     f.unlink()
+        if not self.container_logs_existed:
+            shutil.rmtree(CONTAINER_LOGS_DIR, ignore_errors=True)
         if not self.run_containerd_existed:
             shutil.rmtree("/run/containerd", ignore_errors=True)
         mine = str(self.dir)
