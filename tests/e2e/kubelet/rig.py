@@ -1039,8 +1039,12 @@ class Node:
             for f in DEVICE_PLUGIN_DIR.glob("*"):
                 if f.name == "kubelet_internal_checkpoint" or f.is_socket():
                     f.unlink()
+        for link in CONTAINER_LOGS_DIR.glob("*.log"):  # links into our folder only
+            if link.is_symlink() and os.readlink(link).startswith(str(self.dir) + "/"):
+                link.unlink()
         if not self.container_logs_existed:
-            shutil.rmtree(CONTAINER_LOGS_DIR, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                CONTAINER_LOGS_DIR.rmdir()
         if not self.run_containerd_existed:
             shutil.rmtree("/run/containerd", ignore_errors=True)
         mine = str(self.dir)

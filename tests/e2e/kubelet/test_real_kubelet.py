@@ -226,7 +226,7 @@ def test_shrink_keeps_the_ids_a_running_pod_holds(node: Node) -> None:
     node.kubelet.start()
     node.wait_registered("hca_a")
     wait_for(lambda: node.kubelet.registered_devices(A) == {"0"} | held, 20)
-    assert node.kubelet.pod_status("holder").get("phase") == "Running"
+    assert wait_for(lambda: settled(node.kubelet, "holder"), 30)["phase"] == "Running"
     assert node.kubelet.checkpoint_devices(uid, A) == held
     # Released: only rdmaHcaMax IDs again.
     node.kubelet.delete_pod("holder")
