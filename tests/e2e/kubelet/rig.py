@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -34,7 +33,7 @@ import tarfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1064,8 +1063,3 @@ def percentile(values: Sequence[float], q: float) -> float:
         return float("nan")
     k = max(0, min(len(s) - 1, round(q / 100 * (len(s) - 1))))
     return s[int(k)]
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[random.Random]:
-    yield random.Random(seed)

@@ -103,6 +103,7 @@ def _restarts(node: Node, mode: str, count: int) -> None:
     crashing = crash_pod()
     rng = random.Random(9)
     latencies: list[float] = []
+    startups: list[float] = []  # kubelet process started -> kubelet.sock created
     same_inode = 0
     rejected: list[str] = []
     for i in range(count):
@@ -114,6 +115,7 @@ def _restarts(node: Node, mode: str, count: int) -> None:
         inc = k.start()
         assert inc.served is not None
         latencies.append(node.wait_registered("hca_a") - inc.served)
+        startups.append(inc.served - inc.started)
         same_inode += inc.inode == before.inode
         # The kubelet re-admits the crash-looping pod right after it starts serving.
         status = wait_for(lambda c=crashing: settled(k, c), 30, interval=0.1)
@@ -132,7 +134,8 @@ def _restarts(node: Node, mode: str, count: int) -> None:
         f"{k.binary.name} {mode}: {count} restarts (SIGTERM/SIGKILL, gaps 0.2-3 s), re-registered "
         f"after the new kubelet serves: median {med * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
         f"max {max(latencies) * 1000:.0f} ms; crash-looping pods rejected: {len(rejected)} of "
-        f"{count}; kubelet.sock at the same inode: {same_inode} of {count}"
+        f"{count}; kubelet.sock at the same inode: {same_inode} of {count}; device manager "
+        f"serving {statistics.median(startups):.2f} s after the kubelet started (median)"
     )
     for message in sorted(set(rejected)):  # what the kubelet said, for the record
         FIGURES.append(f"  rejected with: {message}")
