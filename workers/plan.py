@@ -24,7 +24,8 @@ PERMISSIONS = "rwm"
 class Plan:
     resource: ResourceConfig
     #: "0" … "<rdmaHcaMax-1>" when at least one device matched, else empty (IDs are checkpointed
-    #: by the kubelet, so they never depend on anything but rdmaHcaMax).
+    #: by the kubelet, so they never depend on anything but rdmaHcaMax), then any retained IDs
+    #: above it that pods still hold.
     device_ids: tuple[str, ...]
     health: str  # one value for every ID: they all share the same devices
     numa_nodes: tuple[int, ...]  # of the usable matched devices; empty = no preference
@@ -46,7 +47,11 @@ def make_plan(resource: ResourceConfig, devices: Sequence[Candidate], use_cdi: b
     """Raises cdi.CdiNameError in CDI mode when the resource cannot form a CDI kind."""
     matched = tuple(sorted(devices, key=lambda d: d.name))
     usable = tuple(d for d in matched if d.usable)
-    ids = tuple(str(i) for i in range(resource.rdma_hca_max)) if matched else ()
+    ids: tuple[str, ...] = ()
+    if matched:
+        ids = tuple(str(i) for i in range(resource.rdma_hca_max))
+        # IDs above a shrunk rdmaHcaMax that pods still hold stay advertised (held_ids.py).
+        ids += tuple(i for i in resource.retained_ids if int(i) >= resource.rdma_hca_max)
     healthy = any(d.healthy for d in usable)
     numa = tuple(sorted({d.numa_node for d in usable if d.numa_node >= 0}))
 
