@@ -5,7 +5,8 @@ Pure: events in, actions out, an injected clock; no gRPC, no ZeroMQ, no files. T
 happened. The states and `TRANSITIONS` are `workers.registration_table` (a pair not listed there
 is ignored: no move, no action; a handler moving elsewhere raises), the events and actions
 `workers.registration_io`, the machine's memory and shared moves `workers.registration_core`, the
-handlers of the kubelet's signals `workers.registration_signals`. docs/worker.md shows the same table, and a test checks they agree.
+handlers of the kubelet's signals `workers.registration_signals`. docs/worker.md shows the same
+table, and a test checks they agree.
 
 Rules the table encodes:
 - One Register in flight at a time (two make the kubelet replace our endpoint back and forth).
