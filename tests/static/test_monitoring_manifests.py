@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from supervisor.cli import parser as cli
-from supervisor.metrics.exporter import exported_metrics
+from supervisor.metrics.families import exported_metrics
 from tests.static.test_deployment import K8S, daemonset_container, only, render, tool, yaml
 
 MONITORING = K8S / "overlays" / "monitoring"
