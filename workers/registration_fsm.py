@@ -10,8 +10,8 @@ table, and a test checks they agree.
 
 Rules the table encodes:
 - One Register in flight at a time (two make the kubelet replace our endpoint back and forth).
-  A `reregister` or a kubelet-restart signal while one is in flight never cancels it: its outcome
-  decides. Only one still running `stuck_attempt` after a *later* restart signal is abandoned.
+  A `reregister` while one is in flight never cancels it: its outcome decides. A new
+  `kubelet.sock` created after it went out (a newer kubelet) abandons it at once.
 - Only the kubelet's stream counts: each registration has a claim number; the first stream opened
   after the claim was armed (right before Register is sent, or by the plugin watcher's GetInfo)
   is the kubelet's, and only its opening and end reach this machine (`StreamHub`).

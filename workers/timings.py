@@ -29,8 +29,6 @@ class WorkerTimings:
     #: Shutdown: the gRPC server gets this grace and must be stopped within the budget.
     stop_grace: float = 0.5
     stop_budget: float = 2.0
-    #: A Register still running this long when the kubelet restarts again is abandoned.
-    stuck_attempt: float = 1.0
     #: Another live server holds our socket path: look again this often (at once if it goes).
     in_use_retry: float = 5.0
     #: Serving and registering: 50 ms doubling, capped at 1 s while the kubelet is absent.

@@ -206,20 +206,17 @@ def test_a_slow_kubelet_and_a_reregister_nudge_register_exactly_once() -> None:
     assert m.state is State.REGISTERED
 
 
-def test_a_restart_signal_during_a_slow_register_does_not_cancel_it() -> None:
-    m, clock = drive(State.REGISTERING, "classic")
-    clock.advance(0.5)  # less than stuck_attempt
-    assert m.handle(f.KubeletRestart("kubelet.sock replaced", clock.now)) == []
-    assert m.state is State.REGISTERING and m.inflight is not None
+def test_a_restart_before_our_register_went_out_does_not_cancel_it() -> None:
     # A restart before the Register went out concerns the kubelet it went to: nothing to do.
-    m2, clock2 = drive(State.REGISTERING, "classic")
-    assert m2.handle(f.KubeletRestart("kubelet.sock created", clock2.now - 1.0)) == []
-    assert not m2.restart_pending
-
-
-def test_a_register_stuck_across_a_later_restart_is_abandoned() -> None:
     m, clock = drive(State.REGISTERING, "classic")
-    clock.advance(TIMINGS.stuck_attempt + 0.1)
+    assert m.handle(f.KubeletRestart("kubelet.sock created", clock.now - 1.0)) == []
+    assert not m.restart_pending and m.inflight is not None
+
+
+def test_a_register_sent_to_the_previous_kubelet_is_abandoned_at_once() -> None:
+    # A real kubelet stopping can hold our Register until it dies: ~1 s lost per restart.
+    m, clock = drive(State.REGISTERING, "classic")
+    clock.advance(0.05)
     actions = m.handle(f.KubeletRestart("kubelet.sock replaced", clock.now))
     (register,) = _registers(actions)
     assert register.attempt == 2
