@@ -85,9 +85,11 @@ def make_plan(resource: ResourceConfig, devices: Sequence[Candidate], use_cdi: b
 
 
 def unknown_ids(plan: Plan, requested: Sequence[str]) -> list[str]:
-    """Requested IDs this worker does not advertise, in request order, without repeats."""
-    out: list[str] = []
+    """Requested IDs this worker does not advertise, in request order, without repeats.
+
+    Linear: a dict is the insertion-ordered set (a list lookup made 100 000 IDs quadratic)."""
+    out: dict[str, None] = {}
     for device_id in requested:
-        if device_id not in plan.id_set and device_id not in out:
-            out.append(device_id)
-    return out
+        if device_id not in plan.id_set:
+            out[device_id] = None
+    return list(out)

@@ -8,15 +8,18 @@ post events back; they never change the worker's state and never touch the disk.
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from common.config import MAX_RDMA_HCA_MAX
+from common.loop.throttle import LogThrottle
 from common.messages import ALLOCATE_BUCKETS, WorkerCounters
 from proto.deviceplugin.v1beta1 import api_pb2 as dp
 from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
@@ -31,6 +34,23 @@ API_VERSION = "v1beta1"
 PLUGIN_TYPE = "DevicePlugin"
 #: A stream thread re-checks its call this often even when nothing changes.
 STREAM_IDLE_CHECK = 1.0
+#: Container requests one Allocate or GetPreferredAllocation may carry. The kubelet sends exactly
+#: one per call; the proto allows more, and each costs a copy of the answer, so a bound keeps a
+#: crafted request's response (and its CPU) small.
+MAX_CONTAINERS = 64
+#: A long request checks every this many IDs whether its caller is still waiting.
+CHECK_EVERY = 1024
+#: Longest piece of an unknown ID quoted back in an error.
+MAX_SHOWN_ID = 64
+#: ListAndWatch streams one worker serves at once. Each holds a thread of the worker's gRPC pool
+#: (workers.main.GRPC_THREADS, 8) for its whole life, so the bound keeps threads free for the
+#: kubelet's unary calls. The kubelet needs one (two while an old registration's stream is
+#: ending); the rest is room for a debugging client. Beyond the bound a new stream is refused
+#: with RESOURCE_EXHAUSTED, except the one expected from the kubelet: it is always admitted and
+#: ends the oldest other stream instead.
+MAX_STREAMS = 4
+#: Refused streams are logged at most this often (a client retrying in a loop would flood).
+REFUSAL_LOG_INTERVAL = 10.0
 
 
 def options() -> dp.DevicePluginOptions:
@@ -134,12 +154,21 @@ class _Stream:
     opened_at: float
     ended: bool = False  # set when we end it (replaced, server stopping); the kubelet did not
     over: bool = False  # the RPC has terminated (gRPC's callback ran)
+    #: The first stream opened after the hub was armed (start, end_all, end_generation,
+    #: expect_kubelet): the kubelet's. Only it becomes live and reports StreamLost; any other
+    #: client's stream is served but can neither stand in for nor break the registration.
+    kubelet: bool = False
+    refused: bool = False  # over the stream bound: the handler refuses it at once
+    #: Cancels the RPC, so an ended stream whose thread is blocked sending to a client that does
+    #: not read frees its thread too.
+    cancel: Callable[[], None] | None = None
 
 
 class StreamHub:
     """The published state and the ListAndWatch streams.
 
-    The newest stream is the live one (the kubelet opens one per registration). An older stream
+    The newest stream of the kubelet's is the live one (it opens one per registration; see
+    `_Stream.kubelet` for how it is told from other clients' streams). An older stream
     is never ended just because a newer one opened: kubelets 1.26-1.35 keep an old
     registration's stream open, and when it ends they disconnect the *current* registration
     (kubernetes#121994). The kubelet ends old streams itself, or we end them all right before we
@@ -157,6 +186,10 @@ class StreamHub:
         self._live: _Stream | None = None
         self._open: set[_Stream] = set()
         self._first_live_generation = 0
+        #: Admitted streams whose RPC is not over (each holds a gRPC thread), oldest first.
+        self._running: list[_Stream] = []
+        self._expect_kubelet = True
+        self._refusals = LogThrottle(REFUSAL_LOG_INTERVAL)
 
     @property
     def published(self) -> Published | None:
@@ -168,18 +201,60 @@ class StreamHub:
             self._version += 1
             self._cond.notify_all()
 
-    def open(self, generation: int) -> _Stream:
-        stream = _Stream(generation=generation, opened_at=time.monotonic())
+    def open(self, generation: int, cancel: Callable[[], None] | None = None) -> _Stream:
+        stream = _Stream(generation=generation, opened_at=time.monotonic(), cancel=cancel)
+        evicted: _Stream | None = None
         with self._cond:
             if generation < self._first_live_generation:
                 # Its server is being stopped: end at once, and it was not the kubelet's doing.
                 stream.ended = True
                 return stream
-            self._open.add(stream)
-            self._live = stream
-            self._counters.stream_open = True
+            stream.kubelet, self._expect_kubelet = self._expect_kubelet, False
+            running = [s for s in self._running if not s.over]
+            if len(running) >= MAX_STREAMS:
+                others = [s for s in running if not s.kubelet]
+                if not stream.kubelet:
+                    stream.refused = stream.ended = True
+                elif others:
+                    evicted = others[0]
+                    evicted.ended = True
+                    self._open.discard(evicted)
+                # else: only kubelet streams run (an old one ending); admit the new one anyway
+            if not stream.refused:
+                self._running = [*running, stream]
+                self._open.add(stream)
+                if stream.kubelet:
+                    self._live = stream
+                    self._counters.stream_open = True
             self._cond.notify_all()
+        if evicted is not None:
+            LOG.warning(
+                "ListAndWatch: ended another client's stream to admit the kubelet's (at most %d "
+                "streams at once)",
+                MAX_STREAMS,
+            )
+            if evicted.cancel is not None:
+                evicted.cancel()
+        if stream.refused:
+            swallowed = self._refusals.allow("refused")
+            if swallowed is not None:
+                LOG.warning(
+                    "ListAndWatch refused: %d streams are open, the most one worker serves; "
+                    "another local client keeps streams open (%d more refused since last said)",
+                    MAX_STREAMS,
+                    swallowed,
+                )
         return stream
+
+    def expect_kubelet(self) -> None:
+        """The next stream to open is the kubelet's (call right before registering)."""
+        with self._cond:
+            self._expect_kubelet = True
+
+    def open_count(self) -> int:
+        """Streams holding a gRPC thread now."""
+        with self._cond:
+            return sum(1 for s in self._running if not s.over)
 
     def live(self, generation: int) -> _Stream | None:
         """The live stream, when the server of `generation` serves it and we have not ended it."""
@@ -198,6 +273,7 @@ class StreamHub:
             self._open.clear()
             self._live = None
             self._counters.stream_open = False
+            self._expect_kubelet = True
             self._cond.notify_all()
             return ended
 
@@ -222,15 +298,17 @@ class StreamHub:
             if self._live is not None and self._live.ended:
                 self._live = None
                 self._counters.stream_open = False
+            self._expect_kubelet = True
             self._cond.notify_all()
 
     def terminated(self, stream: _Stream) -> None:
         """gRPC's callback: the RPC is over, for whatever reason."""
         with self._cond:
             stream.over = True
-            lost = not stream.ended
+            lost = not stream.ended and stream.kubelet
             stream.ended = True
             self._open.discard(stream)
+            self._running = [s for s in self._running if not s.over]
             if self._live is stream:
                 self._live = None
                 self._counters.stream_open = False
@@ -267,7 +345,13 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
     def ListAndWatch(
         self, request: dp.Empty, context: grpc.ServicerContext
     ) -> Iterator[dp.ListAndWatchResponse]:
-        stream = self._hub.open(self._generation)
+        stream = self._hub.open(self._generation, context.cancel)
+        if stream.refused:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self._resource}: {MAX_STREAMS} ListAndWatch streams are open, the most this "
+                "plugin serves at once; close one and retry",
+            )
         if not context.add_callback(lambda: self._hub.terminated(stream)):
             self._hub.terminated(stream)  # already over
             return
@@ -283,11 +367,11 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
     def Allocate(self, request: dp.AllocateRequest, context: grpc.ServicerContext) -> Any:
         start = time.perf_counter()
         published = self._hub.published
-        problem = _allocate_problem(published, request)
+        problem = _allocate_problem(published, request, context)
         if problem is not None:
             code, message = problem
             self._counters.allocation(False, time.perf_counter() - start)
-            LOG.warning("Allocate refused resource=%s: %s", self._resource, message)
+            LOG.warning("Allocate refused resource=%s: %s", self._resource, message[:500])
             context.abort(code, message)
         assert published is not None
         response = dp.AllocateResponse()
@@ -303,14 +387,22 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
     ) -> dp.PreferredAllocationResponse:
         # Every ID is equivalent: the must-include IDs, then the first available ones, is as good
         # as any choice, and always a valid answer.
+        problem = _preferred_problem(self._hub.published, request)
+        if problem is not None:
+            LOG.warning("GetPreferredAllocation refused resource=%s: %s", self._resource, problem)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         response = dp.PreferredAllocationResponse()
         for container in request.container_requests:
-            chosen: list[str] = []
-            for device_id in [*container.must_include_deviceIDs, *container.available_deviceIDs]:
-                if len(chosen) >= max(container.allocation_size, 0):
+            if not _call_alive(context):
+                context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled or expired")
+            size = container.allocation_size
+            chosen: dict[str, None] = {}  # insertion-ordered set: linear in the lists
+            for device_id in itertools.chain(
+                container.must_include_deviceIDs, container.available_deviceIDs
+            ):
+                if len(chosen) >= size:
                     break
-                if device_id not in chosen:
-                    chosen.append(device_id)
+                chosen[device_id] = None
             response.container_responses.add().deviceIDs.extend(chosen)
         return response
 
@@ -320,34 +412,97 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
         return dp.PreStartContainerResponse()
 
 
+def _call_alive(context: grpc.ServicerContext) -> bool:
+    """False once the client cancelled the call or its deadline passed: stop working for it."""
+    if not context.is_active():
+        return False
+    remaining = context.time_remaining()
+    return remaining is None or remaining > 0
+
+
+def _id_limit(published: Published | None) -> int:
+    """How many device IDs one request may name: what the resource advertises (the kubelet only
+    hands out advertised IDs, each to one container), or rdmaHcaMax's ceiling before any plan."""
+    return MAX_RDMA_HCA_MAX if published is None else len(published.plan.device_ids)
+
+
 def _allocate_problem(
-    published: Published | None, request: dp.AllocateRequest
+    published: Published | None, request: dp.AllocateRequest, context: grpc.ServicerContext
 ) -> tuple[grpc.StatusCode, str] | None:
+    """Why `request` is refused, or None. Linear in the request and bounded: the sizes are checked
+    first (len() of a repeated field is O(1)), then at most the advertised number of IDs is
+    looked up in a set, and the call's liveness is checked every CHECK_EVERY IDs."""
     if published is None:
         return grpc.StatusCode.UNAVAILABLE, "the worker has no device set yet; retry"
     plan = published.plan
-    unknown: list[str] = []
-    for container in request.container_requests:
-        for device_id in planning.unknown_ids(plan, container.devices_ids):
-            if device_id not in unknown:
-                unknown.append(device_id)
-    if unknown:
-        shown = ", ".join(repr(i) for i in unknown[:10])
-        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+    name = plan.resource.full_name
+    containers = request.container_requests
+    if len(containers) > MAX_CONTAINERS:
         return (
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"{plan.resource.full_name}: device IDs {shown}{more} were never advertised "
-            f"(this resource advertises {len(plan.device_ids)} IDs)",
+            f"{name}: the request has {len(containers)} container requests, more than the "
+            f"{MAX_CONTAINERS} one Allocate may carry (the kubelet sends one per call)",
         )
-    wanted = any(c.devices_ids for c in request.container_requests)
+    total = sum(len(c.devices_ids) for c in containers)
+    limit = len(plan.device_ids)
+    if total > limit:
+        return (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{name}: the request names {total} device IDs, more than the {limit} this "
+            f"resource advertises; one request can name at most {limit}",
+        )
+    unknown: dict[str, None] = {}  # insertion-ordered set
+    looked = 0
+    for container in containers:
+        for device_id in container.devices_ids:
+            if device_id not in plan.id_set:
+                unknown[device_id] = None
+            looked += 1
+            if looked % CHECK_EVERY == 0 and not _call_alive(context):
+                return grpc.StatusCode.CANCELLED, f"{name}: the call was cancelled or expired"
+    if unknown:
+        listed = list(unknown)
+        shown = ", ".join(repr(i[:MAX_SHOWN_ID]) for i in listed[:10])
+        more = f" and {len(listed) - 10} more" if len(listed) > 10 else ""
+        return (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{name}: device IDs {shown}{more} were never advertised "
+            f"(this resource advertises {limit} IDs)",
+        )
+    wanted = total > 0
     if wanted and published.refusal is not None:
         return grpc.StatusCode.FAILED_PRECONDITION, published.refusal
     if wanted and not plan.can_allocate:
         return (
             grpc.StatusCode.FAILED_PRECONDITION,
-            f"{plan.resource.full_name}: no usable RDMA device is matched right now "
+            f"{name}: no usable RDMA device is matched right now "
             "(char devices missing); the devices are advertised Unhealthy",
         )
+    return None
+
+
+def _preferred_problem(
+    published: Published | None, request: dp.PreferredAllocationRequest
+) -> str | None:
+    """Why a GetPreferredAllocation request is refused, or None: checked on sizes only (O(1)
+    per container), so a huge request costs nothing before it is refused."""
+    containers = request.container_requests
+    if len(containers) > MAX_CONTAINERS:
+        return (
+            f"the request has {len(containers)} container requests, more than the "
+            f"{MAX_CONTAINERS} one call may carry (the kubelet sends one per call)"
+        )
+    limit = _id_limit(published)
+    for index, c in enumerate(containers):
+        offered = len(c.available_deviceIDs) + len(c.must_include_deviceIDs)
+        if c.allocation_size < 0:
+            return f"container request {index}: allocation_size {c.allocation_size} is negative"
+        if c.allocation_size > limit or offered > 2 * limit:
+            return (
+                f"container request {index}: allocation_size {c.allocation_size} with "
+                f"{len(c.available_deviceIDs)} available and {len(c.must_include_deviceIDs)} "
+                f"must-include IDs; this resource advertises {limit} IDs"
+            )
     return None
 
 
