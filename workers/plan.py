@@ -8,16 +8,19 @@ from disk and computes nothing per call.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from common.config import ResourceConfig
-from common.devices import RDMA_CM_PATH, Candidate
+from common.devices import MAX_NUMA_NODES, RDMA_CM_PATH, Candidate
 from workers import cdi
 
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 PERMISSIONS = "rwm"
+#: A char device name that makes a safe /dev path (discovery only reports such names).
+_CHAR_NAME = re.compile(r"(uverbs|umad|issm|ucm)[0-9]{1,7}\Z")
 
 
 @dataclass(frozen=True)
@@ -48,13 +51,15 @@ def make_plan(resource: ResourceConfig, devices: Sequence[Candidate], use_cdi: b
     usable = tuple(d for d in matched if d.usable)
     ids = tuple(str(i) for i in range(resource.rdma_hca_max)) if matched else ()
     healthy = any(d.healthy for d in usable)
-    numa = tuple(sorted({d.numa_node for d in usable if d.numa_node >= 0}))
+    # Discovery bounds NUMA nodes already; bounding them again here keeps a value that arrived
+    # some other way from failing the protobuf message (int64) in every stream and crash-looping.
+    numa = tuple(sorted({d.numa_node for d in usable if 0 <= d.numa_node < MAX_NUMA_NODES}))
 
     paths: list[str] = []
     seen: set[str] = set()
     for device in usable:
         for char in device.char_devices:
-            if char.present and char.path not in seen:
+            if char.present and char.path not in seen and _CHAR_NAME.match(char.name):
                 seen.add(char.path)
                 paths.append(char.path)
     if usable:
