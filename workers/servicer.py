@@ -154,8 +154,8 @@ class _Stream:
     opened_at: float
     ended: bool = False  # set when we end it (replaced, server stopping); the kubelet did not
     over: bool = False  # the RPC has terminated (gRPC's callback ran)
-    #: The first stream opened after the hub was armed (start, end_all, end_generation,
-    #: expect_kubelet): the kubelet's. Only it becomes live and reports StreamLost; any other
+    #: The first stream opened after the hub was armed (start, end_all before a Register,
+    #: end_generation, the plugin watcher's GetInfo, expect_kubelet): the kubelet's. Only it becomes live and reports StreamLost; any other
     #: client's stream is served but can neither stand in for nor break the registration.
     kubelet: bool = False
     refused: bool = False  # over the stream bound: the handler refuses it at once
@@ -510,9 +510,15 @@ class RegistrationServicer(reg_grpc.RegistrationServicer):  # type: ignore[misc]
     """`pluginregistration.Registration`, served on the same socket in watcher mode."""
 
     def __init__(
-        self, events: EventQueue, generation: int, resource_name: str, endpoint: str
+        self,
+        events: EventQueue,
+        generation: int,
+        resource_name: str,
+        endpoint: str,
+        hub: StreamHub | None = None,
     ) -> None:
         self._events = events
+        self._hub = hub
         self._generation = generation
         self._info = reg.PluginInfo(
             type=PLUGIN_TYPE,
@@ -522,6 +528,9 @@ class RegistrationServicer(reg_grpc.RegistrationServicer):  # type: ignore[misc]
         )
 
     def GetInfo(self, request: reg.InfoRequest, context: grpc.ServicerContext) -> reg.PluginInfo:
+        # The plugin watcher asks this right before it connects and opens its stream.
+        if self._hub is not None:
+            self._hub.expect_kubelet()
         return self._info
 
     def NotifyRegistrationStatus(
@@ -545,5 +554,6 @@ def add_services(
     )
     if watcher_endpoint is not None:
         reg_grpc.add_RegistrationServicer_to_server(
-            RegistrationServicer(events, generation, resource_name, watcher_endpoint), server
+            RegistrationServicer(events, generation, resource_name, watcher_endpoint, hub),
+            server,
         )

@@ -29,9 +29,9 @@ OTHERS = 50
 DEADLINE = 5.0
 
 
-@pytest.fixture
-def rig(tmp_path: Any) -> Iterator[Rig]:
-    r = Rig(tmp_path)
+@pytest.fixture(params=["classic", "watcher"])
+def rig(tmp_path: Any, request: pytest.FixtureRequest) -> Iterator[Rig]:
+    r = Rig(tmp_path, mode=request.param)
     r.start_worker(RESOURCE, (make_candidate(0),))
     r.kubelet.wait_for_registration(FULL, timeout=15)
     r.kubelet.wait_for_devices(FULL, lambda ds: len(ds) == 8)
@@ -56,6 +56,11 @@ def open_streams(socket: str, count: int) -> tuple[grpc.Channel, list[Any], list
     return channel, admitted, refused
 
 
+def _socket(rig: Rig) -> str:
+    folder = rig.reg_dir if rig.settings.registration_mode == "watcher" else rig.dp_dir
+    return str(folder / "hca_a.sock")
+
+
 def test_the_pool_keeps_threads_for_unary_calls() -> None:
     assert worker_main.GRPC_THREADS - servicer.MAX_STREAMS >= 4
 
@@ -64,7 +69,7 @@ def test_fifty_other_streams_cannot_starve_the_kubelet(rig: Rig) -> None:
     pid = rig.procs["hca_a"].pid
     registrations = len(rig.kubelet.registrations())
     before = Footprint.of(pid)
-    channel, admitted, refused = open_streams(str(rig.dp_dir / "hca_a.sock"), OTHERS)
+    channel, admitted, refused = open_streams(_socket(rig), OTHERS)
     try:
         # The kubelet holds one stream; the bound leaves the rest to others.
         assert len(admitted) == servicer.MAX_STREAMS - 1
@@ -104,7 +109,7 @@ def test_fifty_other_streams_cannot_starve_the_kubelet(rig: Rig) -> None:
     # keeps its idle threads (at most GRPC_THREADS), so the second storm is compared to the first.
     first = Footprint.of(pid)
     for _ in range(3):
-        channel, admitted, refused = open_streams(str(rig.dp_dir / "hca_a.sock"), OTHERS)
+        channel, admitted, refused = open_streams(_socket(rig), OTHERS)
         assert len(admitted) == servicer.MAX_STREAMS - 1
         for call in admitted:
             call.cancel()
