@@ -155,8 +155,9 @@ class _Stream:
     ended: bool = False  # set when we end it (replaced, server stopping); the kubelet did not
     over: bool = False  # the RPC has terminated (gRPC's callback ran)
     #: The first stream opened after the hub was armed (start, end_all before a Register,
-    #: end_generation, the plugin watcher's GetInfo, expect_kubelet): the kubelet's. Only it becomes live and reports StreamLost; any other
-    #: client's stream is served but can neither stand in for nor break the registration.
+    #: end_generation, the plugin watcher's GetInfo, expect_kubelet): the kubelet's. Only it
+    #: becomes live and reports StreamLost; any other client's stream is served but can neither
+    #: stand in for nor break the registration.
     kubelet: bool = False
     refused: bool = False  # over the stream bound: the handler refuses it at once
     #: Cancels the RPC, so an ended stream whose thread is blocked sending to a client that does
