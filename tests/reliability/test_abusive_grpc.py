@@ -156,10 +156,10 @@ def test_a_call_whose_caller_is_gone_stops(active: bool, remaining: float | None
         container_requests=[dp.ContainerAllocateRequest(devices_ids=[str(i) for i in range(9999)])]
     )
     context = _Context(active, remaining)
-    problem = servicer._allocate_problem(published, request, context)  # type: ignore[arg-type]
+    problem = servicer._allocate_problem(published, request, context)
     assert problem is not None and problem[0] == grpc.StatusCode.CANCELLED
     assert context.asked == 1, "the work went on after the caller was gone"
-    assert servicer._allocate_problem(published, request, _Context(True, 5.0)) is None  # type: ignore[arg-type]
+    assert servicer._allocate_problem(published, request, _Context(True, 5.0)) is None
 
 
 def test_10000_allocates_leave_no_growth(rig: Rig, stub: Any) -> None:

@@ -11,6 +11,7 @@ changed, so each begins from the same state. RDMA_SHARED_DP_SOAK=1 runs every st
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import signal
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
+from common.messages import WorkerStatus
 from simulator.kubelet import HEALTHY
 from simulator.sysfs import connectx_ib
 from tests.conditions import hard_timeout, wait_until
@@ -133,11 +135,8 @@ def test_random_worker_kills(plant: Plant) -> None:
     kills = scale(6, 100)
     for _ in range(kills):
         name = rng.choice(ABC)
-        row = wait_until(
-            lambda name=name: (w := plant.worker(name)).pid and w.state == "running" and w,
-            30,
-            what=f"{name} running",
-        )
+        row = wait_until(functools.partial(_running, plant, name), 30, what=f"{name} running")
+        assert row is not None
         with contextlib.suppress(ProcessLookupError):
             os.kill(row.pid, signal.SIGKILL)
         if rng.random() < 0.3:
@@ -145,6 +144,11 @@ def test_random_worker_kills(plant: Plant) -> None:
     settle(plant, timeout=60)
     assert_no_growth(plant, before, f"{kills} worker kills", replaced=True)
     assert all(p.status() != psutil.STATUS_ZOMBIE for p in plant.worker_processes())
+
+
+def _running(plant: Plant, name: str) -> WorkerStatus | None:
+    row = plant.worker(name)
+    return row if row.pid and row.state == "running" else None
 
 
 def _churn_sysfs(plant: Plant, rng: random.Random, steps: int, poke: object = None) -> None:
