@@ -214,12 +214,26 @@ class WorkerTable:
                     pid=record.pid,
                     restarts=record.restarts,
                     devices=len(matched),
-                    healthy=sum(1 for d in matched if d.usable and d.healthy),
+                    # What the kubelet is told: nothing is healthy while the CDI spec is not on
+                    # disk (issue 11).
+                    healthy=0
+                    if record.counters.cdi_spec_current is False
+                    else sum(1 for d in matched if d.usable and d.healthy),
                     registered=record.registered,
                     registered_since=record.registered_since,
                     allocations=record.counters.allocations_ok,
                     mode=record.mode,
                     reason=record.reason,
+                    cdi=cdi_state(record.counters),
                 )
             )
         return tuple(rows)
+
+
+def cdi_state(counters: WorkerCounters) -> str:
+    """WorkerStatus.cdi from the worker's last heartbeat."""
+    if counters.cdi_spec_current is None:
+        return ""
+    if counters.cdi_spec_current:
+        return "current"
+    return f"not written ({counters.cdi_error or 'pending'})"

@@ -477,6 +477,7 @@ class Worker:
                     LOG.info("CDI spec written file=%s devices=%d", name, len(spec["devices"]))
                 self.cdi_file = (folder, name, cdi.spec_identity(folder, name))
         except OSError as exc:
+            self.counters.cdi_write_failed(exc)  # issue 11: the metric and status see it
             self.cdi_failures += 1
             delay = min(CDI_RETRY_CAP, CDI_RETRY_FIRST * 2 ** min(self.cdi_failures - 1, 10))
             self.next_cdi_at = time.monotonic() + delay

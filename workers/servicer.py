@@ -8,6 +8,7 @@ post events back; they never change the worker's state and never touch the disk.
 from __future__ import annotations
 
 import bisect
+import errno
 import itertools
 import logging
 import threading
@@ -20,7 +21,7 @@ import grpc
 
 from common.config import MAX_RDMA_HCA_MAX
 from common.loop.throttle import LogThrottle
-from common.messages import ALLOCATE_BUCKETS, WorkerCounters
+from common.messages import ALLOCATE_BUCKETS, CDI_ERROR_REASONS, WorkerCounters
 from proto.deviceplugin.v1beta1 import api_pb2 as dp
 from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from proto.pluginregistration.v1 import api_pb2 as reg
@@ -95,6 +96,19 @@ def publish(plan: planning.Plan, refusal: str | None = None) -> Published:
     return Published(plan, snapshot, answer, refusal)
 
 
+def cdi_error_reason(exc: OSError) -> str:
+    """The CDI_ERROR_REASONS label of a failed spec write."""
+    return {
+        errno.EROFS: "read_only",
+        errno.ENOSPC: "no_space",
+        errno.EDQUOT: "no_space",
+        errno.EACCES: "permission",
+        errno.EPERM: "permission",
+        errno.ENOENT: "missing_folder",
+        errno.ENOTDIR: "missing_folder",
+    }.get(exc.errno or 0, "other")
+
+
 class Counters:
     """Mutable totals behind a lock; `snapshot()` gives the message form."""
 
@@ -109,6 +123,22 @@ class Counters:
         self.registrations_failed = 0
         self.kubelet_restarts = 0
         self.stream_open = False
+        self.cdi_spec_current: bool | None = None
+        self.cdi_write_errors = [0] * len(CDI_ERROR_REASONS)
+        self.cdi_error = ""
+
+    def cdi_write_failed(self, exc: OSError) -> None:
+        """A CDI spec write failed (main loop); counted by reason until a publish clears it."""
+        reason = cdi_error_reason(exc)
+        with self._lock:
+            self.cdi_write_errors[CDI_ERROR_REASONS.index(reason)] += 1
+            self.cdi_error = reason
+
+    def cdi_published(self, use_cdi: bool, current: bool) -> None:
+        with self._lock:
+            self.cdi_spec_current = current if use_cdi else None
+            if current or not use_cdi:
+                self.cdi_error = ""
 
     def allocation(self, ok: bool, seconds: float) -> None:
         index = bisect.bisect_left(ALLOCATE_BUCKETS, seconds)
@@ -143,6 +173,9 @@ class Counters:
                 registrations_failed=self.registrations_failed,
                 kubelet_restarts=self.kubelet_restarts,
                 stream_open=self.stream_open,
+                cdi_spec_current=self.cdi_spec_current,
+                cdi_write_errors=tuple(self.cdi_write_errors),
+                cdi_error=self.cdi_error,
             )
 
 
@@ -197,6 +230,9 @@ class StreamHub:
         return self._published
 
     def publish(self, published: Published) -> None:
+        # The refusal is the CDI spec not being on disk: what the supervisor's metrics, status
+        # and /readyz report, so they agree with what the kubelet is told.
+        self._counters.cdi_published(published.plan.use_cdi, published.refusal is None)
         with self._cond:
             self._published = published
             self._version += 1

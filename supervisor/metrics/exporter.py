@@ -42,7 +42,7 @@ from prometheus_client.metrics_core import (
 )
 
 from common.devices import Candidate, ScanProblem
-from common.messages import ALLOCATE_BUCKETS, WorkerCounters
+from common.messages import ALLOCATE_BUCKETS, CDI_ERROR_REASONS, WorkerCounters
 from supervisor.metrics.pod_resources import PodAllocation
 
 LOG = logging.getLogger(__name__)
@@ -152,6 +152,17 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("reason",),
         "Sysfs entries a device scan had to skip, by reason (counted on every scan).",
     ),
+    "resource_cdi_spec_current": (
+        "gauge",
+        ("resource",),
+        "With --use-cdi: 1 when the CDI spec of the resource's current devices is on disk, 0 while "
+        "it cannot be written (Allocate refused, every device advertised Unhealthy).",
+    ),
+    "cdi_write_errors_total": (
+        "counter",
+        ("resource", "reason"),
+        "Failed CDI spec writes of the resource's worker, by reason (read_only, no_space, ...).",
+    ),
     "pod_allocations": (
         "gauge",
         ("namespace", "pod", "container", "resource"),
@@ -250,6 +261,8 @@ class _Resource:
     restarts: dict[str, int] = field(default_factory=dict)
     counters: _ProcessTotals = field(default_factory=_ProcessTotals)
     cpu: _ProcessTotals = field(default_factory=_ProcessTotals)
+    cdi_current: bool | None = None  # None: not in CDI mode (or no heartbeat yet)
+    cdi_errors: _ProcessTotals = field(default_factory=_ProcessTotals)
 
 
 def _hca_rows(candidates: Iterable[Candidate]) -> tuple[tuple[str, str, str, str, str], ...]:
@@ -360,7 +373,12 @@ class Metrics:
                         vector,
                     )
                 return
-            self._resource(resource).counters.update(pid, vector)
+            r = self._resource(resource)
+            r.counters.update(pid, vector)
+            r.cdi_current = counters.cdi_spec_current
+            errors = counters.cdi_write_errors
+            if len(errors) == len(CDI_ERROR_REASONS) and all(n >= 0 for n in errors):
+                r.cdi_errors.update(pid, tuple(float(n) for n in errors))
 
     def worker_process(
         self, resource: str, rss_bytes: int, cpu_seconds_of_pid: float, pid: int
@@ -449,7 +467,8 @@ class Metrics:
         if r.inventory is not None:
             devices, healthy, hcas, usable = r.inventory
             add("resource_devices", [name], devices)
-            add("resource_healthy_devices", [name], healthy)
+            # What the kubelet is told: nothing is healthy while the CDI spec is not on disk.
+            add("resource_healthy_devices", [name], 0 if r.cdi_current is False else healthy)
             add("resource_hcas", [name], hcas)
             add("resource_usable_hcas", [name], usable)
         for row in r.hca_rows:
@@ -462,6 +481,12 @@ class Metrics:
             add("worker_cpu_seconds_total", [name], r.cpu.sums[0])
         for reason, n in sorted(r.restarts.items()):
             add("worker_restarts_total", [name, reason], n)
+        if r.cdi_current is not None:
+            add("resource_cdi_spec_current", [name], 1 if r.cdi_current else 0)
+        if r.cdi_current is not None or r.cdi_errors.sums:
+            errors = r.cdi_errors.sums or [0.0] * len(CDI_ERROR_REASONS)
+            for label, errs in zip(CDI_ERROR_REASONS, errors, strict=True):
+                add("cdi_write_errors_total", [name, label], errs)
         # Zeros before the first heartbeat, so rate() and increase() work from the start.
         sums = r.counters.sums or [0.0] * (len(_COUNTER_FIELDS) + len(ALLOCATE_BUCKETS))
         c = dict(zip(_COUNTER_FIELDS, sums, strict=False))

@@ -58,6 +58,7 @@ class MetricsObserver(Observer):
         #: resource -> (process, when it was last sampled).
         self._processes: dict[str, tuple[psutil.Process, float]] = {}
         self._pod_rows: list[PodAllocation] = []
+        self._cdi: dict[str, tuple[bool | None, str]] = {}  # from the last heartbeat
 
     # ---- config and devices ------------------------------------------------------------------
 
@@ -117,6 +118,10 @@ class MetricsObserver(Observer):
             return
         self.metrics.worker_counters(resource, pid, counters)
         self._sample_process(resource, pid)
+        cdi = (counters.cdi_spec_current, counters.cdi_error)
+        if self._cdi.get(resource) != cdi:  # the CDI spec came or went: /readyz says so
+            self._cdi[resource] = cdi
+            self._publish_readiness()
 
     def kubelet_restarted(self) -> None:
         self.metrics.kubelet_restart()
@@ -191,6 +196,9 @@ def _not_ready(status: WorkerStatus | None) -> str | None:
     """None when registered with the kubelet, else one short line saying why not."""
     if status is None:
         return "no worker yet"
+    if status.registered and status.cdi.startswith("not written"):
+        # Registered, but Allocate is refused and every device advertised Unhealthy.
+        return f"CDI spec {status.cdi}: Allocate is refused until it is written"
     if status.registered:
         return None
     if status.state == "running":  # its state reason ("configured") would say nothing here

@@ -13,8 +13,11 @@ registers once, keeps heartbeating, and the kubelet ends up with the latest snap
 from __future__ import annotations
 
 import contextlib
+import functools
 import subprocess
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,15 +25,18 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.messages import Heartbeat
 from proto.deviceplugin.v1beta1 import api_pb2 as dp
 from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from simulator.kubelet import HEALTHY, UNHEALTHY
+from supervisor.cli.status_client import render_text
 from tests.conditions import hard_timeout, wait_until
 from tests.reliability.footprint import Footprint, scale
 from tests.standin_supervisor import Rig, make_candidate, make_resource
 from tests.supervisor_rig import Plant, full, three_resources
+from tests.test_metrics_prometheus import free_port
 
 ABC = ["a", "b", "c"]
 
@@ -70,9 +76,64 @@ def _allocate_code(rig: Plant, name: str) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+class CdiPlant(Plant):
+    """The rig's supervisor in CDI mode with its metrics endpoint on."""
+
+    def __init__(self) -> None:
+        super().__init__(three_resources(interval=1), use_cdi=True)
+        self.port = free_port()
+
+    def command(self) -> list[str]:
+        args = super().command()
+        args[args.index("--metrics-address") + 1] = f"127.0.0.1:{self.port}"
+        return args
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=3) as r:
+                return int(r.status), r.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        status, body = self.get("/metrics")
+        assert status == 200, body
+        for family in text_string_to_metric_families(body):
+            for sample in family.samples:
+                if sample.name == f"rdma_shared_dp_{name}" and sample.labels == labels:
+                    return float(sample.value)
+        return None
+
+
+def _visible(rig: CdiPlant, name: str, reason: str | None) -> bool:
+    """Metrics, status and /readyz all say the same about `name`'s CDI spec (None: current)."""
+    res = full(name)
+    row = rig.worker(name)
+    current = rig.metric("resource_cdi_spec_current", resource=res)
+    healthy = rig.metric("resource_healthy_devices", resource=res)
+    code, ready = rig.get("/readyz")
+    if reason is None:
+        return (
+            row.cdi == "current"
+            and current == 1
+            and bool(healthy)
+            and f"{res}: CDI spec" not in ready
+        )
+    errors = rig.metric("cdi_write_errors_total", resource=res, reason=reason) or 0
+    return (
+        row.cdi == f"not written ({reason})"
+        and row.healthy == 0
+        and current == 0
+        and healthy == 0
+        and errors > 0
+        and code == 503
+        and f"{res}: CDI spec not written ({reason})" in ready
+    )
+
+
 @pytest.mark.root
 def test_cdi_folder_read_only_then_full() -> None:
-    rig = Plant(three_resources(interval=1), use_cdi=True)
+    rig = CdiPlant()
     try:
         with small_tmpfs(rig.cdi_dir, "64k"):
             _mount("-o", "remount,ro", str(rig.cdi_dir))
@@ -84,6 +145,10 @@ def test_cdi_folder_read_only_then_full() -> None:
                 )
                 assert _allocate_code(rig, name) == grpc.StatusCode.FAILED_PRECONDITION
             assert "Read-only file system" in rig.log()
+            for name in ABC:
+                wait_until(functools.partial(_visible, rig, name, "read_only"), 10, what=name)
+            text = render_text(rig.status())  # what `rdma-shared-dp status` prints
+            assert f"{full('a')}: CDI spec not written (read_only); Allocate is refused" in text
             assert rig.proc is not None
             supervisor = Footprint.of(rig.proc.pid)
 
@@ -92,6 +157,8 @@ def test_cdi_folder_read_only_then_full() -> None:
             for name in ABC:
                 rig.kubelet.wait_for_devices(full(name), lambda ds: _all(ds, HEALTHY), timeout=15)
                 assert _allocate_code(rig, name) == grpc.StatusCode.OK
+                wait_until(functools.partial(_visible, rig, name, None), 10, what=name)
+            wait_until(lambda: rig.get("/readyz")[0] == 200, 10, what="ready again")
 
             # Full: a's spec must change (one of its two HCAs goes) and cannot be written.
             filler = rig.cdi_dir / "filler"
@@ -106,10 +173,14 @@ def test_cdi_folder_read_only_then_full() -> None:
                 _healths(rig, "b") == {HEALTHY} and _allocate_code(rig, "b") == grpc.StatusCode.OK
             )
             wait_until(lambda: "No space left on device" in rig.log(), 10, what="ENOSPC logged")
+            wait_until(lambda: _visible(rig, "a", "no_space"), 10, what="a: no_space visible")
+            assert _visible(rig, "b", None) and _visible(rig, "c", None)
 
             filler.unlink()
             rig.kubelet.wait_for_devices(full("a"), lambda ds: _all(ds, HEALTHY), timeout=15)
             assert _allocate_code(rig, "a") == grpc.StatusCode.OK
+            wait_until(lambda: _visible(rig, "a", None), 10, what="a current again")
+            assert rig.get("/readyz")[0] == 200
             assert "mlx5_1" not in (rig.cdi_dir / "rdma-shared-dp_example.com_a.json").read_text()
             later = Footprint.of(rig.proc.pid)
             print(
