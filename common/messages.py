@@ -208,6 +208,7 @@ class WorkerStatus:
     #: "" outside CDI mode, "current" when the spec of the current device set is on disk, else
     #: "not written (<reason>)": Allocate is refused and every device advertised Unhealthy.
     cdi: str = ""
+    failures: int = 0  # consecutive quick exits (the restart policy's count); 0 once stable
 
 
 @dataclass(frozen=True)

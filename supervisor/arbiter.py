@@ -398,6 +398,7 @@ class Arbiter:
             return
         record.proc, record.pid, record.served = proc, proc.pid, record.config
         record.started_at = record.last_heard = now
+        record.error = ""
         LOG.info("worker started resource=%s pid=%d (%s)", record.full_name, proc.pid, reason)
 
     def _on_exit(self, record: WorkerRecord, code: int) -> None:
@@ -427,6 +428,10 @@ class Arbiter:
                 self._spawn(record, "config changed")
             return
         decision = self.table.decide_exit(record, code, run_seconds)
+        # Name the cause the worker reported, in the log and in status (issue 11).
+        description = decision.description + (
+            f"; last error: {record.error}" if record.error else ""
+        )
         record.forget_process()
         record.failures = decision.failures
         self._observe(self.observer.worker_restarted, record.full_name, decision.reason)
@@ -436,9 +441,9 @@ class Arbiter:
                 "the config (see the worker's log above)",
                 record.full_name,
                 pid,
-                decision.description,
+                description,
             )
-            self.table.move(record, WorkerState.FATAL, decision.description)
+            self.table.move(record, WorkerState.FATAL, description)
             return
         record.restarts += 1
         record.backoff_delay = decision.delay
@@ -446,10 +451,10 @@ class Arbiter:
             "worker exited unexpectedly resource=%s pid=%d: %s; restarting in %.2fs",
             record.full_name,
             pid,
-            decision.description,
+            description,
             decision.delay,
         )
-        self.table.move(record, WorkerState.BACKOFF, decision.description)
+        self.table.move(record, WorkerState.BACKOFF, description)
         self.timers.set(("start", record.name), now + decision.delay)
 
     def _stop(self, record: WorkerRecord, reason: str) -> None:
@@ -555,6 +560,7 @@ class Arbiter:
         elif isinstance(msg, Ready):
             self._on_ready(record, msg)
         elif isinstance(msg, Error):
+            record.error = f"{msg.code}: {msg.message}"[:300]
             LOG.warning(
                 "worker reports an error resource=%s pid=%d code=%s: %s",
                 record.full_name,

@@ -79,6 +79,9 @@ class WorkerRecord:
     registered_at: float = 0.0  # monotonic time a registered=true ready arrived
     mode: str = ""
     counters: WorkerCounters = field(default_factory=WorkerCounters)
+    #: The last error the current process reported ("<code>: <message>"), "" when none: a
+    #: crash loop's status and log line name it.
+    error: str = ""
     wanted: bool = True  # False: its resource left the config; remove once exited
     respawn_after_stop: bool = False  # stopping only to start again (renamed prefix)
 
@@ -225,6 +228,7 @@ class WorkerTable:
                     mode=record.mode,
                     reason=record.reason,
                     cdi=cdi_state(record.counters),
+                    failures=record.failures,
                 )
             )
         return tuple(rows)

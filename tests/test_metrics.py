@@ -116,6 +116,8 @@ ADDED = {
     # Issue 11: CDI write failures visible to monitoring.
     "rdma_shared_dp_resource_cdi_spec_current": ("resource",),
     "rdma_shared_dp_cdi_write_errors_total": ("resource", "reason"),
+    # Issue 11: a crash loop is never silent.
+    "rdma_shared_dp_worker_consecutive_failures": ("resource",),
 }
 
 
@@ -145,6 +147,7 @@ def test_every_family_is_exported_with_its_labels() -> None:
         ),
     )
     m.worker_process(RES, 1 << 20, 0.5, 10)
+    m.worker_failures(RES, 2)
     m.kubelet_restart()
     m.config_reload(True, 1000.0)
     m.set_pod_allocations([PodAllocation("ns", "p", "c", RES, 1)])

@@ -212,8 +212,10 @@ class Worker:
                 code = self._step()
                 if code is not None:
                     return code
-        except Exception:
+        except Exception as exc:
             LOG.exception("worker failed; shutting down")
+            with contextlib.suppress(Exception):  # the supervisor shows it (issue 11)
+                self._send(Error("crashed", f"{type(exc).__name__}: {exc}"[:300]))
             try:
                 self._shutdown("internal error")
             except Exception:

@@ -123,6 +123,12 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("resource", "reason"),
         "Restarts of the resource's worker process, by reason.",
     ),
+    "worker_consecutive_failures": (
+        "gauge",
+        ("resource",),
+        "Quick exits of the resource's worker in a row (0 once a run lasts): above 3 it is "
+        "crash-looping; `rdma-shared-dp status` and the log name its last error.",
+    ),
     "worker_resident_memory_bytes": (
         "gauge",
         ("resource",),
@@ -262,6 +268,7 @@ class _Resource:
     counters: _ProcessTotals = field(default_factory=_ProcessTotals)
     cpu: _ProcessTotals = field(default_factory=_ProcessTotals)
     cdi_current: bool | None = None  # None: not in CDI mode (or no heartbeat yet)
+    failures: int | None = None
     cdi_errors: _ProcessTotals = field(default_factory=_ProcessTotals)
 
 
@@ -351,6 +358,11 @@ class Metrics:
         with self._lock:
             r = self._resource(resource)
             r.restarts[reason] = r.restarts.get(reason, 0) + 1
+
+    def worker_failures(self, resource: str, failures: int) -> None:
+        """The worker's consecutive quick exits, from the worker table."""
+        with self._lock:
+            self._resource(resource).failures = max(0, failures)
 
     def worker_counters(self, resource: str, pid: int, counters: WorkerCounters) -> None:
         """A heartbeat's counters: totals since the worker process `pid` started.
@@ -481,6 +493,8 @@ class Metrics:
             add("worker_cpu_seconds_total", [name], r.cpu.sums[0])
         for reason, n in sorted(r.restarts.items()):
             add("worker_restarts_total", [name, reason], n)
+        if r.failures is not None:
+            add("worker_consecutive_failures", [name], r.failures)
         if r.cdi_current is not None:
             add("resource_cdi_spec_current", [name], 1 if r.cdi_current else 0)
         if r.cdi_current is not None or r.cdi_errors.sums:

@@ -174,6 +174,8 @@ class MetricsObserver(Observer):
             return  # before `started`: /readyz says "starting"
         statuses = {s.resource: s for s in self._source.worker_statuses()}
         self.probes.set_resources({name: _not_ready(statuses.get(name)) for name in self._hca_max})
+        for name in self._hca_max.keys() & statuses.keys():  # on every state change, as readiness
+            self.metrics.worker_failures(name, statuses[name].failures)
 
     def _sample_process(self, resource: str, pid: int) -> None:
         now = time.monotonic()
