@@ -53,8 +53,10 @@ FUZZ = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
+#: Trees are built in memory where possible: each names example builds one of ~100 files.
+SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 #: Each names example builds a tree of its own: fewer of them.
-NAMES_FUZZ = settings(FUZZ, max_examples=scale(40, 1000))
+NAMES_FUZZ = settings(FUZZ, max_examples=scale(30, 1000))
 RESOURCE = ResourceConfig("hca_all", "example.com", 16, Selectors())
 
 
@@ -68,7 +70,7 @@ def _base(root: Path) -> SysfsTree:
 
 
 def _attribute_files() -> list[str]:
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=SCRATCH) as tmp:
         _base(Path(tmp))
         return sorted(
             os.path.relpath(os.path.join(d, f), tmp)
@@ -138,7 +140,7 @@ def through_everything(root: Path) -> None:
 @pytest.fixture(scope="module")
 def base_tree() -> Iterator[Path]:
     """One tree for every example: each restores what it changed (building costs ~100 files)."""
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=SCRATCH) as tmp:
         _base(Path(tmp))
         yield Path(tmp)
 
@@ -159,7 +161,7 @@ def test_random_attribute_contents(base_tree: Path, changes: list[tuple[str, byt
 @NAMES_FUZZ
 @given(netdev=NAMES, rdma=NAMES, numa=st.integers(-(2**70), 2**70))
 def test_random_names_and_numa(netdev: str, rdma: str, numa: int) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=SCRATCH) as tmp:
         tree = SysfsTree(Path(tmp))
         tree.add(
             FunctionSpec(
