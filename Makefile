@@ -27,10 +27,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict common/ supervisor/
+	$(BIN)/mypy --strict common/ supervisor/ workers/
 
 bench: $(STAMP)
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@rc=0; for b in benchmarks/bench_*.py; do echo "== $$b"; \
+		RDMA_SHARED_DP_FIGURES=benchmarks/figures.json $(BIN)/python $$b || rc=1; done; \
+		$(BIN)/python benchmarks/figures.py --render README.md; exit $$rc
 
 clean:
 	rm -rf $(VENV) build *.egg-info

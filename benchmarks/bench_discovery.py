@@ -15,6 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from figures import record  # benchmarks/figures.py: the one place figures live
+
 from common.discovery import scan
 from simulator.sysfs import SysfsTree, connectx_ib, connectx_roce, e810, gpu, igb
 
@@ -65,6 +67,8 @@ def main() -> int:
           f"4 sub-functions), {RUNS} runs: median {median:.2f} ms, p90 {p90:.2f} ms, "
           f"min {times[0]:.2f} ms")  # fmt: skip
     print(f"discovery of {FUNCTIONS} RDMA functions: median {median:.1f} ms")
+    record("discovery_median_ms", median)
+    record("discovery_p90_ms", p90)
     return 0
 
 

@@ -31,6 +31,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from figures import record  # benchmarks/figures.py: the one place figures live
+
 from simulator.kubelet import HEALTHY
 from supervisor.cli.status_client import StatusError
 from tests.supervisor_rig import HCAS, Plant, full, resource_entry
@@ -166,18 +168,25 @@ def main() -> int:
     logging.basicConfig(level=logging.ERROR)  # the simulator's notes about ended streams
 
     print("== start -> all of 8 resources registered")
-    print("  ", fmt(bench_start(1 if args.quick else 3)), " target < 3000 ms")
+    times = bench_start(1 if args.quick else 3)
+    print("  ", fmt(times), " target < 3000 ms")
+    record("start_all_registered_s", statistics.median(times))
 
     plant = Plant(config_for(8, interval=0), uevents="kernel")
     try:
         plant.start()
         wait_all_registered(plant, 8)
         print("== worker kill -9 -> registered and serving again (first failure of each)")
-        print("  ", fmt(bench_crash(plant, 8)), " target < 1000 ms")
+        times = bench_crash(plant, 8)
+        print("  ", fmt(times), " target < 1000 ms")
+        record("crash_recovery_median_s", statistics.median(times))
+        record("crash_recovery_max_s", max(times))
         wait_all_registered(plant, 8)
         if os.geteuid() == 0 and os.access("/sys/class/net/lo/uevent", os.W_OK):
             print("== port change + kernel uevent -> new snapshot")
-            print("  ", fmt(bench_device_change(plant, samples, uevent=True)), " target < 1000 ms")
+            times = bench_device_change(plant, samples, uevent=True)
+            print("  ", fmt(times), " target < 1000 ms")
+            record("uevent_change_median_s", statistics.median(times))
         else:
             print("== uevent path skipped: needs root to write /sys/class/net/lo/uevent")
     finally:
@@ -188,7 +197,9 @@ def main() -> int:
         plant.start()
         wait_all_registered(plant, 8)
         print("== port change, no uevent -> new snapshot via the periodic rescan (interval 1 s)")
-        print("  ", fmt(bench_device_change(plant, max(3, samples // 2), uevent=False)))
+        times = bench_device_change(plant, max(3, samples // 2), uevent=False)
+        print("  ", fmt(times))
+        record("periodic_change_median_s", statistics.median(times))
     finally:
         plant.close()
 
@@ -198,10 +209,14 @@ def main() -> int:
         m = bench_memory(count)
         rss, uss, pss = m["supervisor"]
         print(f"   {count:>9}  {'supervisor':<10} {rss:6.1f} {uss:6.1f} {pss:6.1f}")
+        record(f"supervisor_uss_{count}_mib", uss)
         ws = m["workers"]
         for label, pick in (("worker avg", statistics.mean), ("worker max", max)):
             vals = [pick([w[i] for w in ws]) for i in range(3)]
             print(f"   {'':>9}  {label:<10} {vals[0]:6.1f} {vals[1]:6.1f} {vals[2]:6.1f}")
+            if count == 4 and label == "worker avg":
+                record("worker_rss_mib", vals[0])
+                record("worker_uss_mib", vals[1])
     with_udev = bench_memory(1, uevents="kernel")["supervisor"]
     print(f"   supervisor with the pyudev monitor loaded: USS {with_udev[1]:.1f} MiB")
     print("== what imports cost on their own (USS of a bare interpreter, MiB)")

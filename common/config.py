@@ -371,11 +371,20 @@ def _line_col(prefix: str) -> tuple[int, int]:
     return line, len(prefix) - (prefix.rfind("\n") + 1) + 1
 
 
+#: A Kubernetes manifest rather than the JSON inside it.
+_CONFIGMAP_YAML = re.compile(r"^\s*kind:\s*['\"]?ConfigMap\b|^\s*apiVersion:\s*\S", re.MULTILINE)
+
+
 def _json_hint(text: str, pos: int) -> str:
     """A guess at the usual mistakes, so the operator need not know JSON's grammar by heart."""
     before = text[:pos].rstrip()
     here = text[pos : pos + 1]
     stripped = text.lstrip()
+    if _CONFIGMAP_YAML.search(text) and not stripped.startswith(("{", "[")):
+        return (
+            ' (this is a whole ConfigMap in YAML; the config is its data["config.json"] value: '
+            "kubectl -n kube-system get configmap rdma-devices -o jsonpath='{.data.config\\.json}')"
+        )
     if re.match(r"[A-Za-z_]+\s*:", stripped) and not stripped.startswith(("{", "[")):
         return " (this looks like YAML; the config must be JSON)"
     if before.endswith(",") and here in ("}", "]"):
@@ -777,6 +786,11 @@ def _driver(text: str) -> tuple[str | None, str]:
 
 
 def _if_name(text: str) -> tuple[str | None, str]:
+    if _PCI_ADDRESS.fullmatch(text.lower()):
+        return None, (
+            f"{_q(text)} is a PCI address, not an interface name; select it with "
+            f'"selectors": {{"pciAddresses": [{_q(text)}]}} instead'
+        )
     if "/" in text or ":" in text or "\0" in text or text in (".", ".."):
         return None, f"{_q(text)} is not a Linux interface name (no '/', ':' or . / ..)"
     if len(text.encode("utf-8")) > MAX_IF_NAME_BYTES:

@@ -1,6 +1,8 @@
-"""Exit codes of worker processes: a contract between workers and the supervisor (both processes).
+"""Exit codes: a contract between workers and the supervisor, and of every CLI command.
 
-The supervisor decodes a worker's exit status with these and decides what to do next.
+The supervisor decodes a worker's exit status with 0-5 and decides what to do next. The CLI's
+commands use the same codes, plus two of their own (6, 7) that no worker ever exits with; README
+("Exit codes") has the one table of which command exits with what.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ class ExitCode(IntEnum):
     SUPERVISOR_LOST = 4
     #: An unexpected error the worker could not recover from. Restart with backoff.
     FATAL = 5
+    #: CLI only: `validate-config --strict` found warnings (and no errors).
+    CONFIG_WARNINGS = 6
+    #: CLI only: `status` found no supervisor to ask (no control socket, no answer, no access).
+    NO_SUPERVISOR = 7
 
 
 OK = ExitCode.OK
@@ -28,6 +34,8 @@ USAGE = ExitCode.USAGE
 CONFIG_INVALID = ExitCode.CONFIG_INVALID
 SUPERVISOR_LOST = ExitCode.SUPERVISOR_LOST
 FATAL = ExitCode.FATAL
+CONFIG_WARNINGS = ExitCode.CONFIG_WARNINGS
+NO_SUPERVISOR = ExitCode.NO_SUPERVISOR
 
 
 def describe(code: int) -> str:

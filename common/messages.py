@@ -47,7 +47,8 @@ Messages (type: direction, body)
                 `rdma-shared-dp status` asks the running supervisor for its worker table, over a
                 DEALER of its own on the same control socket (any routing id).
     status      supervisor -> CLI     {pid, started, config_file, config_loaded, grpc_loaded,
-                workers: [WorkerStatus, ...]}
+                workers: [WorkerStatus, ...], last_reload: ReloadStatus | null,
+                rdma_netns_mode}
                 The answer to status_request (`parent` is the request's id).
 
 Value shapes
@@ -55,6 +56,7 @@ Value shapes
     Candidate       as `common.devices.Candidate.to_json()` produces.
     WorkerSettings  see the dataclass below.
     WorkerStatus    see the dataclass below.
+    ReloadStatus    see the dataclass below.
     WorkerCounters  see the dataclass below; the histogram buckets are cumulative counts per upper
                     bound in `ALLOCATE_BUCKETS` (seconds), Prometheus style; `+Inf` is
                     `allocate_count`. `cdi_spec_current` is null outside CDI mode, else whether
@@ -205,10 +207,21 @@ class WorkerStatus:
     allocations: int  # successful Allocate calls of the current process
     mode: str = ""  # classic or watcher, once the worker reported it
     reason: str = ""  # why the worker is in this state (last exit, refusal, ...)
+    failures: int = 0  # quick failures in a row (reset by a stable run)
+    crash_looping: bool = False  # so many quick failures that restarts are slow now
     #: "" outside CDI mode, "current" when the spec of the current device set is on disk, else
     #: "not written (<reason>)": Allocate is refused and every device advertised Unhealthy.
     cdi: str = ""
-    failures: int = 0  # consecutive quick exits (the restart policy's count); 0 once stable
+
+
+@dataclass(frozen=True)
+class ReloadStatus:
+    """The last config reload the supervisor tried (a changed file or SIGHUP with a change)."""
+
+    at: float  # Unix time
+    ok: bool  # applied (True) or refused, the running config staying (False)
+    problems: int = 0  # how many problems refused it
+    first_problem: str = ""
 
 
 @dataclass(frozen=True)
@@ -219,6 +232,8 @@ class Status(_Envelope):
     config_loaded: float  # Unix time the running config was loaded
     grpc_loaded: bool  # never true: the supervisor does not import grpc
     workers: tuple[WorkerStatus, ...]
+    last_reload: ReloadStatus | None = None  # None until a changed file was read
+    rdma_netns_mode: str = ""  # shared, exclusive, unknown (common.rdma_netns); "" not read yet
 
 
 Message = (

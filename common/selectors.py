@@ -18,6 +18,28 @@ from common.devices import Candidate
 
 NO_DRIVER = "no driver bound"
 NO_RDMA_DEVICE = "no RDMA device"
+#: Network drivers of NICs that can do RDMA -> the kernel module that adds their RDMA device.
+#: Deliberately short: naming a module for a NIC that has none would send an operator hunting.
+RDMA_DRIVERS: dict[str, str] = {
+    "mlx5_core": "mlx5_ib",
+    "mlx4_core": "mlx4_ib",
+    "ice": "irdma",
+    "bnxt_en": "bnxt_re",
+    "qede": "qedr",
+    "cxgb4": "iw_cxgb4",
+    "hns3": "hns_roce_hw_v2",
+}
+
+
+def no_rdma_hint(driver: str) -> str:
+    """Why a bound function has no RDMA device: a module to load, or no RDMA on that NIC."""
+    module = RDMA_DRIVERS.get(driver)
+    if module is not None:
+        return f"is its RDMA driver loaded? (modprobe {module})"
+    return (
+        f"{driver} is not a driver of an RDMA-capable NIC this plugin knows "
+        f"({', '.join(sorted(RDMA_DRIVERS))}); this NIC most likely cannot do RDMA"
+    )
 
 
 @dataclass(frozen=True)
@@ -51,7 +73,7 @@ def first_rejection(selectors: Selectors, candidate: Candidate) -> tuple[str, st
     if not candidate.driver:
         return NO_DRIVER, "bind a network driver to it"
     if not candidate.rdma_devices:
-        return NO_RDMA_DEVICE, "is its RDMA driver (mlx5_ib, irdma, ...) loaded?"
+        return NO_RDMA_DEVICE, no_rdma_hint(candidate.driver)
     for key, field, offered in _CHECKS:
         wanted: tuple[str, ...] = getattr(selectors, field)
         if not wanted:

@@ -13,7 +13,21 @@ real `rdma-shared-dp run` as a subprocess, then walks through a scenario:
 6. the kubelet restarts: every resource registers again;
 7. `rdma-shared-dp status`, then SIGTERM: everything stops and nothing is left behind.
 
-It takes about 10 s; `--keep-running` leaves the plugin up until Ctrl-C.
+It takes about 10 s; `--keep-running` leaves the plugin up until Ctrl-C (or SIGTERM) and
+prints the exact `status` and `curl` commands to look at it; the plugin's metrics endpoint runs on
+a free loopback port.
+
+Stopping: SIGTERM, SIGINT or SIGHUP to this process, from a terminal or `kill`, stops everything
+it started (the plugin's supervisor and workers, the kubelet simulator) before it exits; further
+signals are ignored during that stop, which is bounded (STEP_TIMEOUT, then SIGKILL). The CLI's
+`rdma-shared-dp demo` execs this module, so its pid is this process's.
+
+`--json` prints one JSON object per line instead of prose, for tests and tools:
+`{"event": "step", "t": s, "step": n, "title": str}`, `{"event": "say", "t": s, "text": str}`, and
+facts: `plugin_started` {pid}, `registered` {resource, seconds}, `devices` {resource, ids, hcas},
+`metrics` {url}, `inspect` {status_command, curl_commands, supervisor_pid, worker_pids} (only with
+`--keep-running`), `interrupted` {signal}, `stopped` {exit_status, sockets_left}, `finished`
+{seconds, exit_code}, `failed` {error}.
 """
 
 from __future__ import annotations
@@ -23,13 +37,14 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -70,21 +85,76 @@ STEP_TIMEOUT = 10.0
 REPO = Path(__file__).resolve().parent.parent
 
 
+#: What stops the demo; each stops everything it started.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+METRICS_LINE = re.compile(r"serving /metrics /healthz /readyz address=\S+ port=(\d+)")
+
+
 class DemoFailed(Exception):
     pass
 
 
+class Interrupted(BaseException):
+    """A stop signal arrived; a BaseException so that no `except Exception` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_deferred: list[int] = []  # non-empty while a signal must wait (see _signals_deferred)
+_DEFERRING = -1
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    # Only the first signal interrupts: a second Ctrl-C must not cut the cleanup short.
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    if _deferred:
+        _deferred.append(signum)
+        return
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold a stop signal until the block is done: a child started in it must be remembered
+    (and so stopped) before the interruption unwinds."""
+    _deferred.append(_DEFERRING)
+    try:
+        yield
+    finally:
+        _deferred.remove(_DEFERRING)
+        if _deferred:
+            raise Interrupted(_deferred.pop())
+
+
 class Narrator:
-    def __init__(self) -> None:
+    def __init__(self, as_json: bool = False) -> None:
         self.t0 = time.monotonic()
         self.step = 0
+        self.as_json = as_json
+
+    def _now(self) -> float:
+        return round(time.monotonic() - self.t0, 3)
 
     def title(self, text: str) -> None:
         self.step += 1
-        print(f"\n[{time.monotonic() - self.t0:5.2f}s] {self.step}. {text}", flush=True)
+        if self.as_json:
+            self.event("step", step=self.step, title=text)
+        else:
+            print(f"\n[{self._now():5.2f}s] {self.step}. {text}", flush=True)
 
     def say(self, text: str) -> None:
-        print(f"         {text}", flush=True)
+        if self.as_json:
+            self.event("say", text=text)
+        else:
+            print(f"         {text}", flush=True)
+
+    def event(self, name: str, **data: Any) -> None:
+        """A fact for `--json` readers; prose readers get it through `say`."""
+        if self.as_json:
+            print(json.dumps({"event": name, "t": self._now(), **data}), flush=True)
 
 
 def wait_for(predicate: Callable[[], T], what: str, timeout: float = STEP_TIMEOUT) -> T:
@@ -111,7 +181,7 @@ def summarise(devices: list[DeviceState]) -> str:
 
 
 class Demo:
-    def __init__(self, workdir: Path, keep_running: bool) -> None:
+    def __init__(self, workdir: Path, keep_running: bool, as_json: bool = False) -> None:
         self.workdir = workdir
         self.keep_running = keep_running
         self.node = workdir / "node"
@@ -121,7 +191,8 @@ class Demo:
         self.log_path = workdir / "plugin.log"
         self.kubelet = KubeletSimulator(self.dp_dir)
         self.plugin: subprocess.Popen[bytes] | None = None
-        self.say = Narrator()
+        self.say = Narrator(as_json)
+        self.metrics_url = ""
 
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "supervisor", *args]
@@ -140,41 +211,39 @@ class Demo:
 
         n.title("Starting the plugin: rdma-shared-dp run (one worker process per resource)")
         started = time.monotonic()
-        self.plugin = subprocess.Popen(
-            self.command(
-                "run",
-                "--config-file",
-                str(self.config_path),
-                "--host-root",
-                str(self.node),
-                "--device-plugin-dir",
-                str(self.dp_dir),
-                "--plugins-registry-dir",
-                str(self.workdir / "plugins_registry"),
-                "--cdi-dir",
-                str(self.workdir / "cdi"),
-                "--runtime-dir",
-                str(self.runtime_dir),
-                "--metrics-address",
-                "",
-            ),
-            cwd=REPO,
-            env={**os.environ, "RDMA_SHARED_DP_UEVENT_SOURCE": "off"},
-            stdout=subprocess.DEVNULL,
-            stderr=self.log_path.open("wb"),
-            start_new_session=True,
-        )
+        with _signals_deferred():
+            self.plugin = self.start_plugin()
+        n.event("plugin_started", pid=self.plugin.pid)
         for resource in RESOURCES:
             reg = self.kubelet.wait_for_registration(resource, timeout=STEP_TIMEOUT)
+            n.event("registered", resource=resource, seconds=round(reg.time - started, 3))
             n.say(
                 f"{resource:<14} registered after {reg.time - started:.2f}s "
                 f"(endpoint {reg.endpoint}, API {reg.version})"
             )
+        port = wait_for(self.metrics_port, "the plugin's metrics endpoint (plugin log)")
+        self.metrics_url = f"http://127.0.0.1:{port}"
+        n.event("metrics", url=self.metrics_url)
 
         n.title("What the kubelet sees (ListAndWatch snapshots)")
+        hcas = self.hca_counts()
         for resource in RESOURCES:
             devices = self.kubelet.wait_for_devices(resource, bool, STEP_TIMEOUT)
-            n.say(f"{resource:<14} {summarise(devices)}")
+            n.event("devices", resource=resource, ids=len(devices), hcas=hcas.get(resource, 0))
+            n.say(f"{resource:<14} {summarise(devices)}, on {_hcas(hcas.get(resource, 0))}")
+        ib_ids, ib_hcas = DEMO_CONFIG["configList"][0]["rdmaHcaMax"], hcas.get(RESOURCES[0], 0)
+        n.say(
+            f"A device ID is a pod slot, not a piece of hardware: rdmaHcaMax {ib_ids} lets "
+            f"{ib_ids} containers hold"
+        )
+        n.say(
+            f"{RESOURCES[0]} at once, and each of them gets all {ib_hcas} HCAs the resource "
+            "selects (shared,"
+        )
+        n.say(
+            f"not split). So the kubelet counts {ib_ids} devices while `status` shows DEVICES "
+            f"{ib_hcas}: the HCAs."
+        )
 
         n.title("A pod asks for rdma/hca_ib: Allocate(['0'])")
         answer = self.kubelet.allocate("rdma/hca_ib", [["0"]])
@@ -239,23 +308,95 @@ class Demo:
             n.say(line)
 
         if self.keep_running:
-            n.title("Running until Ctrl-C (plugin log: " + str(self.log_path) + ")")
-            _wait_for_interrupt()
+            self.inspect()
 
         n.title("Stopping: SIGTERM to the supervisor")
         stop_started = time.monotonic()
         self.plugin.send_signal(signal.SIGTERM)
         code = self.plugin.wait(STEP_TIMEOUT)
         left = sorted(p.name for p in self.dp_dir.iterdir() if p.name != "kubelet.sock")
+        n.event("stopped", exit_status=code, sockets_left=left)
         n.say(
             f"exit status {code} after {time.monotonic() - stop_started:.2f}s; "
             f"plugin sockets left: {', '.join(left) or 'none'}"
         )
         self.plugin = None
-        print(f"\ndemo finished in {time.monotonic() - n.t0:.1f}s", flush=True)
-        return 0 if code == 0 and not left else 1
+        exit_code = 0 if code == 0 and not left else 1
+        n.event("finished", seconds=round(time.monotonic() - n.t0, 3), exit_code=exit_code)
+        if not n.as_json:
+            print(f"\ndemo finished in {time.monotonic() - n.t0:.1f}s", flush=True)
+        return exit_code
 
-    def worker_pid(self, resource: str) -> int:
+    def start_plugin(self) -> subprocess.Popen[bytes]:
+        """`rdma-shared-dp run` on the simulated node, logging to plugin.log."""
+        return subprocess.Popen(
+            self.command(
+                "run",
+                "--config-file",
+                str(self.config_path),
+                "--host-root",
+                str(self.node),
+                "--device-plugin-dir",
+                str(self.dp_dir),
+                "--plugins-registry-dir",
+                str(self.workdir / "plugins_registry"),
+                "--cdi-dir",
+                str(self.workdir / "cdi"),
+                "--runtime-dir",
+                str(self.runtime_dir),
+                # A free loopback port (the log names it), no PodResources poller: the
+                # simulator does not serve that API.
+                "--metrics-address",
+                "127.0.0.1:0",
+                "--pod-resources-socket",
+                "",
+            ),
+            cwd=REPO,
+            env={**os.environ, "RDMA_SHARED_DP_UEVENT_SOURCE": "off"},
+            stdout=subprocess.DEVNULL,
+            stderr=self.log_path.open("wb"),
+            # Its own session: a terminal's Ctrl-C reaches only this process, which then
+            # stops the plugin in order (SIGTERM, wait) instead of both racing.
+            start_new_session=True,
+        )
+
+    def inspect(self) -> None:
+        """--keep-running: say how to look at the running plugin, then wait for a signal."""
+        n = self.say
+        assert self.plugin is not None
+        n.title(f"Running until Ctrl-C or SIGTERM to pid {os.getpid()}")
+        status = f"{_cli()} status --runtime-dir {self.runtime_dir}"
+        curls = [
+            f"curl -s {self.metrics_url}/metrics | grep '^rdma_shared_dp_resource'",
+            f"curl -s {self.metrics_url}/readyz",
+        ]
+        n.say("In another terminal:")
+        for command in (status, *curls):
+            n.say(f"  {command}")
+        n.say(f"plugin log: {self.log_path}")
+        workers = [int(w["pid"]) for w in self.status_json()["workers"] if w["pid"]]
+        n.event(
+            "inspect",
+            status_command=status,
+            curl_commands=curls,
+            supervisor_pid=self.plugin.pid,
+            worker_pids=workers,
+        )
+        try:
+            while True:
+                signal.pause()
+        except Interrupted as got:
+            n.event("interrupted", signal=str(got))
+            n.say(f"got {got}")
+
+    def metrics_port(self) -> int | None:
+        with contextlib.suppress(OSError):
+            found = METRICS_LINE.search(self.log_path.read_text(errors="replace"))
+            if found:
+                return int(found[1])
+        return None
+
+    def status_json(self) -> dict[str, Any]:
         out = subprocess.run(
             self.command("status", "--json", "--runtime-dir", str(self.runtime_dir)),
             cwd=REPO,
@@ -263,7 +404,17 @@ class Demo:
             text=True,
             timeout=STEP_TIMEOUT,
         )
-        for worker in json.loads(out.stdout)["workers"]:
+        if out.returncode != 0:
+            raise DemoFailed(f"status failed: {out.stderr.strip()}")
+        data: dict[str, Any] = json.loads(out.stdout)
+        return data
+
+    def hca_counts(self) -> dict[str, int]:
+        """Resource -> HCAs it matched, as `status` shows them (DEVICES)."""
+        return {w["resource"]: int(w["devices"]) for w in self.status_json()["workers"]}
+
+    def worker_pid(self, resource: str) -> int:
+        for worker in self.status_json()["workers"]:
             if worker["resource"] == resource and worker["pid"]:
                 return int(worker["pid"])
         raise DemoFailed(f"no running worker for {resource}")
@@ -290,19 +441,14 @@ def _wrap(items: list[str], width: int) -> list[str]:
     return [*lines, line] if line else lines
 
 
-def _wait_for_interrupt() -> None:
-    stop = []
+def _hcas(count: int) -> str:
+    return f"{count} HCA{'s' if count != 1 else ''}"
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.append(signum)
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not stop:
-            signal.pause()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+def _cli() -> str:
+    """How to run the CLI from another terminal: the console script beside this Python."""
+    script = Path(sys.executable).parent / "rdma-shared-dp"
+    return str(script) if script.exists() else f"{sys.executable} -m supervisor"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,7 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep-running", action="store_true", help="stay up after the scenario until Ctrl-C"
     )
+    parser.add_argument("--json", action="store_true", help="one JSON event per line")
     args = parser.parse_args(argv)
+    for s in STOP_SIGNALS:  # first, so that nothing it starts can outlive a signal
+        signal.signal(s, _interrupt)
     # Unix socket paths are limited to 107 bytes: keep the temp folder short.
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="rdp-demo-", dir="/tmp"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -325,19 +474,24 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.FileHandler(workdir / "kubelet-simulator.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    demo = Demo(workdir.absolute(), args.keep_running)
+    demo = Demo(workdir.absolute(), args.keep_running, args.json)
     try:
         return demo.run()
+    except Interrupted as got:
+        demo.say.event("interrupted", signal=str(got))
+        print(f"\ndemo: {got}: stopping everything it started", file=sys.stderr)
+        return 128 + got.signum
     except (DemoFailed, TimeoutError, OSError) as err:
+        demo.say.event("failed", error=str(err))
         print(f"\ndemo failed: {err}\nplugin log: {demo.log_path}", file=sys.stderr)
         with contextlib.suppress(OSError):
             tail = demo.log_path.read_text(errors="replace").splitlines()[-20:]
             print("\n".join(tail), file=sys.stderr)
         args.workdir = str(workdir)  # keep the evidence
         return 1
-    except KeyboardInterrupt:
-        return 130
     finally:
+        for s in STOP_SIGNALS:  # nothing may interrupt the cleanup itself
+            signal.signal(s, signal.SIG_IGN)
         demo.close()
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -69,6 +69,10 @@ _CHAR_LAYOUT: dict[str, tuple[str, int, int, int, int]] = {
     "ucm": ("infiniband_cm", 231, 224, 32, 509),
 }
 _CHAR_CLASSES = ("infiniband_verbs", "infiniband_mad", "infiniband_cm")
+_ZERO_GID = "0000:0000:0000:0000:0000:0000:0000:0000"
+#: GID table sizes of the demo node's RoCE ports: mlx5 reports 255 entries, irdma 32.
+MLX5_ROCE_GIDS = 255
+IRDMA_ROCE_GIDS = 32
 _CHAR_NAME = re.compile(r"^(uverbs|umad|issm|ucm)([0-9]+)$")
 _BDF = re.compile(r"^([0-9a-f]{4}):([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$")
 
@@ -78,6 +82,8 @@ class PortSpec:
     number: int = 1
     state: str = "ACTIVE"  # a key of PORT_STATES
     link_layer: str = "InfiniBand"  # or "Ethernet"
+    #: Entries of `gids/` (the port's GID table) to write; 0 = no `gids/` folder.
+    gids: int = 0
 
 
 @dataclass
@@ -164,12 +170,13 @@ def connectx_roce(
     numa_node: int = 0,
     device: str = "101d",
     sub_functions: Sequence[tuple[int, str, str]] = (),
+    gids: int = 0,
 ) -> FunctionSpec:
     """A ConnectX Ethernet port with RoCE (default ConnectX-6 Dx).
 
     `sub_functions`: (sf number, netdev, rdma device) triples, laid out as mlx5 does:
     `mlx5_core.sf.N/` holding `net/` and `infiniband/`, with `mlx5_core.eth.N` and
-    `mlx5_core.rdma.N` auxiliary children below it.
+    `mlx5_core.rdma.N` auxiliary children below it. `gids`: GID table entries per port.
     """
     spec = FunctionSpec(
         address,
@@ -179,7 +186,7 @@ def connectx_roce(
         driver="mlx5_core",
         numa_node=numa_node,
         netdevs=[NetdevSpec(netdev)],
-        rdma=[RdmaSpec(rdma, ports=[PortSpec(1, link_layer="Ethernet")])],
+        rdma=[RdmaSpec(rdma, ports=[PortSpec(1, link_layer="Ethernet", gids=gids)])],
         aux=_mlx5_aux(),
     )
     for number, sf_netdev, sf_rdma in sub_functions:
@@ -188,7 +195,7 @@ def connectx_roce(
                 f"mlx5_core.sf.{number}",
                 driver="mlx5_core.sf",
                 netdevs=[NetdevSpec(sf_netdev)],
-                rdma=[RdmaSpec(sf_rdma, ports=[PortSpec(1, link_layer="Ethernet")])],
+                rdma=[RdmaSpec(sf_rdma, ports=[PortSpec(1, link_layer="Ethernet", gids=gids)])],
                 children=_mlx5_aux(),
             )
         )
@@ -196,7 +203,13 @@ def connectx_roce(
 
 
 def e810(
-    address: str, *, netdev: str, rdma: str | None = "irdma0", numa_node: int = 0, roce: int = 0
+    address: str,
+    *,
+    netdev: str,
+    rdma: str | None = "irdma0",
+    numa_node: int = 0,
+    roce: int = 0,
+    gids: int = 0,
 ) -> FunctionSpec:
     """An Intel E810 port (ice); with `rdma`, an `ice.roce.<roce>` child bound to irdma."""
     aux = []
@@ -205,7 +218,7 @@ def e810(
             AuxSpec(
                 f"ice.roce.{roce}",
                 driver="irdma",
-                rdma=[RdmaSpec(rdma, ports=[PortSpec(1, link_layer="Ethernet")])],
+                rdma=[RdmaSpec(rdma, ports=[PortSpec(1, link_layer="Ethernet", gids=gids)])],
             )
         )
     return FunctionSpec(
@@ -376,6 +389,10 @@ class SysfsTree:
             self._put(f"{prel}/phys_state", _phys_state(port.state))
             self._put(f"{prel}/link_layer", port.link_layer)
             self._put(f"{prel}/rate", "400 Gb/sec (4X NDR)")
+            for index in range(port.gids):
+                # The first pair is the port's own link-local GID (RoCE v1 and v2); the rest free.
+                gid = "fe80:0000:0000:0000:0000:00ff:fe00:0001" if index < 2 else _ZERO_GID
+                self._put(f"{prel}/gids/{index}", gid)
         self._link(f"sys/class/infiniband/{spec.name}", rel)
         if spec.char_devices == "none":
             return
@@ -429,6 +446,11 @@ class SysfsTree:
             raise KeyError(f"no port {port} on RDMA device {rdma!r}")
         self._put(f"{base}/state", _port_state(state))
         self._put(f"{base}/phys_state", _phys_state(state))
+
+    def set_netns_mode(self, shared: bool) -> None:
+        """Write ib_core's `netns_mode` parameter ("Y" shared, "N" exclusive), as `rdma system
+        set netns` changes it."""
+        self._put("sys/module/ib_core/parameters/netns_mode", "Y\n" if shared else "N\n")
 
     def set_operstate(self, netdev: str, operstate: str) -> None:
         """Set a netdev's `operstate` ("up", "down", "lowerlayerdown", ...)."""
@@ -591,7 +613,7 @@ def _inside(path: str, folder: str) -> bool:
 def build_demo_node(root: str | os.PathLike[str]) -> None:
     """Write a GPU training node: 4 ConnectX-7 IB HCAs on 2 NUMA nodes, 2 ConnectX-6 Dx RoCE ports
     (the first with sub-function mlx5_core.sf.2), an E810 with irdma, an igb management NIC and 4
-    GPUs. rdma_cm exists; every port is ACTIVE."""
+    GPUs. rdma_cm exists; every port is ACTIVE; RoCE ports have GID tables (255 and 32)."""
     tree = SysfsTree(root)
     tree.add(
         gpu("0000:19:00.0", numa_node=0),
@@ -608,11 +630,15 @@ def build_demo_node(root: str | os.PathLike[str]) -> None:
             netdev="ens1f0np0",
             numa_node=1,
             sub_functions=[(2, "ens1f0npf0sf2", "mlx5_6")],
+            gids=MLX5_ROCE_GIDS,
         ),
-        connectx_roce("0000:b1:00.1", rdma="mlx5_5", netdev="ens1f1np1", numa_node=1),
-        e810("0000:ca:00.0", netdev="ens2f0", rdma="irdma0", numa_node=1),
+        connectx_roce(
+            "0000:b1:00.1", rdma="mlx5_5", netdev="ens1f1np1", numa_node=1, gids=MLX5_ROCE_GIDS
+        ),
+        e810("0000:ca:00.0", netdev="ens2f0", rdma="irdma0", numa_node=1, gids=IRDMA_ROCE_GIDS),
         igb("0000:05:00.0", netdev="eno1", numa_node=0),
     )
+    tree.set_netns_mode(shared=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

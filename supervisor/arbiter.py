@@ -48,6 +48,7 @@ from common.messages import (
     Hello,
     Message,
     Ready,
+    ReloadStatus,
     Reregister,
     Status,
     StatusRequest,
@@ -56,6 +57,7 @@ from common.messages import (
     WorkerStatus,
     type_name,
 )
+from common.rdma_netns import EXCLUSIVE, EXCLUSIVE_WARNING, read_netns_mode
 from supervisor.config_diff import diff_configs
 from supervisor.control import ControlChannel
 from supervisor.device_state import DeviceState, healthy_count
@@ -157,6 +159,8 @@ class Arbiter:
         self.uevents: Any = None
         self.started = time.time()
         self.config_loaded = time.time()
+        self.last_reload: ReloadStatus | None = None
+        self.netns_mode = ""  # common.rdma_netns: read after every scan
         self.stopping = False
         self.stop_started = 0.0
         self.exit_code: int = exitcodes.OK
@@ -637,6 +641,8 @@ class Arbiter:
             config_loaded=self.config_loaded,
             grpc_loaded="grpc" in sys.modules,
             workers=self.worker_statuses(),
+            last_reload=self.last_reload,
+            rdma_netns_mode=self.netns_mode,
             parent=parent,
         )
 
@@ -778,6 +784,7 @@ class Arbiter:
                 problem.detail,
             )
         self.scan_problems = set(result.problems)
+        self._check_netns_mode()
         full_names = {r.resource_name: r.full_name for r in self.config.resources}
         for name in sorted(changed):
             selected = self.devices.selected(name)
@@ -789,6 +796,18 @@ class Arbiter:
                 trigger,
             )
         self._push_devices(changed)
+
+    def _check_netns_mode(self) -> None:
+        """Exclusive RDMA netns mode breaks sharing: warn with the fix, keep serving (issue 13)."""
+        mode = read_netns_mode(self.options.host_root)
+        if mode == self.netns_mode:
+            return
+        if mode == EXCLUSIVE:
+            LOG.warning("%s", EXCLUSIVE_WARNING)
+        elif self.netns_mode == EXCLUSIVE:
+            LOG.info("RDMA netns mode is %s again: devices can be shared", mode)
+        self.netns_mode = mode
+        self._observe(self.observer.rdma_netns_mode, mode)
 
     def _push_devices(self, changed: set[str]) -> None:
         for record in self.table:
@@ -828,11 +847,13 @@ class Arbiter:
             )
             for problem in problems:
                 LOG.error("config problem: %s", problem)
+            self.last_reload = ReloadStatus(time.time(), False, len(problems), problems[0])
             self._observe(self.observer.config_reloaded, False, problems)
             return
         for warning in config.warnings:
             LOG.warning("config %s: %s", self.options.config_file, warning)
         self.apply_config(config)
+        self.last_reload = ReloadStatus(time.time(), True)
         self._observe(self.observer.config_applied, config)
         self._observe(self.observer.config_reloaded, True, [])
 

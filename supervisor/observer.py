@@ -59,6 +59,9 @@ class Observer:
     def config_reloaded(self, ok: bool, problems: Sequence[str]) -> None:
         """A changed config file was applied (ok) or refused (every problem listed)."""
 
+    def rdma_netns_mode(self, mode: str) -> None:
+        """The RDMA netns mode (shared, exclusive, unknown) was read and differs from before."""
+
     def kubelet_restarted(self) -> None:
         """`kubelet.sock` was replaced."""
 

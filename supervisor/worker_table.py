@@ -227,8 +227,10 @@ class WorkerTable:
                     allocations=record.counters.allocations_ok,
                     mode=record.mode,
                     reason=record.reason,
-                    cdi=cdi_state(record.counters),
                     failures=record.failures,
+                    crash_looping=record.state is not WorkerState.RUNNING
+                    and self.policy.crash_looping(record.failures),
+                    cdi=cdi_state(record.counters),
                 )
             )
         return tuple(rows)

@@ -99,6 +99,8 @@ class StandinSupervisor:
         self.endpoint = f"ipc://{runtime_dir / 'control.sock'}"
         self.heartbeat_interval = heartbeat_interval
         self.heartbeats = True  # False: stay silent, as a dead supervisor would
+        #: Extra environment for spawned workers (e.g. RDMA_SHARED_DP_WORKER_TIMINGS).
+        self.worker_env: dict[str, str] = {}
         self._setups: dict[str, WorkerSetup] = {}
         self._peers: dict[str, _Peer] = {}
         self._outbox: queue.SimpleQueue[tuple[str, Message]] = queue.SimpleQueue()
@@ -125,6 +127,7 @@ class StandinSupervisor:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "PYTHONPATH": str(REPO),
             "RDMA_SHARED_DP_LOG_LEVEL": "DEBUG",
+            **self.worker_env,
         }
         out = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL  # noqa: SIM115
         proc = subprocess.Popen(

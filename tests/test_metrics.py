@@ -118,6 +118,8 @@ ADDED = {
     "rdma_shared_dp_cdi_write_errors_total": ("resource", "reason"),
     # Issue 11: a crash loop is never silent.
     "rdma_shared_dp_worker_consecutive_failures": ("resource",),
+    # Issue 13: exclusive RDMA netns mode breaks sharing without any other series showing it.
+    "rdma_shared_dp_rdma_netns_exclusive": (),
 }
 
 
@@ -150,6 +152,7 @@ def test_every_family_is_exported_with_its_labels() -> None:
     m.worker_failures(RES, 2)
     m.kubelet_restart()
     m.config_reload(True, 1000.0)
+    m.rdma_netns_mode("shared")
     m.set_pod_allocations([PodAllocation("ns", "p", "c", RES, 1)])
     families = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
     # The parser drops `_total` from counter family names; compare on the exported names.
@@ -161,6 +164,17 @@ def test_every_family_is_exported_with_its_labels() -> None:
         sample_labels = {k for s in family.samples for k in s.labels} - {"le"}
         assert sample_labels == set(labels), short
     assert value(m, "build_info", version="1.2.3") == 1
+
+
+def test_rdma_netns_exclusive_follows_the_mode() -> None:
+    m = Metrics("v")
+    assert series(m, "rdma_netns_exclusive") == {}  # unknown: no series beats a false 0
+    m.rdma_netns_mode("exclusive")
+    assert value(m, "rdma_netns_exclusive") == 1
+    m.rdma_netns_mode("shared")
+    assert value(m, "rdma_netns_exclusive") == 0
+    m.rdma_netns_mode("unknown")
+    assert series(m, "rdma_netns_exclusive") == {}
 
 
 def test_resource_gauges_follow_matched_hcas() -> None:

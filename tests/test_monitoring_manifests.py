@@ -252,6 +252,33 @@ def test_alerts_cover_what_issue_5_asks_for() -> None:
         assert wanted in alerts
 
 
+RUNBOOKS = Path(__file__).resolve().parent.parent / "docs" / "runbooks.md"
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to dashes."""
+    out = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", markdown, flags=re.MULTILINE):
+        text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+        out.add(text.replace(" ", "-"))
+    return out
+
+
+def test_every_alert_has_a_runbook_url_to_a_section_of_runbooks_md() -> None:
+    anchors = _anchors(RUNBOOKS.read_text())
+    alerts = [r for r in rules() if "alert" in r]
+    assert len(alerts) >= 11
+    for rule in alerts:
+        url = rule["annotations"].get("runbook_url", "")
+        page, _, fragment = url.partition("#")
+        assert page.endswith("/docs/runbooks.md"), (rule["alert"], url)
+        assert fragment == rule["alert"].lower() and fragment in anchors, (rule["alert"], url)
+
+
+def test_runbook_check_can_fail() -> None:
+    assert "rdmashareddpdown" not in _anchors("# Something else\n## RdmaSharedDpDownx\n")
+
+
 def test_rules_use_only_exported_metrics() -> None:
     for rule in rules():
         used = metric_names(rule["expr"])
@@ -343,6 +370,20 @@ SCENARIOS: list[tuple[str, str, list[tuple[str, str]], str, list[dict[str, str]]
         [{"severity": "critical"}],
     ),
     ("plugin up", "RdmaSharedDpDown", [("up", "1x15")], "10m", []),
+    (
+        "rdma netns exclusive",
+        "RdmaSharedDpRdmaNetnsExclusive",
+        [("rdma_shared_dp_rdma_netns_exclusive", "1x15")],
+        "10m",
+        [{"severity": "warning"}],
+    ),
+    (
+        "rdma netns shared",
+        "RdmaSharedDpRdmaNetnsExclusive",
+        [("rdma_shared_dp_rdma_netns_exclusive", "0x15")],
+        "10m",
+        [],
+    ),
     ("no target at all", "RdmaSharedDpAbsent", [], "20m", [{"severity": "warning", "job": JOB}]),
     (
         "unhealthy devices",
@@ -718,3 +759,12 @@ def test_doc_examples_of_alerts_are_the_alerts() -> None:
         ("The newest config file was refused", "RdmaSharedDpConfigReloadFailing"),
     ):
         assert squash(doc_query(title)) == exprs[alert], title
+
+
+def test_deployment_doc_describes_every_dashboard_panel() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "deployment.md").read_text()
+    section = doc[doc.index("### Dashboard panels") : doc.index("## Upgrading")]
+    described = set(re.findall(r"^\| [^|]+ \| ([^|]+) \| [^|]+ \|$", section, flags=re.MULTILINE))
+    panels = {p["title"] for p in dashboard()["panels"] if p["type"] != "row"}
+    assert panels, "no panels found"
+    assert panels <= {d.strip() for d in described}, f"not described: {panels - described}"

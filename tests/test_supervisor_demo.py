@@ -25,7 +25,9 @@ def test_demo_runs_the_scenario_and_exits_cleanly() -> None:
         text = out.stdout
         for resource in ("rdma/hca_ib", "rdma/hca_roce", "rdma/irdma"):
             assert f"{resource:<14} registered after" in text
-        assert "16 device IDs (0..15), Healthy, NUMA 0,1" in text
+        assert "16 device IDs (0..15), Healthy, NUMA 0,1, on 4 HCAs" in text
+        assert "A device ID is a pod slot, not a piece of hardware" in text
+        assert "`status` shows DEVICES 4: the HCAs" in text
         assert "/dev/infiniband/rdma_cm" in text
         assert "Unhealthy" in text and "back ACTIVE:" in text
         assert "a new worker registered after" in text

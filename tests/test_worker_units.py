@@ -10,15 +10,16 @@ import pytest
 from common.config import MAX_RDMA_HCA_MAX
 from common.messages import Configure, ProtocolError, WorkerSettings, decode, encode
 from tests.standin_supervisor import make_candidate, make_resource
-from workers import registration
 from workers.events import EventQueue, StreamLost
 from workers.main import parse_args
+from workers.registration_fsm import RegistrationMachine
+from workers.timings import WorkerTimings
 
 
 def test_posts_after_close_are_dropped_and_never_hit_a_reused_descriptor() -> None:
     events = EventQueue()
-    events.post(StreamLost(1, 1.0))
-    assert events.drain() == [StreamLost(1, 1.0)]
+    events.post(StreamLost(1, 1))
+    assert events.drain() == [StreamLost(1, 1)]
     write_fd = events._write_fd
     events.close()
     events.close()  # idempotent
@@ -28,7 +29,7 @@ def test_posts_after_close_are_dropped_and_never_hit_a_reused_descriptor() -> No
     try:
         assert write_fd in (read_fd, new_write_fd)
         os.set_blocking(read_fd, False)
-        events.post(StreamLost(2, 2.0))
+        events.post(StreamLost(2, 2))
         with pytest.raises(BlockingIOError):
             os.read(read_fd, 16)
         assert events.drain() == []
@@ -38,13 +39,13 @@ def test_posts_after_close_are_dropped_and_never_hit_a_reused_descriptor() -> No
 
 
 def test_backoff_is_capped_at_one_second_while_absent_and_thirty_once_refused() -> None:
-    assert registration.backoff(0) == 0.0
-    assert registration.backoff(1) == pytest.approx(0.05)
-    assert registration.backoff(2) == pytest.approx(0.1)
-    assert registration.backoff(50) == 1.0
-    assert registration.backoff(1, refused=True) == pytest.approx(0.05)
-    assert 1.0 < registration.backoff(7, refused=True) < 30.0
-    assert registration.backoff(50, refused=True) == 30.0
+    machine = RegistrationMachine(WorkerTimings())
+    delays = [machine._failed("absent", refused=False)[1] for _ in range(8)]
+    assert [d.delay for d in delays[:2]] == pytest.approx([0.05, 0.1])  # type: ignore[union-attr]
+    assert delays[-1].delay == 1.0  # type: ignore[union-attr]
+    refused = [machine._failed("no", refused=True)[1] for _ in range(12)]
+    assert 1.0 < refused[0].delay < 30.0  # type: ignore[union-attr]
+    assert refused[-1].delay == 30.0  # type: ignore[union-attr]
 
 
 def test_parse_args() -> None:

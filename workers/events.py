@@ -14,25 +14,45 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class StreamLost:
-    """The kubelet cancelled the stream or a send failed: it has lost us."""
+class StreamOpened:
+    """The kubelet's ListAndWatch stream of registration `claim` opened on server `generation`."""
 
     generation: int
-    opened_at: float  # time.monotonic() when the stream opened
+    claim: int
 
 
 @dataclass(frozen=True)
-class AttemptDone:
+class StreamLost:
+    """The kubelet's stream ended without us ending it (cancelled, or a send failed).
+
+    Only the kubelet's stream is reported (see `StreamHub.claim`): another local client opening
+    and closing ListAndWatch says nothing about the kubelet.
+    """
+
     generation: int
-    attempt: int
-    ok: bool
+    claim: int
+
+
+@dataclass(frozen=True)
+class SelfCheckDone:
+    """Our own socket answered `GetDevicePluginOptions` (error == "") or not."""
+
+    generation: int
     error: str = ""
-    self_check_failed: bool = False
+
+
+@dataclass(frozen=True)
+class RegisterDone:
+    """A classic `Register` returned: accepted (error == "") or why not."""
+
+    attempt: int
+    generation: int
+    error: str = ""
     #: The kubelet answered and said no (Register's UNKNOWN, or another status that is not
     #: "nobody there"): retried slowly and reported, unlike an absent kubelet.
     refused: bool = False
-    kubelet: tuple[int, int] | None = None  # kubelet.sock (device, inode) when Register was called
-    superseded: bool = False  # not tried: its server was replaced meanwhile (no failure)
+    #: Not sent: its server was replaced before it got to Register (no failure).
+    superseded: bool = False
     sent_at: float = 0.0  # time.monotonic() right before Register was sent
 
 
@@ -45,7 +65,7 @@ class WatcherStatus:
     error: str
 
 
-Event = StreamLost | AttemptDone | WatcherStatus
+Event = StreamOpened | StreamLost | SelfCheckDone | RegisterDone | WatcherStatus
 
 
 class EventQueue:

@@ -1,62 +1,109 @@
-"""Notices, by polling two paths, that the kubelet may have lost this worker (worker process).
+"""Noticing that the kubelet may have lost this worker (worker process, main thread).
 
-A restarting kubelet deletes every socket in the device-plugins folder (ours too) and creates a
-new `kubelet.sock`. Polling two `stat` calls every 50 ms is cheap and notices both well inside
-the 100 ms budget; the third signal, a broken ListAndWatch stream, arrives as an event.
-
-Our own socket vanishing is the primary restart signal: only a kubelet's wipe (or an operator)
-removes it. `kubelet.sock` is compared by (device, inode) alone, plus whether it was seen gone
-in between: its ctime also moves on chmod, chown or a hard link, which are no restart. A
-re-created `kubelet.sock` that reuses the old inode number inside one 50 ms look is missed here,
-but then our socket was wiped and our stream broke, and either of those is noticed.
+A restarting kubelet deletes every socket in the device-plugin folder (ours too, in classic mode)
+and creates a new `kubelet.sock`, usually at the *same inode number* on ext4 when the old kubelet
+was killed. So the primary signals are inotify events (`common.loop.inotify.DirWatch`) on the
+device-plugin folder (`kubelet.sock` created or moved in, or gone) and on the folder of our own
+socket (the plugins-registry folder in watcher mode): an entry of our socket's name removed or
+created. What a new `kubelet.sock` means is `common.kubelet_socket` (shared with the supervisor).
+The stat checks stay as the fallback: every `poll_interval` (50 ms), and the only signal while a
+folder cannot be watched (missing, no inotify), which is tried again every `rewatch_interval`.
+The third signal, the kubelet's ListAndWatch stream ending, arrives as an event.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import stat
+from dataclasses import dataclass, field
 
-#: How often the main loop looks; the budget for noticing a kubelet restart is 100 ms.
-POLL_INTERVAL = 0.05
+from common.kubelet_socket import KUBELET_SOCKET, KubeletChange, KubeletSocket
+from common.loop.inotify import Change, DirWatch
 
-Identity = tuple[int, int, int]
-Inode = tuple[int, int]
-
-
-def socket_identity(path: str) -> Identity | None:
-    """(device, inode, ctime) of the socket at `path`, or None when absent or not a socket.
-
-    For our own socket, which nothing but us has reason to chmod: the change time tells apart a
-    socket someone re-created at our path with a reused inode number.
-    """
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    if not stat.S_ISSOCK(st.st_mode):
-        return None
-    return st.st_dev, st.st_ino, st.st_ctime_ns
+LOG = logging.getLogger("workers.kubelet_watch")
 
 
-def socket_inode(path: str) -> Inode | None:
-    """(device, inode) of the socket at `path`, or None when absent or not a socket."""
-    identity = socket_identity(path)
-    return identity[:2] if identity is not None else None
+@dataclass
+class Seen:
+    """What one look found."""
+
+    kubelet: list[KubeletChange] = field(default_factory=list)
+    own_touched: bool = False  # our socket's name was created or removed: check it
+    rescan: bool = False  # events were lost (or a folder went): compare by stat at once
 
 
-class KubeletSocketWatch:
-    """Tracks `kubelet.sock`: `poll()` says whether it appeared, was replaced, or went away."""
+class KubeletWatch:
+    def __init__(self, device_plugin_dir: str, own_socket: str) -> None:
+        self.device_plugin_dir = os.path.abspath(device_plugin_dir)
+        self.own_dir, self.own_name = os.path.split(os.path.abspath(own_socket))
+        self.kubelet = KubeletSocket(self.device_plugin_dir)
+        self._watches: dict[str, DirWatch] = {}
+        self._warned: set[str] = set()
+        self.ensure()
 
-    def __init__(self, kubelet_socket: str) -> None:
-        self.path = kubelet_socket
-        self.current = socket_inode(kubelet_socket)
+    def folders(self) -> list[str]:
+        return sorted({self.device_plugin_dir, self.own_dir})
 
-    def poll(self) -> str:
-        """ "" when unchanged, else "appeared", "replaced" or "gone"."""
-        now = socket_inode(self.path)
-        before, self.current = self.current, now
-        if now == before:
-            return ""
-        if now is None:
-            return "gone"
-        return "appeared" if before is None else "replaced"
+    def ensure(self) -> bool:
+        """Watch every folder not watched yet; True when the set of descriptors changed."""
+        changed = False
+        for folder in self.folders():
+            current = self._watches.get(folder)
+            if current is not None and not current.gone:
+                continue
+            if current is not None:
+                current.close()
+                del self._watches[folder]
+                changed = True
+            try:
+                self._watches[folder] = DirWatch(folder)
+            except OSError as exc:
+                if folder not in self._warned:
+                    self._warned.add(folder)
+                    LOG.warning(
+                        "cannot watch %s (%s); noticing kubelet restarts by polling only",
+                        folder,
+                        exc,
+                    )
+                continue
+            changed = True
+            if folder in self._warned:
+                self._warned.discard(folder)
+                LOG.info("watching %s again", folder)
+        return changed
+
+    def filenos(self) -> list[int]:
+        return [w.fileno() for w in self._watches.values() if not w.gone]
+
+    def read(self) -> Seen:
+        """Everything the watches queued so far (never blocks)."""
+        seen = Seen()
+        for folder, watch in list(self._watches.items()):
+            for event in watch.read():
+                if event.change in (Change.OVERFLOW, Change.GONE):
+                    seen.rescan = True
+                    continue
+                if folder == self.device_plugin_dir and event.name == KUBELET_SOCKET:
+                    change = (
+                        self.kubelet.created()
+                        if event.change is Change.CREATED
+                        else self.kubelet.removed()
+                    )
+                    if change is not None:
+                        seen.kubelet.append(change)
+                if folder == self.own_dir and event.name == self.own_name:
+                    seen.own_touched = True
+        if seen.rescan:
+            seen.kubelet.extend(self.poll().kubelet)
+            seen.own_touched = True
+        return seen
+
+    def poll(self) -> Seen:
+        """The stat fallback for kubelet.sock (our socket is checked by the caller)."""
+        change = self.kubelet.poll()
+        return Seen(kubelet=[change] if change is not None else [], own_touched=True)
+
+    def close(self) -> None:
+        for watch in self._watches.values():
+            watch.close()
+        self._watches.clear()

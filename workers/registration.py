@@ -1,10 +1,10 @@
-"""Registering with the kubelet, one attempt at a time (worker process, helper threads).
+"""The two calls of a registration, each in a short-lived helper thread (worker process).
 
-Classic mode: check that our own socket answers (`GetDevicePluginOptions`), then `Register` on
-`kubelet.sock`; the kubelet dials back inside that call. Plugin-watcher mode has no call to make:
-the kubelet finds our socket in the plugins-registry dir, so an attempt is only the self-check.
-Each attempt runs in a short-lived thread so the main loop keeps heartbeating while the kubelet
-takes its time; the result comes back as an `AttemptDone` event.
+The self-check asks our own socket `GetDevicePluginOptions`; classic mode then calls `Register`
+on `kubelet.sock`, and the kubelet dials back inside that call. (Plugin-watcher mode has no call
+to make: the kubelet finds our socket in the plugins-registry dir.) The main loop keeps
+heartbeating while the kubelet takes its time; results come back as events
+(`SelfCheckDone`, `RegisterDone`) for the registration state machine.
 """
 
 from __future__ import annotations
@@ -15,35 +15,16 @@ from collections.abc import Callable
 
 import grpc
 
+from common.loop.file_identity import file_id
 from proto.deviceplugin.v1beta1 import api_pb2 as dp
 from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
-from workers.events import AttemptDone, EventQueue
-from workers.kubelet_watch import socket_inode
+from workers.events import EventQueue, RegisterDone, SelfCheckDone
 from workers.servicer import API_VERSION, options
 
-SELF_CHECK_TIMEOUT = 2.0
-#: The kubelet may spend up to 10 s dialling us inside Register.
-REGISTER_TIMEOUT = 15.0
-BACKOFF_FIRST = 0.05
-#: While the kubelet is absent (no kubelet.sock, UNAVAILABLE): every second counts once it is back.
-BACKOFF_CAP = 1.0
-#: When the kubelet answers "no": asking again every second changes nothing and floods its log.
-REFUSED_BACKOFF_CAP = 30.0
 #: Status codes that mean nobody (or nobody working) answered, rather than a refusal.
 _ABSENT_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 )
-
-
-def backoff(failures: int, refused: bool = False) -> float:
-    """Delay before the next attempt after `failures` consecutive failures.
-
-    Capped at 1 s while the kubelet is absent, at 30 s once it has refused us.
-    """
-    if failures <= 0:
-        return 0.0
-    cap = REFUSED_BACKOFF_CAP if refused else BACKOFF_CAP
-    return min(cap, BACKOFF_FIRST * float(2 ** min(failures - 1, 20)))
 
 
 def rpc_reason(err: grpc.RpcError) -> str:
@@ -53,14 +34,14 @@ def rpc_reason(err: grpc.RpcError) -> str:
     return f"{name}: {details}"
 
 
-def self_check(socket_path: str) -> str:
+def self_check(socket_path: str, timeout: float) -> str:
     """'' when our server answers on `socket_path`, else why not."""
     channel = grpc.insecure_channel(f"unix:{socket_path}")
     try:
         dp_grpc.DevicePluginStub(channel).GetDevicePluginOptions(
             # Fail fast: a socket that is gone must not hold up the next attempt.
             dp.Empty(),
-            timeout=SELF_CHECK_TIMEOUT,
+            timeout=timeout,
             wait_for_ready=False,
         )
     except grpc.RpcError as err:
@@ -70,9 +51,11 @@ def self_check(socket_path: str) -> str:
     return ""
 
 
-def register_classic(kubelet_socket: str, endpoint: str, resource_name: str) -> tuple[str, bool]:
+def register_classic(
+    kubelet_socket: str, endpoint: str, resource_name: str, timeout: float
+) -> tuple[str, bool]:
     """('', False) when the kubelet accepted, else (why, whether the kubelet refused)."""
-    if socket_inode(kubelet_socket) is None:
+    if file_id(kubelet_socket) is None:
         # No kubelet: fail now. A channel would keep connecting and could reach the next kubelet
         # after our server has been replaced, registering behind the main loop's back.
         return f"no kubelet: {kubelet_socket} does not exist (yet)", False
@@ -85,7 +68,7 @@ def register_classic(kubelet_socket: str, endpoint: str, resource_name: str) -> 
                 resource_name=resource_name,
                 options=options(),
             ),
-            timeout=REGISTER_TIMEOUT,
+            timeout=timeout,
             wait_for_ready=False,
         )
     except grpc.RpcError as err:
@@ -96,48 +79,43 @@ def register_classic(kubelet_socket: str, endpoint: str, resource_name: str) -> 
     return "", False
 
 
-def start_attempt(
+def start_self_check(
+    events: EventQueue, generation: int, socket_path: str, timeout: float
+) -> threading.Thread:
+    def run() -> None:
+        events.post(SelfCheckDone(generation, self_check(socket_path, timeout)))
+
+    thread = threading.Thread(target=run, name=f"self-check-{generation}", daemon=True)
+    thread.start()
+    return thread
+
+
+def start_register(
     events: EventQueue,
-    generation: int,
     attempt: int,
-    socket_path: str,
-    kubelet_socket: str | None,
+    generation: int,
+    kubelet_socket: str,
     resource_name: str,
     endpoint: str,
-    check_self: bool,
-    before_register: Callable[[], None] | None = None,
-    still_current: Callable[[], bool] | None = None,
+    timeout: float,
+    prepare: Callable[[], bool],
 ) -> threading.Thread:
-    """Run one attempt in a daemon thread; `kubelet_socket=None` means only the self-check.
+    """Send one `Register` in a daemon thread.
 
-    `before_register` runs (in the thread) right before `Register`: the main loop uses it to
-    wait until a stream it ended is really over, so the kubelet sees that end before the new
-    registration (kubernetes#121994). `still_current` says whether our server is still the one
-    serving our socket: the kubelet dials the socket path, so a Register made for a server that
-    was replaced meanwhile would register the new one behind the main loop's back.
+    `prepare` runs (in the thread) right before it: the main loop uses it to wait until the
+    streams it ended are really over, so the kubelet sees that end before the new registration
+    (kubernetes#121994), and to arm the stream claim. It returns False when our server is no
+    longer the one serving our socket: the kubelet dials the socket path, so a Register made for
+    a server replaced meanwhile would register the new one behind the main loop's back.
     """
 
     def run() -> None:
-        if check_self:
-            problem = self_check(socket_path)
-            if problem:
-                events.post(AttemptDone(generation, attempt, False, problem, True))
-                return
-        error, refused, kubelet, sent_at = "", False, None, 0.0
-        if kubelet_socket:
-            if before_register is not None:
-                before_register()
-            if still_current is not None and not still_current():
-                events.post(AttemptDone(generation, attempt, False, "superseded", superseded=True))
-                return
-            kubelet = socket_inode(kubelet_socket)
-            sent_at = time.monotonic()
-            error, refused = register_classic(kubelet_socket, endpoint, resource_name)
-        events.post(
-            AttemptDone(
-                generation, attempt, not error, error, False, refused, kubelet, sent_at=sent_at
-            )
-        )
+        if not prepare():
+            events.post(RegisterDone(attempt, generation, superseded=True))
+            return
+        sent_at = time.monotonic()
+        error, refused = register_classic(kubelet_socket, endpoint, resource_name, timeout)
+        events.post(RegisterDone(attempt, generation, error, refused, sent_at=sent_at))
 
     thread = threading.Thread(target=run, name=f"register-{attempt}", daemon=True)
     thread.start()

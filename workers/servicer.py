@@ -27,7 +27,7 @@ from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from proto.pluginregistration.v1 import api_pb2 as reg
 from proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from workers import plan as planning
-from workers.events import EventQueue, StreamLost, WatcherStatus
+from workers.events import EventQueue, StreamLost, StreamOpened, WatcherStatus
 
 LOG = logging.getLogger("workers.servicer")
 
@@ -44,11 +44,11 @@ CHECK_EVERY = 1024
 #: Longest piece of an unknown ID quoted back in an error.
 MAX_SHOWN_ID = 64
 #: ListAndWatch streams one worker serves at once. Each holds a thread of the worker's gRPC pool
-#: (workers.main.GRPC_THREADS, 8) for its whole life, so the bound keeps threads free for the
+#: (8 threads, workers.serving) for its whole life, so the bound keeps threads free for the
 #: kubelet's unary calls. The kubelet needs one (two while an old registration's stream is
 #: ending); the rest is room for a debugging client. Beyond the bound a new stream is refused
-#: with RESOURCE_EXHAUSTED, except the one expected from the kubelet: it is always admitted and
-#: ends the oldest other stream instead.
+#: with RESOURCE_EXHAUSTED, except the kubelet's (the claimed one, see StreamHub): it is always
+#: admitted and ends the oldest other stream instead.
 MAX_STREAMS = 4
 #: Refused streams are logged at most this often (a client retrying in a loop would flood).
 REFUSAL_LOG_INTERVAL = 10.0
@@ -182,17 +182,12 @@ class Counters:
 @dataclass(eq=False)
 class _Stream:
     generation: int
-    #: time.monotonic() at open: a stream opened before the current registration's Register
-    #: was sent belongs to an older registration.
-    opened_at: float
+    opened_at: float  # time.monotonic()
+    #: The registration whose stream this is, when it is the kubelet's; None: another client's.
+    claim: int | None = None
     ended: bool = False  # set when we end it (replaced, server stopping); the kubelet did not
     over: bool = False  # the RPC has terminated (gRPC's callback ran)
-    #: The first stream opened after the hub was armed (start, end_all before a Register,
-    #: end_generation, the plugin watcher's GetInfo, expect_kubelet): the kubelet's. Only it
-    #: becomes live and reports StreamLost; any other client's stream is served but can neither
-    #: stand in for nor break the registration.
-    kubelet: bool = False
-    refused: bool = False  # over the stream bound: the handler refuses it at once
+    refused: bool = False  # over the stream bound (MAX_STREAMS): the handler refuses it at once
     #: Cancels the RPC, so an ended stream whose thread is blocked sending to a client that does
     #: not read frees its thread too.
     cancel: Callable[[], None] | None = None
@@ -201,14 +196,21 @@ class _Stream:
 class StreamHub:
     """The published state and the ListAndWatch streams.
 
-    The newest stream of the kubelet's is the live one (it opens one per registration; see
-    `_Stream.kubelet` for how it is told from other clients' streams). An older stream
-    is never ended just because a newer one opened: kubelets 1.26-1.35 keep an old
-    registration's stream open, and when it ends they disconnect the *current* registration
+    Only the kubelet's stream counts. The main loop arms a claim right before it sends Register
+    (in watcher mode: once the socket is served), and the first stream to open after that is the
+    kubelet's (the kubelet opens it while, or right after, it handles our registration); it is
+    the live one, reported as StreamOpened and, ending without us ending it, as StreamLost.
+    Streams opened with no claim armed are another local client's: served like any other, but
+    their end says nothing about the kubelet. (A client that opens one between our Register and
+    the kubelet's dial would be taken for the kubelet; nothing in the call tells them apart.)
+    An older stream is never ended just because a newer one opened: kubelets 1.26-1.35 keep an
+    old registration's stream open, and when it ends they disconnect the *current* registration
     (kubernetes#121994). The kubelet ends old streams itself, or we end them all right before we
-    register again. The live stream terminating without us having ended it means the kubelet
-    lost us: that is reported as StreamLost (an older one's end too; the main loop tells them
-    apart by `opened_at`).
+    register again.
+
+    At most MAX_STREAMS streams hold a gRPC thread at once: beyond that another client's new
+    stream is refused, while the kubelet's (claimed) one is admitted and ends the oldest
+    unclaimed stream.
     """
 
     def __init__(self, events: EventQueue, counters: Counters) -> None:
@@ -220,10 +222,22 @@ class StreamHub:
         self._live: _Stream | None = None
         self._open: set[_Stream] = set()
         self._first_live_generation = 0
+        self._claim: int | None = None
+        self._watcher_claims = 0
         #: Admitted streams whose RPC is not over (each holds a gRPC thread), oldest first.
         self._running: list[_Stream] = []
-        self._expect_kubelet = True
         self._refusals = LogThrottle(REFUSAL_LOG_INTERVAL)
+
+    def claim(self, claim: int) -> None:
+        """The next stream to open is the kubelet's, of registration `claim`."""
+        with self._cond:
+            self._claim = claim
+
+    def claim_next(self) -> None:
+        """The plugin watcher called GetInfo: its kubelet opens the next stream (claims < 0)."""
+        with self._cond:
+            self._watcher_claims -= 1
+            self._claim = self._watcher_claims
 
     @property
     def published(self) -> Published | None:
@@ -246,11 +260,10 @@ class StreamHub:
                 # Its server is being stopped: end at once, and it was not the kubelet's doing.
                 stream.ended = True
                 return stream
-            stream.kubelet, self._expect_kubelet = self._expect_kubelet, False
             running = [s for s in self._running if not s.over]
             if len(running) >= MAX_STREAMS:
-                others = [s for s in running if not s.kubelet]
-                if not stream.kubelet:
+                others = [s for s in running if s.claim is None]
+                if self._claim is None:
                     stream.refused = stream.ended = True
                 elif others:
                     evicted = others[0]
@@ -260,7 +273,8 @@ class StreamHub:
             if not stream.refused:
                 self._running = [*running, stream]
                 self._open.add(stream)
-                if stream.kubelet:
+                if self._claim is not None:
+                    stream.claim, self._claim = self._claim, None
                     self._live = stream
                     self._counters.stream_open = True
             self._cond.notify_all()
@@ -281,12 +295,9 @@ class StreamHub:
                     MAX_STREAMS,
                     swallowed,
                 )
+        if stream.claim is not None:
+            self._events.post(StreamOpened(generation, stream.claim))
         return stream
-
-    def expect_kubelet(self) -> None:
-        """The next stream to open is the kubelet's (call right before registering)."""
-        with self._cond:
-            self._expect_kubelet = True
 
     def open_count(self) -> int:
         """Streams holding a gRPC thread now."""
@@ -310,7 +321,6 @@ class StreamHub:
             self._open.clear()
             self._live = None
             self._counters.stream_open = False
-            self._expect_kubelet = True
             self._cond.notify_all()
             return ended
 
@@ -335,14 +345,13 @@ class StreamHub:
             if self._live is not None and self._live.ended:
                 self._live = None
                 self._counters.stream_open = False
-            self._expect_kubelet = True
             self._cond.notify_all()
 
     def terminated(self, stream: _Stream) -> None:
         """gRPC's callback: the RPC is over, for whatever reason."""
         with self._cond:
             stream.over = True
-            lost = not stream.ended and stream.kubelet
+            lost = not stream.ended and stream.claim is not None
             stream.ended = True
             self._open.discard(stream)
             self._running = [s for s in self._running if not s.over]
@@ -350,8 +359,8 @@ class StreamHub:
                 self._live = None
                 self._counters.stream_open = False
             self._cond.notify_all()
-        if lost:
-            self._events.post(StreamLost(stream.generation, stream.opened_at))
+        if lost and stream.claim is not None:
+            self._events.post(StreamLost(stream.generation, stream.claim))
 
     def next_snapshot(
         self, stream: _Stream, seen: int
@@ -549,10 +558,10 @@ class RegistrationServicer(reg_grpc.RegistrationServicer):  # type: ignore[misc]
     def __init__(
         self,
         events: EventQueue,
+        hub: StreamHub,
         generation: int,
         resource_name: str,
         endpoint: str,
-        hub: StreamHub | None = None,
     ) -> None:
         self._events = events
         self._hub = hub
@@ -565,9 +574,7 @@ class RegistrationServicer(reg_grpc.RegistrationServicer):  # type: ignore[misc]
         )
 
     def GetInfo(self, request: reg.InfoRequest, context: grpc.ServicerContext) -> reg.PluginInfo:
-        # The plugin watcher asks this right before it connects and opens its stream.
-        if self._hub is not None:
-            self._hub.expect_kubelet()
+        self._hub.claim_next()  # the kubelet's device manager dials us and opens a stream next
         return self._info
 
     def NotifyRegistrationStatus(
@@ -591,6 +598,5 @@ def add_services(
     )
     if watcher_endpoint is not None:
         reg_grpc.add_RegistrationServicer_to_server(
-            RegistrationServicer(events, generation, resource_name, watcher_endpoint, hub),
-            server,
+            RegistrationServicer(events, hub, generation, resource_name, watcher_endpoint), server
         )

@@ -13,7 +13,6 @@ stat polling as the only signal and try again later.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import enum
 import errno
 import os
@@ -57,7 +56,9 @@ _libc: ctypes.CDLL | None = None
 def _lib() -> ctypes.CDLL:
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The symbols of the running interpreter, libc among them: `ctypes.util.find_library`
+        # would import subprocess and shutil (~0.6 MiB in every worker) and run ldconfig.
+        _libc = ctypes.CDLL(None, use_errno=True)
     return _libc
 
 

@@ -22,14 +22,23 @@ def _print_config_errors(err: ConfigError, path: str) -> None:
         print(f"  - {problem}", file=sys.stderr)
 
 
-def validate_config(path: str) -> int:
+def validate_config(path: str, strict: bool = False) -> int:
+    """Exit 0 for a good config (warnings printed too), 3 when refused, 6 with `--strict` when
+    the only problems are warnings."""
     try:
         config = load_config_file(path)
     except ConfigError as err:
         _print_config_errors(err, path)
         return exitcodes.CONFIG_INVALID
     names = ", ".join(r.full_name for r in config.resources)
-    print(f"{path}: ok ({len(config.resources)} resource(s): {names})")
+    warned = f", {len(config.warnings)} warning(s)" if config.warnings else ""
+    print(f"{path}: ok ({len(config.resources)} resource(s): {names}){warned}")
+    sys.stdout.flush()  # the ok line first, then the warnings, also when both go to one pipe
+    for warning in config.warnings:
+        print(f"  warning: {warning}", file=sys.stderr)
+    if strict and config.warnings:
+        print(f"{path}: refused under --strict: fix the warning(s) above", file=sys.stderr)
+        return exitcodes.CONFIG_WARNINGS
     return exitcodes.OK
 
 
@@ -68,22 +77,21 @@ def discover(args: argparse.Namespace) -> int:
 def demo(args: argparse.Namespace) -> int:
     """Run the real plugin on a simulated node, narrated (`simulator.demo`).
 
-    The kubelet simulator speaks gRPC, and this process must stay free of it, so the demo runs
-    in a fresh interpreter that in turn starts `rdma-shared-dp run` as its own subprocess.
+    The kubelet simulator speaks gRPC, and this process must stay free of it, so this process
+    becomes a fresh interpreter running the demo (exec: same pid, so `kill <pid>` and Ctrl-C
+    reach the demo itself, which stops everything it started). The demo starts
+    `rdma-shared-dp run` as its own subprocess.
     """
-    import signal
-    import subprocess
-
     command = [sys.executable, "-m", "simulator.demo"]
     if args.workdir:
         command += ["--workdir", args.workdir]
     if getattr(args, "keep_running", False):
         command.append("--keep-running")
-    child = subprocess.Popen(command)
-    # Ctrl-C reaches the demo too (same process group); it stops the plugin and exits, and
-    # this process waits for that instead of leaving its output behind the shell prompt.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return child.wait()
+    if getattr(args, "json", False):
+        command.append("--json")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, command)
 
 
 def status(args: argparse.Namespace) -> int:
@@ -93,7 +101,7 @@ def status(args: argparse.Namespace) -> int:
         answer = fetch_status(args.runtime_dir)
     except StatusError as err:
         print(f"status: {err}", file=sys.stderr)
-        return 1
+        return exitcodes.NO_SUPERVISOR
     print(render_json(answer) if args.json else render_text(answer), end="")
     return exitcodes.OK
 

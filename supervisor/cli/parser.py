@@ -32,41 +32,115 @@ def _env_flag(name: str) -> bool:
     return _env(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _h(flag: str, text: str, default: str | None = None) -> str:
+    """A run flag's help: what it does, its built-in default and its environment variable."""
+    env = ENV_PREFIX + flag.upper().replace("-", "_")
+    shown = "off" if default == "" else f"{default!r}" if default is not None else "off"
+    return f"{text} (default: {shown}; env {env})"
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--config-file", "-config-file", default=_env("config-file", DEFAULT_CONFIG_FILE)
+        "--config-file",
+        "-config-file",
+        default=_env("config-file", DEFAULT_CONFIG_FILE),
+        help=_h(
+            "config-file", "the JSON config (the ConfigMap's config.json)", DEFAULT_CONFIG_FILE
+        ),
     )
-    p.add_argument("--use-cdi", "-use-cdi", action="store_true", default=_env_flag("use-cdi"))
-    p.add_argument("--host-root", default=_env("host-root", "/"))
     p.add_argument(
-        "--device-plugin-dir", default=_env("device-plugin-dir", "/var/lib/kubelet/device-plugins")
+        "--use-cdi",
+        "-use-cdi",
+        action="store_true",
+        default=_env_flag("use-cdi"),
+        help=_h(
+            "use-cdi",
+            "answer Allocate with CDI device names and write CDI specs; the "
+            "variable takes 1/true/yes/on",
+        ),
+    )
+    p.add_argument(
+        "--host-root",
+        default=_env("host-root", "/"),
+        help=_h(
+            "host-root",
+            "the host's root: sysfs is read under <host-root>/sys, char devices "
+            "checked under <host-root>/dev",
+            "/",
+        ),
+    )
+    p.add_argument(
+        "--device-plugin-dir",
+        default=_env("device-plugin-dir", "/var/lib/kubelet/device-plugins"),
+        help=_h(
+            "device-plugin-dir",
+            "where kubelet.sock is and plugin sockets go",
+            "/var/lib/kubelet/device-plugins",
+        ),
     )
     p.add_argument(
         "--plugins-registry-dir",
         default=_env("plugins-registry-dir", "/var/lib/kubelet/plugins_registry"),
+        help=_h(
+            "plugins-registry-dir",
+            "the kubelet's plugin-watcher folder (watcher mode)",
+            "/var/lib/kubelet/plugins_registry",
+        ),
     )
     p.add_argument(
         "--registration-mode",
         choices=("auto", "classic", "watcher"),
         default=_env("registration-mode", "auto"),
+        help=_h(
+            "registration-mode",
+            "classic: register through kubelet.sock; watcher: a socket "
+            "in the plugins-registry folder; auto: watcher when that folder exists",
+            "auto",
+        ),
     )
-    p.add_argument("--cdi-dir", default=_env("cdi-dir", "/var/run/cdi"))
-    p.add_argument("--runtime-dir", default=_env("runtime-dir", "/run/rdma-shared-dp"))
+    p.add_argument(
+        "--cdi-dir",
+        default=_env("cdi-dir", "/var/run/cdi"),
+        help=_h("cdi-dir", "where CDI specs are written with --use-cdi", "/var/run/cdi"),
+    )
+    p.add_argument(
+        "--runtime-dir",
+        default=_env("runtime-dir", "/run/rdma-shared-dp"),
+        help=_h(
+            "runtime-dir",
+            "the supervisor's private folder (control socket, lock)",
+            "/run/rdma-shared-dp",
+        ),
+    )
     p.add_argument(
         "--metrics-address",
         default=_env("metrics-address", DEFAULT_METRICS_ADDRESS),
-        help="host:port for /metrics, /healthz and /readyz; empty turns the HTTP server off",
+        help=_h(
+            "metrics-address",
+            "host:port for /metrics, /healthz and /readyz; empty turns the HTTP server off",
+            DEFAULT_METRICS_ADDRESS,
+        ),
     )
     p.add_argument(
         "--pod-resources-socket",
         default=_env("pod-resources-socket", "/var/lib/kubelet/pod-resources/kubelet.sock"),
+        help=_h(
+            "pod-resources-socket",
+            "the kubelet's PodResources API, for per-pod metrics; empty turns them off",
+            "/var/lib/kubelet/pod-resources/kubelet.sock",
+        ),
     )
     p.add_argument(
         "--uevent-source",
         choices=("kernel", "udev", "off"),
         default=_env("uevent-source", "kernel"),
-        help="where device-change hints come from: the kernel's netlink socket (works without "
-        "udevd), udevd's processed events, or off (periodic rescans only)",
+        help=_h(
+            "uevent-source",
+            "where device-change hints come from: the kernel's netlink "
+            "socket (works without udevd), udevd's processed events, or off (periodic "
+            "rescans only)",
+            "kernel",
+        ),
     )
     _add_log_flags(p)
 
@@ -76,8 +150,14 @@ def _add_log_flags(p: argparse.ArgumentParser) -> None:
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         default=_env("log-level", "info"),
+        help=_h("log-level", "least severe level logged", "info"),
     )
-    p.add_argument("--log-format", choices=("text", "json"), default=_env("log-format", "text"))
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=_env("log-format", "text"),
+        help=_h("log-format", "text lines, or one JSON object per line", "text"),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,15 +185,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_log_flags(discover)
 
     validate = sub.add_parser("validate-config", help="check a config file", allow_abbrev=False)
-    validate.add_argument("path")
+    validate.add_argument("path", help="the config file (the ConfigMap's config.json value)")
+    validate.add_argument(
+        "--strict",
+        action="store_true",
+        help="treat warnings (missing rdmaHcaMax, deprecated devices, ...) as failures: exit 6",
+    )
 
     demo = sub.add_parser(
         "demo", help="run on a built-in simulated node with a kubelet simulator", allow_abbrev=False
     )
     demo.add_argument("--workdir", default=None, help="where to build the node (default: temp)")
     demo.add_argument(
-        "--keep-running", action="store_true", help="stay up after the scenario until Ctrl-C"
+        "--keep-running",
+        action="store_true",
+        help="stay up after the scenario until Ctrl-C or SIGTERM, and print the status and curl "
+        "commands to look at it",
     )
+    demo.add_argument("--json", action="store_true", help="one JSON event per line (for tests)")
 
     sub.add_parser("version", help="print the version")
 
@@ -141,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "validate-config":
         from supervisor.cli.commands import validate_config
 
-        return validate_config(args.path)
+        return validate_config(args.path, strict=args.strict)
     if args.command == "discover":
         from supervisor.cli.commands import discover
 

@@ -15,7 +15,8 @@ from dataclasses import asdict
 
 import zmq
 
-from common.messages import ProtocolError, Status, StatusRequest, decode, encode
+from common.messages import ProtocolError, ReloadStatus, Status, StatusRequest, decode, encode
+from common.rdma_netns import EXCLUSIVE, EXCLUSIVE_WARNING
 from supervisor.control import SOCKET_NAME, endpoint_for
 
 TIMEOUT = 3.0
@@ -109,8 +110,12 @@ def render_text(status: Status) -> str:
     lines = [
         f"supervisor pid {status.pid}, up since {_when(status.started)}, config "
         f"{status.config_file} (loaded {_when(status.config_loaded)})",
-        "",
+        f"last reload: {_reload(status.last_reload)}",
+        f"RDMA netns mode: {status.rdma_netns_mode or 'not read yet'}",
     ]
+    if status.rdma_netns_mode == EXCLUSIVE:
+        lines.append(f"warning: {EXCLUSIVE_WARNING}")
+    lines.append("")
     lines += ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in rows]
     notes = [
         f"  {w.resource}: {w.state}: {w.reason}"
@@ -126,7 +131,25 @@ def render_text(status: Status) -> str:
     ]
     if notes:
         lines += ["", "not serving:", *notes]
+    looping = [
+        f"  {w.resource}: {w.failures} quick failures in a row; retried slowly ({w.reason})"
+        for w in status.workers
+        if w.crash_looping
+    ]
+    if looping:
+        lines += ["", "crash-looping:", *looping]
     return "\n".join(lines) + "\n"
+
+
+def _reload(reload: ReloadStatus | None) -> str:
+    if reload is None:
+        return "none since start"
+    if reload.ok:
+        return f"{_when(reload.at)} applied"
+    return (
+        f"{_when(reload.at)} refused ({reload.problems} problem(s)), the running config stays; "
+        f"first: {reload.first_problem}"
+    )
 
 
 def render_json(status: Status) -> str:

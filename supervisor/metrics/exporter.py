@@ -151,6 +151,12 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         (),
         "1 when the newest config file was loaded, 0 while it is refused (the previous one runs).",
     ),
+    "rdma_netns_exclusive": (
+        "gauge",
+        (),
+        "1 when the RDMA subsystem is in exclusive network-namespace mode (pods cannot share "
+        "devices), 0 in shared mode; absent while unknown.",
+    ),
     "device_scans_total": ("counter", ("trigger",), "Full sysfs device scans, by trigger."),
     "device_scan_duration_seconds": ("histogram", (), "Time a full sysfs device scan took."),
     "device_scan_errors_total": (
@@ -292,6 +298,7 @@ class Metrics:
         self._reloads: dict[str, int] = {SUCCESS: 0, FAILURE: 0}
         self._last_reload_success: float | None = None
         self._last_reload_ok: bool | None = None  # None until the config is first loaded
+        self._netns_exclusive: bool | None = None  # None while the mode is unknown
         self._scans: dict[str, int] = {}
         self._scan_errors: dict[str, int] = {}
         self._scan_duration = _Histogram.empty(SCAN_BUCKETS)
@@ -422,6 +429,11 @@ class Metrics:
             if ok:
                 self._last_reload_success = when
 
+    def rdma_netns_mode(self, mode: str) -> None:
+        """The RDMA netns mode as `common.rdma_netns` read it: shared, exclusive or unknown."""
+        with self._lock:
+            self._netns_exclusive = {"shared": False, "exclusive": True}.get(mode)
+
     def set_pod_allocations(self, rows: Sequence[PodAllocation]) -> None:
         """The PodResources snapshot, already filtered to this plugin's resources (replaces all)."""
         pods: dict[tuple[str, str, str, str], int] = {}
@@ -460,6 +472,8 @@ class Metrics:
                 add("config_last_reload_success_timestamp_seconds", [], self._last_reload_success)
             if self._last_reload_ok is not None:
                 add("config_last_reload_successful", [], 1 if self._last_reload_ok else 0)
+            if self._netns_exclusive is not None:
+                add("rdma_netns_exclusive", [], 1 if self._netns_exclusive else 0)
             for trigger, n in sorted(self._scans.items()):
                 add("device_scans_total", [trigger], n)
             for reason, n in sorted(self._scan_errors.items()):

@@ -8,7 +8,8 @@ the loop last stored (a timestamp, a tuple), never walk the loop's live structur
 - `/metrics`: the Prometheus text format.
 - `/healthz`: 200 while `health()` says the loop is alive, else 503; the body is its message.
 - `/readyz`: 200 when `ready()` says every configured resource is registered, else 503 with the
-  body naming which are not and why.
+  body naming which are not and why. Notes (a refused config reload, exclusive RDMA netns mode)
+  follow as `note: ...` lines without changing the status: the running config still serves.
 
 Addresses: `":9478"` (all interfaces: IPv6 and IPv4 when the host has IPv6, IPv4 otherwise),
 `"0.0.0.0:9478"`, `"127.0.0.1:0"` (a free port, for tests), `"[::1]:9478"`, `"localhost:9478"`.
@@ -168,6 +169,7 @@ class Probes:
         self._clock = clock
         self._last_turn = clock()
         self._resources: tuple[tuple[str, str | None], ...] | None = None
+        self._notes: tuple[tuple[str, str], ...] = ()
 
     def loop_turned(self) -> None:
         self._last_turn = self._clock()
@@ -175,6 +177,15 @@ class Probes:
     def set_resources(self, not_ready: Mapping[str, str | None]) -> None:
         """Every configured resource -> None when registered, else why not (one short line)."""
         self._resources = tuple(sorted(not_ready.items()))
+
+    def set_note(self, key: str, text: str | None) -> None:
+        """A line /readyz adds after its verdict (None removes it); it never makes it fail."""
+        notes = dict(self._notes)
+        if text is None:
+            notes.pop(key, None)
+        else:
+            notes[key] = text
+        self._notes = tuple(sorted(notes.items()))
 
     def health(self) -> tuple[bool, str]:
         idle = self._clock() - self._last_turn
@@ -186,6 +197,11 @@ class Probes:
         return True, f"supervisor loop turned {idle:.1f}s ago"
 
     def ready(self) -> tuple[bool, str]:
+        ok, text = self._verdict()
+        notes = "".join(f"\nnote: {note}" for _, note in self._notes)
+        return ok, text + notes
+
+    def _verdict(self) -> tuple[bool, str]:
         resources = self._resources
         if resources is None:
             return False, "starting: no resource has been configured yet"

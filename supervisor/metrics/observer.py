@@ -24,6 +24,7 @@ import psutil
 from common.config import Config
 from common.devices import Candidate, Scan
 from common.messages import WorkerCounters, WorkerStatus
+from common.rdma_netns import EXCLUSIVE, EXCLUSIVE_WARNING
 from supervisor.cli.parser import VERSION
 from supervisor.metrics.exporter import Metrics
 from supervisor.metrics.http_server import MetricsServer, Probes, start_metrics_server
@@ -79,7 +80,20 @@ class MetricsObserver(Observer):
         self._publish_readiness()
 
     def config_reloaded(self, ok: bool, problems: Sequence[str]) -> None:
-        self.metrics.config_reload(ok, time.time())
+        now = time.time()
+        self.metrics.config_reload(ok, now)
+        note = None
+        if not ok:
+            first = problems[0] if problems else "invalid config"
+            note = (
+                f"config reload refused at {_utc(now)} ({len(problems)} problem(s), first: "
+                f"{first}); the running config keeps serving"
+            )
+        self.probes.set_note("reload", note)
+
+    def rdma_netns_mode(self, mode: str) -> None:
+        self.metrics.rdma_netns_mode(mode)
+        self.probes.set_note("netns", EXCLUSIVE_WARNING if mode == EXCLUSIVE else None)
 
     def scan_finished(
         self,
@@ -192,6 +206,10 @@ class MetricsObserver(Observer):
             return  # it just exited: the state machine reports that
         self._processes[resource] = (proc, now)
         self.metrics.worker_process(resource, rss, cpu.user + cpu.system, pid)
+
+
+def _utc(unix: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix))
 
 
 def _not_ready(status: WorkerStatus | None) -> str | None:

@@ -39,11 +39,12 @@ INJECTED = "injected: numa_node 18446744073709551616 does not fit int64"
 CRASHING_WORKER = f"""
 import sys
 import workers.main as m
+import workers.worker as w
 
-def configure(self, msg):
+def apply(self, *args):
     raise ValueError({INJECTED!r})
 
-m.Worker._configure = configure
+w.Worker._apply = apply
 sys.exit(m.main())
 """
 

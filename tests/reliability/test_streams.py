@@ -5,6 +5,7 @@ when the other streams end, and the stream bound's admission rules on the hub it
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,11 +19,13 @@ from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from tests.conditions import wait_until
 from tests.reliability.footprint import Footprint
 from tests.standin_supervisor import Rig, make_candidate, make_resource
-from workers import main as worker_main
 from workers import servicer
 from workers.events import EventQueue, StreamLost
+from workers.serving import Serving
 
 RESOURCE = make_resource("hca_a", "example.com", 8)
+#: The worker's gRPC pool size.
+POOL = inspect.signature(Serving.__init__).parameters["threads"].default
 FULL = "example.com/hca_a"
 OTHERS = 50
 #: Generous: the test asserts the calls are answered; make bench reports the latency.
@@ -62,7 +65,7 @@ def _socket(rig: Rig) -> str:
 
 
 def test_the_pool_keeps_threads_for_unary_calls() -> None:
-    assert worker_main.GRPC_THREADS - servicer.MAX_STREAMS >= 4
+    assert POOL - servicer.MAX_STREAMS >= 4
 
 
 def test_fifty_other_streams_cannot_starve_the_kubelet(rig: Rig) -> None:
@@ -77,7 +80,7 @@ def test_fifty_other_streams_cannot_starve_the_kubelet(rig: Rig) -> None:
         assert {e.code() for e in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
         assert "ListAndWatch streams are open" in refused[0].details()
         held = Footprint.of(pid)
-        assert held.threads <= before.threads + worker_main.GRPC_THREADS
+        assert held.threads <= before.threads + POOL
         timings = []
         for i in range(20):
             start = time.perf_counter()
@@ -115,7 +118,7 @@ def test_fifty_other_streams_cannot_starve_the_kubelet(rig: Rig) -> None:
         for call in admitted:
             call.cancel()
         channel.close()
-    cap = before.threads + worker_main.GRPC_THREADS
+    cap = before.threads + POOL
     wait_until(lambda: Footprint.of(pid).threads <= cap, 10, what="threads within the pool")
     later = Footprint.of(pid)
     assert later.fds <= first.fds + 4, f"fds {first.fds} -> {later.fds}"
@@ -132,42 +135,46 @@ def _appender(to: list[int], value: int) -> Callable[[], None]:
     return lambda: to.append(value)
 
 
-def test_the_kubelets_expected_stream_ends_the_oldest_other() -> None:
+def test_the_kubelets_claimed_stream_ends_the_oldest_other() -> None:
     hub, events = _hub()
     cancelled: list[int] = []
+    hub.claim(1)  # right before Register
     kubelet = hub.open(1)
-    assert kubelet.kubelet and hub.live(1) is kubelet
+    assert kubelet.claim == 1 and hub.live(1) is kubelet
     others = [hub.open(1, _appender(cancelled, i)) for i in range(servicer.MAX_STREAMS - 1)]
-    assert not any(s.kubelet or s.refused for s in others)
+    assert not any(s.claim is not None or s.refused for s in others)
     assert hub.live(1) is kubelet, "another client's stream became the live one"
     assert hub.open(1).refused
-    hub.expect_kubelet()  # a registration is about to be made
+    hub.claim(2)  # a registration is about to be made
     again = hub.open(1)
-    assert again.kubelet and not again.refused and hub.live(1) is again
+    assert again.claim == 2 and not again.refused and hub.live(1) is again
     assert others[0].ended and cancelled == [0]
     # The evicted RPC holds its thread until gRPC says it is over (the cancel makes that soon).
     assert hub.open_count() == servicer.MAX_STREAMS + 1
     hub.terminated(others[0])
     assert hub.open_count() == servicer.MAX_STREAMS
     # Others ending is never StreamLost; the kubelet's is.
+    events.drain()
     for stream in others:
         hub.terminated(stream)
-    assert events.drain() == []
+    assert not any(isinstance(e, StreamLost) for e in events.drain())
     hub.terminated(again)
     assert [type(e) for e in events.drain()] == [StreamLost]
     assert hub.open_count() == 1
 
 
-def test_end_all_arms_for_the_kubelet_and_frees_slots() -> None:
+def test_end_all_frees_slots_for_the_next_registration() -> None:
     hub, events = _hub()
     streams = [hub.open(1) for _ in range(servicer.MAX_STREAMS)]
     assert hub.open(1).refused
     ended = hub.end_all()
     assert set(ended) == set(streams) and all(s.ended for s in streams)
     # Their RPCs are still running (threads held) until gRPC's callback says they are over:
-    # the next kubelet stream is admitted anyway.
+    # the kubelet's next stream is admitted anyway.
+    hub.claim(7)
     nxt = hub.open(1)
-    assert nxt.kubelet and not nxt.refused
+    assert nxt.claim == 7 and not nxt.refused
+    events.drain()
     for stream in streams:
         hub.terminated(stream)
     assert hub.open_count() == 1

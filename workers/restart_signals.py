@@ -1,0 +1,110 @@
+"""What the kubelet watch sees, as events for the registration state machine (worker process).
+
+Counts kubelet restarts (the shared definition, `common.kubelet_socket`) for the heartbeat,
+dates a new `kubelet.sock` by its ctime (a registration sent after that went to the new kubelet
+already), and tells our socket removed or replaced (serve afresh) from the path of another live
+server coming free (serve now).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import zmq
+
+from common.kubelet_socket import KubeletChange
+from workers import registration_io as fsm
+from workers.kubelet_watch import KubeletWatch, Seen
+from workers.servicer import Counters
+from workers.serving import Serving
+
+LOG = logging.getLogger("workers")
+
+
+class RestartSignals:
+    def __init__(
+        self,
+        watch: KubeletWatch,
+        own_socket: str,
+        serving: Serving,
+        counters: Counters,
+        poller: zmq.Poller,
+        feed: Callable[[fsm.Event], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.watch = watch
+        self.own_socket = own_socket
+        self.serving = serving
+        self.counters = counters
+        self.poller = poller
+        self.feed = feed
+        self.clock = clock
+        self.kubelet_seen = watch.kubelet.current is not None
+        self._fds: set[int] = set()
+        self.rewatch()
+
+    def rewatch(self) -> None:
+        self.watch.ensure()
+        fds = set(self.watch.filenos())
+        for fd in self._fds - fds:
+            self.poller.unregister(fd)
+        for fd in fds - self._fds:
+            self.poller.register(fd, zmq.POLLIN)
+        self._fds = fds
+
+    def poll(self) -> None:
+        """The stat fallback (a timer)."""
+        self._on_seen(self.watch.poll())
+
+    def read(self) -> None:
+        """What inotify queued (every pass of the loop)."""
+        self._on_seen(self.watch.read())
+
+    def _on_seen(self, seen: Seen) -> None:
+        if seen.rescan:
+            self.rewatch()
+        for change in seen.kubelet:
+            if change is KubeletChange.GONE:
+                self.feed(fsm.KubeletGone())
+                continue
+            if change is KubeletChange.REPLACED or self.kubelet_seen:
+                self.counters.add("kubelet_restarts")
+            self.kubelet_seen = True
+            self.feed(fsm.KubeletRestart(f"kubelet.sock {change.value}", self._appeared_at()))
+        if seen.own_touched:
+            self._check_own_socket()
+
+    def _appeared_at(self) -> float:
+        """When kubelet.sock was created, on our clock (its ctime; now if that is unknown)."""
+        try:
+            ctime = os.lstat(self.watch.kubelet.path).st_ctime_ns / 1e9
+        except OSError:
+            return self.clock()
+        return self.clock() - max(0.0, time.time() - ctime)
+
+    def _check_own_socket(self) -> None:
+        server = self.serving.server
+        if server is not None:
+            if server.intact():
+                return
+            if self.serving.replaced_by_live_server():
+                reason = (
+                    f"own socket {server.socket_path} was replaced by another live server "
+                    "(another instance of this plugin?); not taking it back"
+                )
+            else:
+                reason = f"own socket {server.socket_path} was removed (kubelet restart?)"
+            self.feed(fsm.OwnSocketGone(reason))
+        elif self.serving.in_use and not os.path.lexists(self.own_socket):
+            LOG.info("the other server's socket is gone; serving now")
+            self.serving.in_use = False
+            self.feed(fsm.OwnSocketGone("the path is free"))
+
+    def close(self) -> None:
+        for fd in self._fds:
+            self.poller.unregister(fd)
+        self._fds = set()
+        self.watch.close()

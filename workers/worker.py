@@ -1,0 +1,384 @@
+"""The worker's shell: one resource, one process, one loop (worker process, main thread).
+
+It says hello to the supervisor, waits for its configure, and from then on follows messages. The
+registration with the kubelet is `workers.registration_fsm` (pure); this module carries out its
+actions and feeds it what happened: serving (`workers.serving`), the two calls
+(`workers.registration`), the kubelet watch (`workers.kubelet_watch`), CDI sync
+(`workers.cdi_sync`), the control link (`workers.control_link`). gRPC and helper threads post
+events (`workers.events`); every deadline is a `common.loop.timers` timer; signals arrive
+through a `SignalInbox`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import zmq
+
+from common import exitcodes
+from common.config import ResourceConfig
+from common.devices import Candidate
+from common.kubelet_socket import KUBELET_SOCKET
+from common.loop.signals import SignalInbox
+from common.loop.timers import Timers
+from common.messages import (
+    Configure,
+    Devices,
+    Error,
+    Heartbeat,
+    Hello,
+    Message,
+    Ready,
+    Reregister,
+    Stop,
+    WorkerSettings,
+    type_name,
+)
+from workers import cdi, registration
+from workers import registration_io as fsm
+from workers.cdi_sync import CdiSync
+from workers.control_link import ControlLink
+from workers.device_set import DeviceSet
+from workers.events import EventQueue
+from workers.kubelet_watch import KubeletWatch
+from workers.plan import make_plan
+from workers.registration_fsm import RegistrationMachine
+from workers.restart_signals import RestartSignals
+from workers.servicer import Counters, StreamHub
+from workers.serving import Serving
+from workers.timings import WorkerTimings
+
+LOG = logging.getLogger("workers")
+
+
+def _serving_key(settings: WorkerSettings, resource: ResourceConfig) -> tuple[str, ...]:
+    """What decides where our socket lives and what we register as."""
+    return (
+        settings.device_plugin_dir,
+        settings.plugins_registry_dir,
+        settings.registration_mode,
+        resource.full_name,
+    )
+
+
+class Worker:
+    def __init__(
+        self,
+        resource_name: str,
+        control: str,
+        connect_timeout: float,
+        timings: WorkerTimings | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.resource_name = resource_name
+        self.connect_timeout = connect_timeout
+        self.t = timings or WorkerTimings()
+        self.clock = clock
+        self.link = ControlLink(resource_name, control, clock)
+        self.events = EventQueue()
+        self.counters = Counters()
+        self.hub = StreamHub(self.events, self.counters)
+        self.serving = Serving(self.hub, self.counters, self.events, self.t, self._report)
+        self.cdi = CdiSync(self.t, self._report, self.counters.cdi_write_failed)
+        self.timers = Timers(clock)
+        self.devices = DeviceSet(self.hub, self.cdi, self.timers)
+        self.machine = RegistrationMachine(self.t, clock)
+        self.signals: RestartSignals | None = None
+        self._feed_queue: collections.deque[fsm.Event] = collections.deque()
+        self.poller = zmq.Poller()
+
+        self.resource: ResourceConfig | None = None
+        self.settings: WorkerSettings | None = None
+        self.mode = ""
+        self.registered_since = time.time()
+        self.stopped = False
+        self.exit_code: int | None = None
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        inbox = SignalInbox((signal.SIGTERM, signal.SIGINT))
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reload is the supervisor's business
+        self.poller.register(self.link.sock, zmq.POLLIN)
+        self.poller.register(self.events.fileno(), zmq.POLLIN)
+        self.poller.register(inbox.fileno(), zmq.POLLIN)
+        self.timers.every("hello", self.t.hello_interval, self._hello, first=0.0)
+        self.timers.call_later("connect-timeout", self.connect_timeout, self._no_configure)
+        LOG.info("worker starting control=%s", self.link.endpoint)
+        try:
+            while self.exit_code is None:
+                # Rounded up: a deadline 0.4 ms away must not spin the loop until it is due.
+                self.poller.poll(math.ceil(self.timers.timeout(1.0) * 1000))
+                for signum in inbox.drain():
+                    name = signal.Signals(signum).name
+                    LOG.info("received %s; shutting down", name)
+                    self._shutdown(f"{name} received", exitcodes.OK)
+                self._step()
+            return self.exit_code
+        except Exception as exc:
+            LOG.exception("worker failed; shutting down")
+            with contextlib.suppress(Exception):  # the supervisor shows it (issue 11)
+                self._send(Error("crashed", f"{type(exc).__name__}: {exc}"[:300]))
+            try:
+                self._shutdown("internal error", exitcodes.FATAL)
+            except Exception:
+                LOG.exception("clean shutdown failed too")
+            return exitcodes.FATAL
+
+    def _step(self) -> None:
+        for msg in self.link.receive():
+            if self.exit_code is None:
+                self._on_message(msg)
+        for event in self.events.drain():
+            self._feed(event)
+        if self.signals is not None and self.exit_code is None:
+            self.signals.read()
+        for due in self.timers.take_due():
+            if self.exit_code is None and due.callback is not None:
+                due.callback()
+
+    def _hello(self) -> None:
+        self._send(Hello(self.resource_name, os.getpid()))
+
+    def _no_configure(self) -> None:
+        if self.settings is None:
+            LOG.error(
+                "no configure from the supervisor within %.0fs control=%s; exiting",
+                self.connect_timeout,
+                self.link.endpoint,
+            )
+            self._shutdown("no configure from the supervisor", exitcodes.SUPERVISOR_LOST)
+
+    def _interval(self) -> float:
+        return self.settings.heartbeat_interval if self.settings is not None else 1.0
+
+    def _heartbeat(self) -> None:
+        self._send(Heartbeat(self.counters.snapshot()))
+
+    def _liveness(self) -> None:
+        silent = self.link.silent_for()
+        if silent > self.t.silent_periods * self._interval():
+            LOG.error(
+                "nothing heard from the supervisor for %.1fs; shutting down so no orphan serves",
+                silent,
+            )
+            self._shutdown("supervisor lost", exitcodes.SUPERVISOR_LOST)
+
+    # ---- control channel --------------------------------------------------------------------
+
+    def _send(self, msg: Message) -> None:
+        self.link.send(msg)
+
+    def _report(self, code: str, message: str) -> None:
+        self._send(Error(code, message))
+
+    def _on_message(self, msg: Message) -> None:
+        if isinstance(msg, Heartbeat):
+            return
+        if isinstance(msg, Configure):
+            if msg.resource.resource_name != self.resource_name:
+                text = (
+                    f"configure for {msg.resource.resource_name!r} sent to the worker of "
+                    f"{self.resource_name!r}"
+                )
+                LOG.error("%s; ignored", text)
+                self._send(Error("wrong_resource", text, parent=msg.id))
+                return
+            self._apply(msg.resource, msg.settings, msg.devices)
+        elif isinstance(msg, Devices):
+            if self.resource is None or self.settings is None:
+                self._send(Error("not_configured", "devices before configure", parent=msg.id))
+                self._hello()
+                return
+            self._apply(self.resource, self.settings, msg.devices)
+        elif isinstance(msg, Reregister):
+            self._feed(fsm.ReregisterRequested(msg.reason or "supervisor asked"))
+        elif isinstance(msg, Stop):
+            LOG.info("stop requested: %s", msg.reason or "no reason given")
+            self._shutdown(msg.reason or "stop requested", exitcodes.OK)
+        elif isinstance(msg, Error):
+            LOG.warning("supervisor reports error code=%s: %s", msg.code, msg.message)
+        else:
+            text = f"a worker does not accept {type_name(msg)}"
+            self._send(Error("unexpected", text, parent=msg.id))
+
+    def _apply(
+        self, resource: ResourceConfig, settings: WorkerSettings, devices: tuple[Candidate, ...]
+    ) -> None:
+        try:
+            plan = make_plan(resource, devices, settings.use_cdi)
+        except cdi.CdiNameError as exc:
+            LOG.error("cannot serve resource: %s", exc)
+            self._send(Error("config_invalid", str(exc)))
+            self._shutdown("config invalid", exitcodes.CONFIG_INVALID)
+            return
+        first = self.settings is None or self.resource is None
+        # Only where and how we register needs a new server and registration; the CDI settings
+        # change the Allocate answer and the spec file, the heartbeat only the loop's pace.
+        reserve = (
+            self.settings is not None
+            and self.resource is not None
+            and _serving_key(settings, resource) != _serving_key(self.settings, self.resource)
+        )
+        if first or settings.heartbeat_interval != self._interval():
+            interval = settings.heartbeat_interval
+            self.timers.every("heartbeat", interval, self._heartbeat, first=0.0)
+            self.timers.every("liveness", interval / 4, self._liveness)
+        self.resource, self.settings = resource, settings
+        self.devices.apply(plan, settings)
+        if first or reserve:
+            if reserve:
+                LOG.info("registration settings or resource name changed; serving afresh")
+            self._start_serving(settings)
+        if first:
+            self.timers.cancel("hello")
+            self.timers.cancel("connect-timeout")
+            self._send_ready("configured")
+
+    def _start_serving(self, settings: WorkerSettings) -> None:
+        self.mode = self._choose_mode(settings)
+        if self.signals is not None:
+            self.signals.close()
+        own = self._socket_path()
+        watch = KubeletWatch(settings.device_plugin_dir, own)
+        signals = RestartSignals(
+            watch, own, self.serving, self.counters, self.poller, self._feed, self.clock
+        )
+        self.signals = signals
+        self.timers.every("poll", self.t.poll_interval, signals.poll)
+        self.timers.every("rewatch", self.t.rewatch_interval, signals.rewatch)
+        self._feed(fsm.Reset(self.mode, "settings changed"))
+
+    def _choose_mode(self, settings: WorkerSettings) -> str:
+        if settings.registration_mode != "auto":
+            return settings.registration_mode
+        registry = settings.plugins_registry_dir
+        return "watcher" if registry and os.path.isdir(registry) else "classic"
+
+    def _kubelet_socket(self) -> str:
+        assert self.settings is not None
+        return os.path.join(self.settings.device_plugin_dir, KUBELET_SOCKET)
+
+    def _socket_path(self) -> str:
+        assert self.settings is not None
+        folder = (
+            self.settings.plugins_registry_dir
+            if self.mode == "watcher"
+            else self.settings.device_plugin_dir
+        )
+        return os.path.join(os.path.abspath(folder), f"{self.resource_name}.sock")
+
+    def _full_name(self) -> str:
+        return self.resource.full_name if self.resource is not None else ""
+
+    def _send_ready(self, reason: str) -> None:
+        self._send(Ready(self.machine.registered, self.mode, self.registered_since, reason))
+
+    # ---- the state machine's actions --------------------------------------------------------
+
+    def _feed(self, event: fsm.Event) -> None:
+        """Hand `event` to the machine and carry out what it says (events it causes queue up)."""
+        self._feed_queue.append(event)
+        if len(self._feed_queue) > 1:
+            return  # already draining further up the stack
+        while self._feed_queue:
+            for action in self.machine.handle(self._feed_queue[0]):
+                self._do(action)
+            self._feed_queue.popleft()
+
+    def _do(self, action: fsm.Action) -> None:
+        if self.stopped:
+            return
+        if isinstance(action, fsm.Serve):
+            assert self.resource is not None
+            server = self.serving.serve(
+                self._socket_path(), self.resource.full_name, self.mode == "watcher"
+            )
+            if server is None:
+                self._feed(fsm.ServeFailed(self.serving.in_use))
+            else:
+                LOG.info("serving mode=%s", self.mode)
+                self._feed(fsm.Served(server.generation))
+        elif isinstance(action, fsm.StopServer):
+            self.serving.stop()
+        elif isinstance(action, fsm.SelfCheck):
+            server = self.serving.server
+            if server is not None and server.generation == action.generation:
+                registration.start_self_check(
+                    self.events, action.generation, server.socket_path, self.t.self_check_timeout
+                )
+        elif isinstance(action, fsm.Register):
+            self._register(action)
+        elif isinstance(action, fsm.SetTimer):
+            self.timers.call_later("registration", action.delay, self._timer_due)
+        elif isinstance(action, fsm.CancelTimer):
+            self.timers.cancel("registration")
+        elif isinstance(action, fsm.ReportReady):
+            self.registered_since = time.time()
+            if action.registered:
+                LOG.info("%s resource=%s mode=%s", action.reason, self._full_name(), self.mode)
+            self._send_ready(action.reason)
+        elif isinstance(action, fsm.ReportError):
+            self._report(action.code, action.message)
+        elif isinstance(action, fsm.Count):
+            self.counters.add(action.name)
+
+    def _timer_due(self) -> None:
+        self._feed(fsm.TimerDue())
+
+    def _register(self, action: fsm.Register) -> None:
+        server = self.serving.server
+        assert server is not None and self.resource is not None
+        generation = action.generation
+        old = self.hub.end_all()
+        if old:
+            # Registering beside a live stream and ending it later makes kubelets 1.26-1.35
+            # drop the new registration (kubernetes#121994): end it first, wait until it is over.
+            LOG.info("ending %d old ListAndWatch stream(s) before registering again", len(old))
+
+        def prepare() -> bool:
+            if old:
+                self.hub.wait_over(old, self.t.end_stream_wait)
+            current = self.serving.server
+            if current is None or current.generation != generation:
+                return False
+            self.hub.claim(action.claim)
+            return True
+
+        registration.start_register(
+            self.events,
+            action.attempt,
+            generation,
+            self._kubelet_socket(),
+            self.resource.full_name,
+            os.path.basename(server.socket_path),
+            self.t.register_timeout,
+            prepare,
+        )
+
+    # ---- shutdown ---------------------------------------------------------------------------
+
+    def _shutdown(self, reason: str, code: int) -> None:
+        """End streams, stop the server within 2 s, remove socket and CDI spec; idempotent."""
+        if self.exit_code is None:
+            self.exit_code = code
+        if self.stopped:
+            return
+        self.machine.handle(fsm.Stop())
+        self.stopped = True
+        self.serving.close()
+        self.cdi.remove()
+        if self.signals is not None:
+            self.signals.close()
+        self.registered_since = time.time()
+        self._send(Ready(False, self.mode, self.registered_since, f"stopped: {reason}"))
+        self.link.close()
+        self.events.close()
+        LOG.info("worker stopped: %s", reason)
