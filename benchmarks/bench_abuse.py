@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import grpc  # noqa: E402
+from figures import record  # noqa: E402 (benchmarks/figures.py)
 
 from proto.deviceplugin.v1beta1 import api_pb2 as dp  # noqa: E402
 from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc  # noqa: E402
@@ -66,6 +67,8 @@ def main() -> int:
                 f"Allocate of 100 000 unknown IDs refused: median {median:.1f} ms, "
                 f"max {max(refusals):.1f} ms (target < {REFUSE_TARGET_MS:.0f} ms)"
             )
+            record("abuse_refuse_median_ms", median)
+            record("abuse_refuse_max_ms", max(refusals))
             ok &= median < REFUSE_TARGET_MS
             channel.close()
 
@@ -84,6 +87,8 @@ def main() -> int:
                 f" ms, p99 {p99:.2f} ms, max {timings[-1]:.2f} ms "
                 f"(target < {KUBELET_TARGET_MS:.0f} ms)"
             )
+            record("abuse_kubelet_p50_ms", statistics.median(timings))
+            record("abuse_kubelet_p99_ms", p99)
             ok &= p99 < KUBELET_TARGET_MS  # the max is one scheduling hiccup on a shared VM
             for call in admitted:
                 call.cancel()
