@@ -159,3 +159,19 @@ def test_a_crash_loop_shows_its_cause_in_status_metric_and_log(
         r.getMessage() for r in caplog.records if "worker exited unexpectedly" in r.getMessage()
     ]
     assert len(exits) >= 4 and all(cause in line for line in exits)
+
+
+def test_a_stable_run_ends_the_run_of_quick_exits(monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.messages import WorkerCounters
+    from supervisor.metrics import observer as metrics_observer
+
+    monkeypatch.setattr(metrics_observer, "STABLE_AFTER", 0.0)
+    watch = Watch(until=99)
+    watch._hca_max = {"example.com/a": 2}
+    watch.metrics.worker_failures("example.com/a", 6)
+    series = 'rdma_shared_dp_worker_consecutive_failures{resource="example.com/a"}'
+    assert f"{series} 6.0" in watch.metrics.render().decode()
+    watch.heartbeat("example.com/a", 10, WorkerCounters())  # first beat of this process
+    assert f"{series} 6.0" in watch.metrics.render().decode()
+    watch.heartbeat("example.com/a", 10, WorkerCounters())  # it has run the stable time
+    assert f"{series} 0.0" in watch.metrics.render().decode()
