@@ -1,21 +1,25 @@
 # syntax=docker/dockerfile:1
 # Image of rdma-shared-dp. Builds on any base image with Python 3.11+ and pip, musl or glibc:
-#   docker build -t rdma-shared-dp:0.1.0 .
+#   make image IMAGE=registry/name:tag         (buildah, .ci/build-image.sh; or docker build .)
 #   docker build --build-arg BASE_IMAGE=registry.access.redhat.com/ubi9/python-312 -t ... .
-# The final stage gets a virtualenv and a static tini; its only package-manager step is adding
-# libudev on Alpine bases (skipped on any other base).
+# The final stage gets a virtualenv and a static tini; its only package-manager steps add libudev
+# on Alpine bases and kmod (lsmod) on Debian-based bases that lack it, each skipped elsewhere.
 # It runs as root by necessity: the plugin creates sockets in the kubelet's root-owned folders and
 # reads /dev and /sys of the host (see deployment/k8s/base/daemonset.yaml).
 
 ARG BASE_IMAGE=python:3.12-alpine
 # Only a source of a statically linked tini (PID 1: reaps zombies, forwards signals). Static, so
 # the one binary runs on every base, and no base needs a package manager that carries tini.
+# Any image with Debian's `tini` package installed serves too (its /usr/bin/tini-static): that is
+# how .ci/build-image.sh builds without a registry.
 ARG INIT_IMAGE=alpine:3.22
 
 FROM ${INIT_IMAGE} AS init
 # The package's version follows the pinned Alpine release above.
 # hadolint ignore=DL3018
-RUN apk add --no-cache tini-static && /sbin/tini-static --version
+RUN if [ -x /usr/bin/tini-static ]; then cp /usr/bin/tini-static /sbin/tini-static; \
+    else apk add --no-cache tini-static; fi \
+ && /sbin/tini-static --version
 
 FROM ${BASE_IMAGE} AS build
 # Some bases (UBI's Python images) default to a non-root user that cannot write /opt.
@@ -25,6 +29,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
+# Only for builds behind a TLS-inspecting proxy (.ci/build-image.sh mounts its CA there); unset
+# otherwise, and this stage is not part of the image.
+ARG PIP_CERT
 # .dockerignore admits only the packaging files and the Python packages.
 COPY . .
 # Compiled dependencies from wheels only (musllinux and manylinux wheels exist for all of them):
@@ -51,13 +58,24 @@ COPY --from=init /sbin/tini-static /usr/local/bin/tini
 # changes are only seen by the periodic rescan. The one package-manager step, only on Alpine.
 # hadolint ignore=DL3018
 RUN if command -v apk >/dev/null 2>&1; then apk add --no-cache eudev-libs; fi
+# The NVIDIA Network Operator's init container runs `sh -c "lsmod | grep mlx5_core"` in this
+# image: Alpine's busybox has all three; Debian-based bases lack lsmod (package kmod).
+# hadolint ignore=DL3008
+RUN if ! command -v lsmod >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+      apt-get update -qq && apt-get install -y -qq --no-install-recommends kmod \
+      && rm -rf /var/lib/apt/lists/*; fi \
+ && command -v sh && command -v grep && command -v lsmod
 # Same base as the build stage, so the venv's interpreter link points at the same python3.
 COPY --from=build /opt/rdma-shared-dp /opt/rdma-shared-dp
+# The Network Operator's DaemonSet runs `command: ["/bin/k8s-rdma-shared-dp"]` (the Go image's
+# path), which bypasses tini: the plugin then does PID 1's work itself (supervisor/pid1.py).
+RUN ln -s /opt/rdma-shared-dp/bin/rdma-shared-dp /bin/k8s-rdma-shared-dp \
+ && /bin/k8s-rdma-shared-dp --version
 ENV PATH="/opt/rdma-shared-dp/bin:${PATH}" \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /
 EXPOSE 9478
 # No arguments runs the plugin (`run` is the default subcommand), like the Go plugin's image.
-# Kubernetes manifests must set `args`, not `command`, or tini is bypassed.
+# Manifests should set `args`, not `command`; with `command` the plugin is its own init.
 ENTRYPOINT ["/usr/local/bin/tini", "--", "rdma-shared-dp"]

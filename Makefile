@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo tools test lint typecheck bench clean
+.PHONY: demo tools test test-fast lint typecheck bench bench-quick clean image
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,17 +22,32 @@ tools: $(STAMP)
 test: tools
 	$(BIN)/pytest -q
 
+# The unit tests without the property tests: pure code, no processes (under 20 s).
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "unit and not fuzz" tests/unit
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict common/ supervisor/ workers/
+	$(BIN)/mypy --strict common/ supervisor/ workers/ podresources/ zygote/ simulator/ benchmarks/ tests/
 
 bench: $(STAMP)
 	@rc=0; for b in benchmarks/bench_*.py; do echo "== $$b"; \
 		RDMA_SHARED_DP_FIGURES=benchmarks/figures.json $(BIN)/python $$b || rc=1; done; \
 		$(BIN)/python benchmarks/figures.py --render README.md; exit $$rc
+
+# CI smoke of the scale benchmark (1 and 8 resources, one run, no results file): it fails only
+# when the benchmark itself breaks; targets are printed, not enforced.
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/bench_scale.py --quick --output ''
+
+# The image, with buildah (no Docker engine): `make image IMAGE=registry/name:tag [PUSH=1]`;
+# LOCAL_BASE=1 builds on a Debian 12 base made here (no registry needed). See .ci/build-image.sh.
+image:
+	bash .ci/install-image-tools.sh
+	bash .ci/build-image.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info

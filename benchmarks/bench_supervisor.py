@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,9 +106,11 @@ def bench_device_change(plant: Plant, samples: int, uevent: bool) -> list[float]
         if uevent:
             with open("/sys/class/net/lo/uevent", "w") as f:
                 f.write("change")
-        plant.kubelet.wait_for_devices(
-            full("r3"), lambda ds, w=want: bool(ds) and ds[0].health == w, timeout=10
-        )
+
+        def shows(ds: Sequence[Any], w: str = want) -> bool:
+            return bool(ds) and ds[0].health == w
+
+        plant.kubelet.wait_for_devices(full("r3"), shows, timeout=10)
         times.append(time.monotonic() - changed)
         state = "ACTIVE" if state == "DOWN" else "DOWN"
     return times

@@ -4,9 +4,10 @@
 calls `record(key, value)` next to what it prints, and `record` merges the figure into the file
 (without the variable it does nothing, so a benchmark run by hand changes no committed file). Then
 `python benchmarks/figures.py --render README.md` rewrites the README's "Measured" table (between
-the `<!-- figures:begin -->` and `<!-- figures:end -->` markers) from the file.
-`tests/test_figures.py` fails when the README's table is not what the file renders, and when a
-doc quotes its own memory or timing figures instead of linking to that table.
+the `<!-- figures:begin -->` and `<!-- figures:end -->` markers) from the file, and the scale
+block (`<!-- scale:begin -->`) from `results/scale.json`. `tests/static/test_figures.py` fails
+when either is not what the files render, and when a doc quotes its own memory or timing figures
+instead of linking to that table.
 """
 
 from __future__ import annotations
@@ -24,6 +25,21 @@ FIGURES = Path(__file__).resolve().parent / "figures.json"
 ENV = "RDMA_SHARED_DP_FIGURES"
 BEGIN = "<!-- figures:begin -->"
 END = "<!-- figures:end -->"
+#: The scale table (issue 14) comes from its own file, written by `bench_scale.py`.
+SCALE = Path(__file__).resolve().parent / "results" / "scale.json"
+SCALE_BEGIN = "<!-- scale:begin -->"
+SCALE_END = "<!-- scale:end -->"
+#: (summary key, column, unit, digits) of the scale table.
+SCALE_COLUMNS = (
+    ("pss_total_mib", "PSS total", "MiB", 1),
+    ("uss_worker_mib", "USS/worker", "MiB", 1),
+    ("start_s", "start->all reg.", "s", 2),
+    ("allocate_p50_ms", "Allocate p50", "ms", 2),
+    ("allocate_p99_ms", "Allocate p99", "ms", 2),
+    ("kubelet_restart_ms", "kubelet restart->all reg.", "ms", 0),
+    ("kill_ms", "worker kill->serving", "ms", 0),
+    ("supervisor_idle_cpu_pct", "supervisor idle CPU", "%", 1),
+)
 
 #: (what, how it is shown with the figures' keys, target). A row whose keys are not all in the
 #: file is left out, so a benchmark that could not run here (the uevent path needs root) drops
@@ -136,9 +152,53 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def splice(document: str, table: str) -> str:
-    start, end = document.index(BEGIN), document.index(END) + len(END)
-    return document[:start] + table + document[end:]
+def cell(summary: dict[str, Any], key: str, digits: int) -> str:
+    """Median with the spread over the runs: `0.59 (0.43-1.48)`."""
+    s = summary.get(key)
+    if s is None:
+        return "-"
+    if s["n"] == 1 or round(s["min"], digits) == round(s["max"], digits):
+        return f"{s['median']:.{digits}f}"
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
+
+
+def scale_table(results: dict[str, Any]) -> list[str]:
+    """The scale table's markdown lines: one row per start mode and resource count."""
+    header = ["resources", "start mode", *(f"{c} ({u})" for _, c, u, _ in SCALE_COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for mode in ("zygote", "classic"):
+        for count, data in results.get(mode, {}).items():
+            s = data["summary"]
+            cells = [count, mode, *(cell(s, key, d) for key, _, _, d in SCALE_COLUMNS)]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def render_scale(data: dict[str, Any]) -> str:
+    """The README's scale block, markers included: machine, table, each target's verdict."""
+    m = data["machine"]
+    lines = [
+        SCALE_BEGIN,
+        f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, Linux "
+        f"{m['kernel']}, Python {m['python']}; load average {m['load_average'][0]} before the "
+        f"run, {m['load_average_after'][0]} after (commit {m['commit']}).",
+        "",
+        *scale_table(data["results"]),
+        "",
+    ]
+    for v in data["targets"]:
+        verdict = "met" if v["met"] else "**missed**"
+        lines.append(
+            f"- {v['figure']} at {v['resources']} resources: {v['median']:.2f} {v['unit']} "
+            f"(target <= {v['limit']:g} {v['unit']}): {verdict}"
+        )
+    lines.append(SCALE_END)
+    return "\n".join(lines)
+
+
+def splice(document: str, table: str, begin: str = BEGIN, end: str = END) -> str:
+    start, stop = document.index(begin), document.index(end) + len(end)
+    return document[:start] + table + document[stop:]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     table = render(load())
     if args.render:
         path = Path(args.render)
-        path.write_text(splice(path.read_text(), table))
+        text = splice(path.read_text(), table)
+        if SCALE.exists() and SCALE_BEGIN in text:
+            text = splice(text, render_scale(load(SCALE)), SCALE_BEGIN, SCALE_END)
+        path.write_text(text)
     else:
         print(table)
     return 0

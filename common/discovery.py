@@ -250,19 +250,23 @@ class _Scanner:
         candidates.sort(key=lambda c: c.name)
         return Scan(candidates=tuple(candidates), problems=tuple(self.problems))
 
-    def function(self, rel: str, bdf: str) -> list[Candidate]:
-        """The candidates of one PCI function: itself, and any auxiliary sub-functions."""
+    def is_network_function(self, rel: str) -> bool:
+        """The function's `class` is a network controller's (0x02xxxx); problems otherwise."""
         _, cls = self.read_in(rel, "class", "PCI function")
         if cls is None:
-            return []
+            return False
         cls_value = _parse_hex(cls)
         if cls_value is None:
             self.problem("bad_value", f"{rel}/class", f"PCI class {_shown(cls)} is not hex")
-            return []
+            return False
         if not 0 <= cls_value <= MAX_PCI_CLASS:
             self.problem("out_of_range", f"{rel}/class", f"PCI class {_shown(cls)} is not 24 bits")
-            return []
-        if cls_value >> 16 != _NET_CLASS:
+            return False
+        return cls_value >> 16 == _NET_CLASS
+
+    def function(self, rel: str, bdf: str) -> list[Candidate]:
+        """The candidates of one PCI function: itself, and any auxiliary sub-functions."""
+        if not self.is_network_function(rel):
             return []
         if not _BDF.match(bdf):
             self.problem("bad_value", rel, "folder name is not a PCI address (DDDD:BB:DD.F)")

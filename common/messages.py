@@ -377,41 +377,46 @@ def _fields_from_json(
 def _value_from_json(hint: Any, value: Any, path: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        problems = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _value_from_json(option, value, path)
-            except ProtocolError as exc:
-                problems.append(str(exc))
-        raise ProtocolError("; ".join(problems) or f"{path}: must not be null")
+        return _union_from_json(typing.get_args(hint), value, path)
     if origin is tuple:
         if not isinstance(value, list):
             raise ProtocolError(f"{path}: must be a list")
         item = typing.get_args(hint)[0]
         return tuple(_value_from_json(item, v, f"{path}[{i}]") for i, v in enumerate(value))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ProtocolError(f"{path}: must be true or false")
-        return value
-    if hint is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ProtocolError(f"{path}: must be an integer")
-        return value
-    if hint is float:
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise ProtocolError(f"{path}: must be a number")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ProtocolError(f"{path}: must be a string")
-        return value
+    if hint in _SCALARS:
+        return _scalar_from_json(hint, value, path)
     if isinstance(hint, type) and is_dataclass(hint):
         if not isinstance(value, dict):
             raise ProtocolError(f"{path}: must be a JSON object")
         return hint(**_fields_from_json(hint, value, path))
     raise ProtocolError(f"{path}: no JSON mapping for {hint!r}")  # pragma: no cover
+
+
+def _union_from_json(options: tuple[Any, ...], value: Any, path: str) -> Any:
+    if value is None and type(None) in options:
+        return None
+    problems = []
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return _value_from_json(option, value, path)
+        except ProtocolError as exc:
+            problems.append(str(exc))
+    raise ProtocolError("; ".join(problems) or f"{path}: must not be null")
+
+
+#: JSON scalar types: what a value must be (bool is not an int here), and the words for it.
+_SCALARS: dict[type, tuple[tuple[type, ...], str]] = {
+    bool: ((bool,), "true or false"),
+    int: ((int,), "an integer"),
+    float: ((int, float), "a number"),
+    str: ((str,), "a string"),
+}
+
+
+def _scalar_from_json(hint: type, value: Any, path: str) -> object:
+    accepted, words = _SCALARS[hint]
+    if not isinstance(value, accepted) or (hint is not bool and isinstance(value, bool)):
+        raise ProtocolError(f"{path}: must be {words}")
+    return float(typing.cast(float, value)) if hint is float else value

@@ -75,7 +75,7 @@ class Lister:
         if self._stub is None or identity != self._identity:
             self.close()
             self._channel = grpc.insecure_channel(f"unix:{self.socket_path}")
-            self._stub = api_pb2_grpc.PodResourcesListerStub(self._channel)  # type: ignore[no-untyped-call]
+            self._stub = api_pb2_grpc.PodResourcesListerStub(self._channel)
             self._identity = identity
         try:
             response = self._stub.List(api_pb2.ListPodResourcesRequest(), timeout=self.timeout)

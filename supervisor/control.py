@@ -14,6 +14,7 @@ import os
 
 import zmq
 
+from common.loop.file_identity import file_id
 from common.messages import Error, Message, ProtocolError, decode, encode, type_name
 
 LOG = logging.getLogger(__name__)
@@ -42,6 +43,15 @@ class ControlChannel:
         self.socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
         self.socket.bind(self.endpoint)
         os.chmod(self.path, 0o600)
+        self._bound = file_id(self.path)
+
+    def intact(self) -> bool:
+        """Whether the socket file we bound is still there (not removed or replaced).
+
+        A ZeroMQ ROUTER keeps serving the peers it has when its ipc:// file is unlinked, but no
+        new peer can connect: the loop checks this and binds again.
+        """
+        return self._bound is not None and file_id(self.path) == self._bound
 
     def receive(self) -> list[tuple[bytes, Message]]:
         """Messages waiting now, as (routing id, message); bad frames are answered.
@@ -78,8 +88,9 @@ class ControlChannel:
     def close(self) -> None:
         self.socket.close(0)
         self._ctx.term()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        if self.intact():  # never remove a socket someone else bound at our path meanwhile
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
 
 def _peer_name(peer: bytes) -> str:

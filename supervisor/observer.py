@@ -20,6 +20,7 @@ from typing import Protocol
 from common.config import Config
 from common.devices import Candidate, Scan
 from common.messages import WorkerCounters, WorkerStatus
+from supervisor.children import ChildSpec
 
 
 class StatusSource(Protocol):
@@ -79,6 +80,11 @@ class Observer:
         """The supervisor is stopping; release anything `started` took."""
 
     # ---- joining the loop's poller (e.g. the PodResources reader's pipe) -----------------
+
+    def children(self) -> Sequence[ChildSpec]:
+        """Helper processes the supervisor should run for this observer (asked once, at
+        start): started, restarted and stopped like the workers (`supervisor.children`)."""
+        return ()
 
     def poll_fds(self) -> Sequence[int]:
         """File descriptors the loop should also wait on; asked once, after `started`."""

@@ -1,14 +1,17 @@
 """When to restart a worker that died: a pure policy, no clocks or processes (supervisor process).
 
-Capped exponential backoff with jitter, so a worker that crashes on a transient problem is back well
-under a second and a crash loop cannot burn the node's CPU. A run that lasted `stable_after` seconds
-resets the count. After `crash_loop_after` quick failures in a row the worker is retried slowly,
-never given up on: the fault may be outside it (a kubelet being upgraded, a driver reloading).
+Capped exponential backoff with jitter (`common.loop.backoff.delay`, the project's one backoff),
+so a worker that crashes on a transient problem is back well under a second and a crash loop
+cannot burn the node's CPU. A run that lasted `stable_after` seconds resets the count. After
+`crash_loop_after` quick failures in a row the worker is retried slowly, never given up on: the
+fault may be outside it (a kubelet being upgraded, a driver reloading).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from common.loop import backoff
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,15 @@ class RestartPolicy:
         if failures < 1:
             return 0.0
         if self.crash_looping(failures):
-            base = self.slow_delay
-        else:
-            base = min(self.max_delay, self.initial_delay * self.factor ** (failures - 1))
-        return max(0.0, base * (1.0 + self.jitter * (2.0 * random_unit - 1.0)))
+            slow = self.slow_delay
+            return backoff.delay(
+                0, initial=slow, cap=slow * (1 + self.jitter), jitter=self.jitter, rand=random_unit
+            )
+        return backoff.delay(
+            failures - 1,
+            initial=self.initial_delay,
+            cap=self.max_delay,
+            factor=self.factor,
+            jitter=self.jitter,
+            rand=random_unit,
+        )

@@ -20,6 +20,8 @@ import signal
 import stat
 import time
 
+from common.loop.file_identity import FileId, file_id
+
 LOG = logging.getLogger(__name__)
 
 LOCK_NAME = "supervisor.lock"
@@ -35,8 +37,32 @@ class RuntimeDir:
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
         self._lock_fd: int | None = None
+        self._lock_id: FileId | None = None
 
-    def acquire(self) -> None:
+    def intact(self) -> bool:
+        """Whether the folder and our lock file are still where we made them.
+
+        Someone may remove the folder under a running supervisor (a tmpfs cleaner, an operator's
+        `rm -rf`): then the control socket is gone too and no new worker could connect.
+        """
+        return self._lock_fd is not None and file_id(self._lock_path) == self._lock_id
+
+    def restore(self) -> None:
+        """Make the folder (0700) and the lock again after they were removed; raises
+        RuntimeDirError when that fails or another supervisor took the folder meanwhile."""
+        old = self._lock_fd
+        self._lock_fd = None
+        try:
+            self.acquire(clean=False)
+        finally:
+            if old is not None:
+                os.close(old)
+
+    @property
+    def _lock_path(self) -> str:
+        return os.path.join(self.path, LOCK_NAME)
+
+    def acquire(self, clean: bool = True) -> None:
         """Create (0700), lock and clean the folder; RuntimeDirError says what to do if not."""
         try:
             with contextlib.suppress(FileExistsError):  # a file in the way is named below
@@ -69,7 +95,9 @@ class RuntimeDir:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
-        for name in STALE_NAMES:
+        st = os.fstat(fd)
+        self._lock_id = FileId(st.st_dev, st.st_ino)
+        for name in STALE_NAMES if clean else ():
             path = os.path.join(self.path, name)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -124,6 +152,23 @@ def stop_processes(pids: list[int], grace: float) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def stop_orphaned_workers(endpoint: str, grace: float) -> None:
+    """Stop workers a killed supervisor left on `endpoint`, before ours take the sockets."""
+    try:
+        pids = orphaned_workers(endpoint)
+    except OSError as err:  # no /proc: the orphans exit by themselves anyway
+        LOG.warning("cannot look for orphaned workers: %s", err)
+        return
+    if not pids:
+        return
+    LOG.warning(
+        "stopping %d orphaned worker(s) of a previous supervisor pids=%s",
+        len(pids),
+        ",".join(map(str, pids)),
+    )
+    stop_processes(pids, grace)
 
 
 def _alive(pid: int) -> bool:

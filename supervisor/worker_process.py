@@ -1,7 +1,8 @@
 """Starting and signalling one worker process (supervisor process).
 
-A worker is a fresh interpreter (`python -m workers`), never a fork of the supervisor: gRPC is not
-fork-safe, and a fresh process holds only what it imports. It runs in its own session, so a
+A worker is never a fork of the supervisor: gRPC is not fork-safe, and a fresh process holds only
+what it imports. It is forked from the zygote when one runs (`FORKER`, supervisor.zygote_client),
+or else a fresh interpreter (`python -m workers`). It runs in its own session, so a
 terminal's Ctrl-C reaches the supervisor only (which then stops the workers in order), with only
 the file descriptors it needs and an explicit environment.
 """
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Protocol
 
 # The folder holding the `common`, `workers` and `supervisor` packages: set as PYTHONPATH, so a
 # worker imports the same code as its supervisor even from a plain checkout.
@@ -51,6 +53,15 @@ def worker_command(resource_name: str, endpoint: str) -> list[str]:
     ]
 
 
+class Forker(Protocol):
+    def spawn(self, resource_name: str, endpoint: str) -> WorkerProcess | None: ...
+
+
+#: Forks workers instead of starting fresh interpreters, when set (supervisor.zygote_client):
+#: None from it means "start this one the classic way".
+FORKER: Forker | None = None
+
+
 class WorkerProcess:
     """One running worker: a Popen with the few operations the supervisor needs."""
 
@@ -62,6 +73,10 @@ class WorkerProcess:
     def spawn(
         cls, resource_name: str, endpoint: str, log_level: str, log_format: str
     ) -> WorkerProcess:
+        if FORKER is not None:
+            forked = FORKER.spawn(resource_name, endpoint)
+            if forked is not None:
+                return forked
         proc = subprocess.Popen(
             worker_command(resource_name, endpoint),
             cwd="/",

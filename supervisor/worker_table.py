@@ -9,12 +9,14 @@ States (as in Supervisor's `states.py`, minus what a device plugin never needs):
        +---- stopping <------+------------stop--------------+
             exit status "config invalid" ----------> fatal --config changed--> starting
 
+`TRANSITIONS` below is the machine itself, row by row (state, event, next state, action);
+`ALLOWED` is derived from it and docs/supervisor.md shows it as a table (a test compares them).
 `exited` is also where a record waits for removal (its resource left the config) or for the
 supervisor to end. Illegal moves raise: they are bugs in the loop, not runtime conditions.
 Readiness (registered with the kubelet) and liveness (time since the last message) are fields,
 not states: a running worker may be unregistered while the kubelet restarts.
 
-The table decides, the loop acts: `exit_decision` is pure apart from the RNG for jitter.
+The table decides, `supervisor.lifecycle` acts: `exit_decision` is pure apart from the RNG.
 """
 
 from __future__ import annotations
@@ -41,14 +43,47 @@ class WorkerState(Enum):
     FATAL = "fatal"
 
 
+@dataclass(frozen=True)
+class Transition:
+    """One row of the state machine: in `state`, on `event`, move to `next` and do `action`."""
+
+    state: WorkerState
+    event: str
+    next: WorkerState
+    action: str
+
+
 S = WorkerState
+#: The worker-table state machine; docs/supervisor.md shows it as a table (a test compares them).
+TRANSITIONS: tuple[Transition, ...] = (
+    Transition(S.EXITED, "spawn (configured, added, renamed)", S.STARTING, "start the process"),
+    Transition(S.STARTING, "hello", S.RUNNING, "send configure with its devices"),
+    Transition(
+        S.STARTING,
+        "died, cannot start, or no hello in time",
+        S.BACKOFF,
+        "clean up; restart after the policy's delay",
+    ),
+    Transition(S.STARTING, "exit status 3 (config invalid)", S.FATAL, "wait for its config"),
+    Transition(S.STARTING, "stop", S.STOPPING, "SIGTERM (no peer yet); SIGKILL later"),
+    Transition(S.RUNNING, "died or hung", S.BACKOFF, "clean up; restart after the policy's delay"),
+    Transition(S.RUNNING, "exit status 3 (config invalid)", S.FATAL, "wait for its config"),
+    Transition(S.RUNNING, "stop", S.STOPPING, "stop message; SIGTERM, then SIGKILL"),
+    Transition(
+        S.BACKOFF,
+        "delay over, or early retry (config or device set changed)",
+        S.STARTING,
+        "start the process",
+    ),
+    Transition(S.BACKOFF, "stop", S.EXITED, "cancel the restart"),
+    Transition(
+        S.STOPPING, "exited", S.EXITED, "drop the record if removed; start again if renamed"
+    ),
+    Transition(S.FATAL, "config changed", S.STARTING, "start the process"),
+    Transition(S.FATAL, "stop", S.EXITED, "nothing to stop"),
+)
 ALLOWED: dict[WorkerState, frozenset[WorkerState]] = {
-    S.EXITED: frozenset({S.STARTING}),
-    S.STARTING: frozenset({S.RUNNING, S.BACKOFF, S.FATAL, S.STOPPING}),
-    S.RUNNING: frozenset({S.BACKOFF, S.FATAL, S.STOPPING}),
-    S.BACKOFF: frozenset({S.STARTING, S.EXITED}),
-    S.STOPPING: frozenset({S.EXITED}),
-    S.FATAL: frozenset({S.STARTING, S.EXITED}),
+    state: frozenset(t.next for t in TRANSITIONS if t.state is state) for state in WorkerState
 }
 
 

@@ -7,13 +7,16 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
 
 
 def wait_until(
-    predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.01, what: str = ""
+    predicate: Callable[[], T | Literal[False] | None],
+    timeout: float = 5.0,
+    interval: float = 0.01,
+    what: str = "",
 ) -> T:
     """Poll `predicate` until it returns a truthy value and return that value.
 
@@ -31,15 +34,27 @@ def wait_until(
 
 @contextlib.contextmanager
 def hard_timeout(seconds: int) -> Iterator[None]:
-    """Fail the enclosed block with TimeoutError after `seconds` (SIGALRM; main thread only)."""
+    """Fail the enclosed block with TimeoutError after `seconds` (SIGALRM; main thread only).
+
+    Nests: an outer hard timeout (the conftest's per-test one) is armed again on exit with what
+    is left of it, and an inner one never outlives the outer.
+    """
 
     def expired(signum: int, frame: FrameType | None) -> None:
         raise TimeoutError(f"test ran longer than its hard timeout of {seconds}s")
 
+    started = time.monotonic()
     previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
+    outer = signal.alarm(seconds)
+    if outer and outer < seconds:  # the outer one is due first: keep it
+        signal.signal(signal.SIGALRM, previous)
+        signal.alarm(outer)
+        yield
+        return
     try:
         yield
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+        if outer:
+            signal.alarm(max(1, outer - int(time.monotonic() - started)))

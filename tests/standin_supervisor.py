@@ -20,8 +20,8 @@ from pathlib import Path
 
 import zmq
 
-from common.config import ResourceConfig, Selectors
-from common.devices import Candidate, CharDevice, NetDev, Port, RdmaDevice
+from common.config import ResourceConfig
+from common.devices import Candidate
 from common.messages import (
     Configure,
     Devices,
@@ -35,49 +35,10 @@ from common.messages import (
     encode,
 )
 from tests.conditions import wait_until
+from tests.factories import make_candidate as make_candidate  # re-exported for older imports
+from tests.factories import make_resource as make_resource
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def make_candidate(
-    index: int,
-    numa_node: int = 0,
-    port_state: str = "ACTIVE",
-    present: bool = True,
-    issm: bool = True,
-    name: str | None = None,
-) -> Candidate:
-    """A ConnectX-like PCI function with uverbsN, umadN (and issmN) char devices."""
-    chars = [
-        CharDevice("uverbs", f"uverbs{index}", 231, 192 + index, present),
-        CharDevice("umad", f"umad{index}", 231, index, present),
-    ]
-    if issm:
-        chars.append(CharDevice("issm", f"issm{index}", 231, 64 + index, present))
-    address = name or f"0000:{index + 3:02x}:00.0"
-    return Candidate(
-        name=address,
-        pci_address=address,
-        vendor="15b3",
-        device_id="1017",
-        driver="mlx5_core",
-        numa_node=numa_node,
-        netdevs=(NetDev(f"ib{index}", "infiniband", "up"),),
-        rdma_devices=(
-            RdmaDevice(
-                name=f"mlx5_{index}",
-                ports=(Port(1, port_state, "InfiniBand"),),
-                char_devices=tuple(chars),
-            ),
-        ),
-        rdma_cm_present=True,
-    )
-
-
-def make_resource(
-    name: str = "hca_a", prefix: str = "example.com", count: int = 4
-) -> ResourceConfig:
-    return ResourceConfig(name, prefix, count, Selectors(vendors=("15b3",)))
 
 
 @dataclass
@@ -187,7 +148,13 @@ class StandinSupervisor:
                     return m
             return None
 
-        return wait_until(check, timeout, what=f"a message from {resource}")
+        # A list, so the type stays the Message union (mypy joins a bare union to its base).
+        found: list[Message] = wait_until(
+            lambda: [m] if (m := check()) is not None else None,
+            timeout,
+            what=f"a message from {resource}",
+        )
+        return found[0]
 
     def close(self) -> None:
         """Stop answering and close the socket (a supervisor that died)."""

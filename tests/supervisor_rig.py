@@ -28,40 +28,24 @@ from simulator.kubelet import KubeletSimulator
 from simulator.sysfs import SysfsTree, connectx_ib
 from supervisor.cli.status_client import StatusError, fetch_status
 from supervisor.control import endpoint_for
+from supervisor.timings import ENV_VAR as TIMINGS_ENV
 from tests.conditions import wait_until
+from tests.factories import HCAS as HCAS  # re-exported for older imports
+from tests.factories import PREFIX as PREFIX
+from tests.factories import resource_entry as resource_entry  # re-exported for older imports
+from tests.factories import three_resources as three_resources
 
 REPO = Path(__file__).resolve().parent.parent
-PREFIX = "example.com"
-#: (PCI address, RDMA device, netdev, NUMA node) of the rig's HCAs.
-HCAS = (
-    ("0000:1a:00.0", "mlx5_0", "ib0", 0),
-    ("0000:3c:00.0", "mlx5_1", "ib1", 0),
-    ("0000:9c:00.0", "mlx5_2", "ib2", 1),
-    ("0000:bc:00.0", "mlx5_3", "ib3", 1),
-)
-
-
-def resource_entry(
-    name: str, rdma: list[str], count: int = 4, prefix: str = PREFIX
-) -> dict[str, Any]:
-    return {
-        "resourceName": name,
-        "resourcePrefix": prefix,
-        "rdmaHcaMax": count,
-        "selectors": {"rdmaDevices": rdma},
-    }
-
-
-def three_resources(interval: int = 0) -> dict[str, Any]:
-    """a: mlx5_0 + mlx5_1, b: mlx5_2, c: mlx5_3."""
-    return {
-        "periodicUpdateInterval": interval,
-        "configList": [
-            resource_entry("a", ["mlx5_0", "mlx5_1"]),
-            resource_entry("b", ["mlx5_2"]),
-            resource_entry("c", ["mlx5_3"]),
-        ],
-    }
+#: Timings of a supervisor under test (`supervisor.timings.Timings` fields): faster heartbeats,
+#: polls and liveness than production, with margins a loaded 2-core machine keeps; the stop ladder
+#: stays as in production (tests time it).
+E2E_TIMINGS = {
+    "heartbeat_interval": 0.5,
+    "hung_after_beats": 6,
+    "config_poll_interval": 0.25,
+    "kubelet_poll_interval": 0.1,
+    "runtime_check_interval": 0.5,
+}
 
 
 def full(name: str) -> str:
@@ -138,7 +122,11 @@ class Plant:
         self.proc = subprocess.Popen(
             self.command(),
             cwd=REPO,
-            env={**os.environ, "RDMA_SHARED_DP_UEVENT_SOURCE": self.uevents},
+            env={
+                **os.environ,
+                "RDMA_SHARED_DP_UEVENT_SOURCE": self.uevents,
+                TIMINGS_ENV: json.dumps(E2E_TIMINGS),
+            },
             stdout=self._log_file,
             stderr=self._log_file,
             start_new_session=True,

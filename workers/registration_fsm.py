@@ -359,27 +359,9 @@ class RegistrationMachine:
         self._reset_backoff()
         state = self.state
         if state is State.REGISTERED:
-            if ev.at <= self.sent_at:
-                LOG.info("%s; already registered with this kubelet", ev.reason)
-                return []
-            if self.stream is StreamSeen.LIVE:
-                LOG.info("%s, but the kubelet holds our live stream: it still has us", ev.reason)
-                return []
-            LOG.info("%s: the kubelet (re)started; registering again", ev.reason)
-            if self.mode == "watcher":
-                self._move(State.AWAITING_WATCHER, "kubelet restarted")
-                return []
-            return self._register("kubelet restarted")
+            return self._restart_while_registered(ev)
         if state is State.REGISTERING:
-            inflight = self.inflight
-            if inflight is not None and ev.at <= inflight.started:
-                return []  # that Register went out after the new kubelet.sock appeared
-            if inflight is not None and self.clock() - inflight.started > self.t.stuck_attempt:
-                LOG.warning("abandoning a Register stuck since before the kubelet restarted")
-                self.inflight = None
-                return self._register()
-            self.restart_pending = True
-            return []
+            return self._restart_while_registering(ev)
         if state is State.UNSERVED:
             return [Serve()]
         if state is State.REFUSED and self.mode == "watcher":
@@ -387,6 +369,30 @@ class RegistrationMachine:
             return [Serve()]
         if state in (State.ADOPTING, State.BACKING_OFF, State.REFUSED):
             return self._register()
+        return []
+
+    def _restart_while_registered(self, ev: KubeletRestart) -> list[Action]:
+        if ev.at <= self.sent_at:
+            LOG.info("%s; already registered with this kubelet", ev.reason)
+            return []
+        if self.stream is StreamSeen.LIVE:
+            LOG.info("%s, but the kubelet holds our live stream: it still has us", ev.reason)
+            return []
+        LOG.info("%s: the kubelet (re)started; registering again", ev.reason)
+        if self.mode == "watcher":
+            self._move(State.AWAITING_WATCHER, "kubelet restarted")
+            return []
+        return self._register("kubelet restarted")
+
+    def _restart_while_registering(self, ev: KubeletRestart) -> list[Action]:
+        inflight = self.inflight
+        if inflight is not None and ev.at <= inflight.started:
+            return []  # that Register went out after the new kubelet.sock appeared
+        if inflight is not None and self.clock() - inflight.started > self.t.stuck_attempt:
+            LOG.warning("abandoning a Register stuck since before the kubelet restarted")
+            self.inflight = None
+            return self._register()
+        self.restart_pending = True
         return []
 
     def _on_kubelet_gone(self, ev: KubeletGone) -> list[Action]:

@@ -19,6 +19,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -296,39 +297,44 @@ class Worker:
     def _do(self, action: fsm.Action) -> None:
         if self.stopped:
             return
-        if isinstance(action, fsm.Serve):
-            assert self.resource is not None
-            server = self.serving.serve(
-                self._socket_path(), self.resource.full_name, self.mode == "watcher"
+        handlers: dict[type, Callable[[Any], None]] = {
+            fsm.Serve: self._serve,
+            fsm.StopServer: lambda _: self.serving.stop(),
+            fsm.SelfCheck: self._self_check,
+            fsm.Register: self._register,
+            fsm.SetTimer: lambda a: self.timers.call_later(
+                "registration", a.delay, self._timer_due
+            ),
+            fsm.CancelTimer: lambda _: self.timers.cancel("registration"),
+            fsm.ReportReady: self._report_ready,
+            fsm.ReportError: lambda a: self._report(a.code, a.message),
+            fsm.Count: lambda a: self.counters.add(a.name),
+        }
+        handlers[type(action)](action)
+
+    def _serve(self, action: fsm.Serve) -> None:
+        assert self.resource is not None
+        server = self.serving.serve(
+            self._socket_path(), self.resource.full_name, self.mode == "watcher"
+        )
+        if server is None:
+            self._feed(fsm.ServeFailed(self.serving.in_use))
+        else:
+            LOG.info("serving mode=%s", self.mode)
+            self._feed(fsm.Served(server.generation))
+
+    def _self_check(self, action: fsm.SelfCheck) -> None:
+        server = self.serving.server
+        if server is not None and server.generation == action.generation:
+            registration.start_self_check(
+                self.events, action.generation, server.socket_path, self.t.self_check_timeout
             )
-            if server is None:
-                self._feed(fsm.ServeFailed(self.serving.in_use))
-            else:
-                LOG.info("serving mode=%s", self.mode)
-                self._feed(fsm.Served(server.generation))
-        elif isinstance(action, fsm.StopServer):
-            self.serving.stop()
-        elif isinstance(action, fsm.SelfCheck):
-            server = self.serving.server
-            if server is not None and server.generation == action.generation:
-                registration.start_self_check(
-                    self.events, action.generation, server.socket_path, self.t.self_check_timeout
-                )
-        elif isinstance(action, fsm.Register):
-            self._register(action)
-        elif isinstance(action, fsm.SetTimer):
-            self.timers.call_later("registration", action.delay, self._timer_due)
-        elif isinstance(action, fsm.CancelTimer):
-            self.timers.cancel("registration")
-        elif isinstance(action, fsm.ReportReady):
-            self.registered_since = time.time()
-            if action.registered:
-                LOG.info("%s resource=%s mode=%s", action.reason, self._full_name(), self.mode)
-            self._send_ready(action.reason)
-        elif isinstance(action, fsm.ReportError):
-            self._report(action.code, action.message)
-        elif isinstance(action, fsm.Count):
-            self.counters.add(action.name)
+
+    def _report_ready(self, action: fsm.ReportReady) -> None:
+        self.registered_since = time.time()
+        if action.registered:
+            LOG.info("%s resource=%s mode=%s", action.reason, self._full_name(), self.mode)
+        self._send_ready(action.reason)
 
     def _timer_due(self) -> None:
         self._feed(fsm.TimerDue())

@@ -43,9 +43,9 @@ def validate_config(path: str, strict: bool = False) -> int:
 
 
 def discover(args: argparse.Namespace) -> int:
+    from common.defaults import DEFAULT_CONFIG_FILE
     from common.discovery import scan
     from supervisor.cli.discover_report import build_report, render_text
-    from supervisor.cli.parser import DEFAULT_CONFIG_FILE
 
     setup_logging(args.log_level, args.log_format)
     config_file: str | None = args.config_file
@@ -108,7 +108,19 @@ def status(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Load and check the config, then run the supervisor loop until SIGTERM/SIGINT."""
+    # The workers' fork server imports grpc meanwhile (issue 14); the arbiter takes it over.
+    from supervisor import zygote_client
+
+    zygote_client.start_early(args.runtime_dir, args.log_level, args.log_format)
+    try:
+        return _run(args)
+    finally:
+        zygote_client.uninstall()
+
+
+def _run(args: argparse.Namespace) -> int:
     from supervisor.arbiter import Arbiter, Options
+    from supervisor.timings import Timings
 
     setup_logging(args.log_level, args.log_format, process="supervisor")
     try:
@@ -147,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"--metrics-address: {err}", file=sys.stderr)
         return exitcodes.FATAL
     try:
-        return Arbiter(options, config, data, observer=observer).run()
+        timings = Timings.from_env(os.environ)  # production timings unless a test asks
+        return Arbiter(options, config, data, observer=observer, timings=timings).run()
     finally:
         if observer is not None:
             observer.stopped()  # idempotent; covers a loop that never started

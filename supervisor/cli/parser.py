@@ -3,6 +3,10 @@
 With no subcommand it runs the plugin, so an image entrypoint reads like the Go plugin's, whose
 single-dash flags (`-config-file`, `-use-cdi`, `-version`) are accepted too. Every flag of `run`
 can also come from an `RDMA_SHARED_DP_<FLAG>` environment variable (flag wins).
+
+`--kubelet-root-dir DIR` (the Go plugin's and the Network Operator's flag) moves the three kubelet
+paths under DIR (`DIR/device-plugins`, `DIR/plugins_registry`, `DIR/pod-resources/kubelet.sock`)
+unless a path is given explicitly, by flag or environment variable.
 """
 
 from __future__ import annotations
@@ -13,19 +17,48 @@ import sys
 from collections.abc import Sequence
 
 from common import exitcodes
+from common.defaults import (  # re-exported: tests and tools read them from here too
+    DEFAULT_CDI_DIR,
+    DEFAULT_CONFIG_FILE,
+    DEFAULT_HOST_ROOT,
+    DEFAULT_METRICS_ADDRESS,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_RUNTIME_DIR,
+    HEALTHZ_PATH,
+    READYZ_PATH,
+    VERSION,
+)
 
-VERSION = "0.1.0"
-DEFAULT_CONFIG_FILE = "/k8s-rdma-shared-dev-plugin/config.json"
-DEFAULT_METRICS_PORT = 9478
-DEFAULT_METRICS_ADDRESS = f":{DEFAULT_METRICS_PORT}"
-HEALTHZ_PATH = "/healthz"
-READYZ_PATH = "/readyz"
+__all__ = [
+    "DEFAULT_CONFIG_FILE",
+    "DEFAULT_METRICS_ADDRESS",
+    "DEFAULT_METRICS_PORT",
+    "HEALTHZ_PATH",
+    "READYZ_PATH",
+    "VERSION",
+    "build_parser",
+    "main",
+]
 SUBCOMMANDS = ("run", "discover", "validate-config", "demo", "version", "status")
 ENV_PREFIX = "RDMA_SHARED_DP_"
+DEFAULT_KUBELET_ROOT = "/var/lib/kubelet"
+#: Flag -> its path under the kubelet's root folder (used unless the path is given explicitly).
+KUBELET_PATHS = {
+    "device_plugin_dir": "device-plugins",
+    "plugins_registry_dir": "plugins_registry",
+    "pod_resources_socket": "pod-resources/kubelet.sock",
+}
+#: What the Go binary (and so the Network Operator) spells `--version`.
+VERSION_FLAGS = ("-v", "-version", "--version")
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
+
+
+def _env_or_none(name: str) -> str | None:
+    """The variable's value if it is set at all (an empty value is explicit too)."""
+    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"))
 
 
 def _env_flag(name: str) -> bool:
@@ -61,7 +94,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--host-root",
-        default=_env("host-root", "/"),
+        default=_env("host-root", DEFAULT_HOST_ROOT),
         help=_h(
             "host-root",
             "the host's root: sysfs is read under <host-root>/sys, char devices "
@@ -70,21 +103,33 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         ),
     )
     p.add_argument(
+        "--kubelet-root-dir",
+        "-kubelet-root-dir",
+        default=_env("kubelet-root-dir", DEFAULT_KUBELET_ROOT),
+        help=_h(
+            "kubelet-root-dir",
+            "the kubelet's --root-dir (the Go plugin's flag); the three kubelet paths below "
+            "default to folders in it unless given by flag or variable",
+            DEFAULT_KUBELET_ROOT,
+        ),
+    )
+    # None until resolve_kubelet_paths(): given explicitly (flag or env), or under the root.
+    p.add_argument(
         "--device-plugin-dir",
-        default=_env("device-plugin-dir", "/var/lib/kubelet/device-plugins"),
+        default=_env_or_none("device-plugin-dir"),
         help=_h(
             "device-plugin-dir",
             "where kubelet.sock is and plugin sockets go",
-            "/var/lib/kubelet/device-plugins",
+            "<kubelet-root-dir>/device-plugins",
         ),
     )
     p.add_argument(
         "--plugins-registry-dir",
-        default=_env("plugins-registry-dir", "/var/lib/kubelet/plugins_registry"),
+        default=_env_or_none("plugins-registry-dir"),
         help=_h(
             "plugins-registry-dir",
             "the kubelet's plugin-watcher folder (watcher mode)",
-            "/var/lib/kubelet/plugins_registry",
+            "<kubelet-root-dir>/plugins_registry",
         ),
     )
     p.add_argument(
@@ -100,16 +145,16 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--cdi-dir",
-        default=_env("cdi-dir", "/var/run/cdi"),
-        help=_h("cdi-dir", "where CDI specs are written with --use-cdi", "/var/run/cdi"),
+        default=_env("cdi-dir", DEFAULT_CDI_DIR),
+        help=_h("cdi-dir", "where CDI specs are written with --use-cdi", DEFAULT_CDI_DIR),
     )
     p.add_argument(
         "--runtime-dir",
-        default=_env("runtime-dir", "/run/rdma-shared-dp"),
+        default=_env("runtime-dir", DEFAULT_RUNTIME_DIR),
         help=_h(
             "runtime-dir",
             "the supervisor's private folder (control socket, lock)",
-            "/run/rdma-shared-dp",
+            DEFAULT_RUNTIME_DIR,
         ),
     )
     p.add_argument(
@@ -123,11 +168,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--pod-resources-socket",
-        default=_env("pod-resources-socket", "/var/lib/kubelet/pod-resources/kubelet.sock"),
+        default=_env_or_none("pod-resources-socket"),
         help=_h(
             "pod-resources-socket",
             "the kubelet's PodResources API, for per-pod metrics; empty turns them off",
-            "/var/lib/kubelet/pod-resources/kubelet.sock",
+            "<kubelet-root-dir>/pod-resources/kubelet.sock",
         ),
     )
     p.add_argument(
@@ -180,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"config to match against (default {DEFAULT_CONFIG_FILE} if it exists, "
         "else every candidate is shown under one catch-all resource; '' forces that)",
     )
-    discover.add_argument("--host-root", default=_env("host-root", "/"))
+    discover.add_argument("--host-root", default=_env("host-root", DEFAULT_HOST_ROOT))
     discover.add_argument("--json", action="store_true", help="print JSON instead of tables")
     _add_log_flags(discover)
 
@@ -207,15 +252,30 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("version", help="print the version")
 
     status = sub.add_parser("status", help="ask the running supervisor for its worker table")
-    status.add_argument("--runtime-dir", default=_env("runtime-dir", "/run/rdma-shared-dp"))
+    status.add_argument("--runtime-dir", default=_env("runtime-dir", DEFAULT_RUNTIME_DIR))
     status.add_argument("--json", action="store_true")
     return parser
 
 
+def resolve_kubelet_paths(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in each kubelet path not given explicitly from `--kubelet-root-dir`."""
+    root = args.kubelet_root_dir.rstrip("/") or "/"
+    for name, relative in KUBELET_PATHS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, os.path.join(root, relative))
+    return args
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse as `main` does, kubelet paths resolved (tests and manifests check flags with it)."""
+    args = build_parser().parse_args(_normalise_argv(argv))
+    return resolve_kubelet_paths(args) if args.command == "run" else args
+
+
 def _normalise_argv(argv: Sequence[str]) -> list[str]:
-    """`run` is the default subcommand; Go's `-version`/`--version` mean `version`."""
+    """`run` is the default subcommand; Go's `-v`/`-version`/`--version` mean `version`."""
     args = list(argv)
-    if any(a in ("-version", "--version") for a in args):
+    if any(a in VERSION_FLAGS for a in args):
         return ["version"]
     if not args or (args[0].startswith("-") and args[0] not in ("-h", "--help")):
         return ["run", *args]
@@ -223,7 +283,11 @@ def _normalise_argv(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(_normalise_argv(sys.argv[1:] if argv is None else argv))
+    from supervisor import pid1
+
+    if argv is None and pid1.should_become_init():
+        pid1.become_init()  # only the child returns; PID 1 reaps and forwards until it exits
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "version":
         print(f"rdma-shared-dp {VERSION}")
         return exitcodes.OK

@@ -464,30 +464,34 @@ class Metrics:
             metric.add_metric(list(labels), value)
 
         with self._lock:
-            add("build_info", [self._version], 1)
-            add("kubelet_restarts_total", [], self._kubelet_restarts)
-            for result, n in sorted(self._reloads.items()):
-                add("config_reloads_total", [result], n)
-            if self._last_reload_success is not None:
-                add("config_last_reload_success_timestamp_seconds", [], self._last_reload_success)
-            if self._last_reload_ok is not None:
-                add("config_last_reload_successful", [], 1 if self._last_reload_ok else 0)
-            if self._netns_exclusive is not None:
-                add("rdma_netns_exclusive", [], 1 if self._netns_exclusive else 0)
-            for trigger, n in sorted(self._scans.items()):
-                add("device_scans_total", [trigger], n)
-            for reason, n in sorted(self._scan_errors.items()):
-                add("device_scan_errors_total", [reason], n)
-            scan = fam["device_scan_duration_seconds"]
-            assert isinstance(scan, HistogramMetricFamily)
-            scan.add_metric([], self._scan_duration.samples(), self._scan_duration.total)
-            for (rdma, port), up in sorted(self._ports.items()):
-                add("hca_port_up", [rdma, port], 1 if up else 0)
-            for key, count in sorted(self._pods.items()):
-                add("pod_allocations", key, count)
+            self._collect_node(add, fam)
             for name, r in sorted(self._resources.items()):
                 self._collect_resource(name, r, add, fam)
         return list(fam.values())
+
+    def _collect_node(self, add: _Add, fam: dict[str, Metric]) -> None:
+        """The node-wide series (the caller holds the lock)."""
+        add("build_info", [self._version], 1)
+        add("kubelet_restarts_total", [], self._kubelet_restarts)
+        for result, n in sorted(self._reloads.items()):
+            add("config_reloads_total", [result], n)
+        if self._last_reload_success is not None:
+            add("config_last_reload_success_timestamp_seconds", [], self._last_reload_success)
+        if self._last_reload_ok is not None:
+            add("config_last_reload_successful", [], 1 if self._last_reload_ok else 0)
+        if self._netns_exclusive is not None:
+            add("rdma_netns_exclusive", [], 1 if self._netns_exclusive else 0)
+        for trigger, n in sorted(self._scans.items()):
+            add("device_scans_total", [trigger], n)
+        for reason, n in sorted(self._scan_errors.items()):
+            add("device_scan_errors_total", [reason], n)
+        scan = fam["device_scan_duration_seconds"]
+        assert isinstance(scan, HistogramMetricFamily)
+        scan.add_metric([], self._scan_duration.samples(), self._scan_duration.total)
+        for (rdma, port), up in sorted(self._ports.items()):
+            add("hca_port_up", [rdma, port], 1 if up else 0)
+        for key, count in sorted(self._pods.items()):
+            add("pod_allocations", key, count)
 
     def _collect_resource(self, name: str, r: _Resource, add: _Add, fam: dict[str, Metric]) -> None:
         if r.inventory is not None:
@@ -507,14 +511,7 @@ class Metrics:
             add("worker_cpu_seconds_total", [name], r.cpu.sums[0])
         for reason, n in sorted(r.restarts.items()):
             add("worker_restarts_total", [name, reason], n)
-        if r.failures is not None:
-            add("worker_consecutive_failures", [name], r.failures)
-        if r.cdi_current is not None:
-            add("resource_cdi_spec_current", [name], 1 if r.cdi_current else 0)
-        if r.cdi_current is not None or r.cdi_errors.sums:
-            errors = r.cdi_errors.sums or [0.0] * len(CDI_ERROR_REASONS)
-            for label, errs in zip(CDI_ERROR_REASONS, errors, strict=True):
-                add("cdi_write_errors_total", [name, label], errs)
+        _collect_issue_11(name, r, add)
         # Zeros before the first heartbeat, so rate() and increase() work from the start.
         sums = r.counters.sums or [0.0] * (len(_COUNTER_FIELDS) + len(ALLOCATE_BUCKETS))
         c = dict(zip(_COUNTER_FIELDS, sums, strict=False))
@@ -531,6 +528,18 @@ class Metrics:
         allocate = fam["allocate_duration_seconds"]
         assert isinstance(allocate, HistogramMetricFamily)
         allocate.add_metric([name], hist.samples(), hist.total)
+
+
+def _collect_issue_11(name: str, r: _Resource, add: _Add) -> None:
+    """Crash loops and CDI spec writes (issue 11)."""
+    if r.failures is not None:
+        add("worker_consecutive_failures", [name], r.failures)
+    if r.cdi_current is not None:
+        add("resource_cdi_spec_current", [name], 1 if r.cdi_current else 0)
+    if r.cdi_current is not None or r.cdi_errors.sums:
+        errors = r.cdi_errors.sums or [0.0] * len(CDI_ERROR_REASONS)
+        for label, errs in zip(CDI_ERROR_REASONS, errors, strict=True):
+            add("cdi_write_errors_total", [name, label], errs)
 
 
 def _families() -> dict[str, Metric]:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from supervisor.cli.parser import HEALTHZ_PATH, READYZ_PATH
+from common.defaults import HEALTHZ_PATH, READYZ_PATH
 from supervisor.metrics.exporter import Metrics
 
 LOG = logging.getLogger(__name__)

@@ -22,10 +22,11 @@ from collections.abc import Collection, Mapping, Sequence
 import psutil
 
 from common.config import Config
+from common.defaults import VERSION
 from common.devices import Candidate, Scan
 from common.messages import WorkerCounters, WorkerStatus
 from common.rdma_netns import EXCLUSIVE, EXCLUSIVE_WARNING
-from supervisor.cli.parser import VERSION
+from supervisor.children import ChildSpec
 from supervisor.metrics.exporter import Metrics
 from supervisor.metrics.http_server import MetricsServer, Probes, start_metrics_server
 from supervisor.metrics.pod_resources import PodAllocation, PodResourcesReader
@@ -67,6 +68,9 @@ class MetricsObserver(Observer):
         self._runs: dict[str, tuple[int, float]] = {}  # resource -> (pid, first heartbeat)
 
     # ---- config and devices ------------------------------------------------------------------
+
+    def children(self) -> Sequence[ChildSpec]:
+        return (self.pod_resources.child_spec(),) if self.pod_resources is not None else ()
 
     def started(self, source: StatusSource) -> None:
         self._source = source
@@ -259,7 +263,8 @@ def start_metrics_observer(address: str, pod_resources_socket: str) -> MetricsOb
     reader: PodResourcesReader | None = None
     if pod_resources_socket.strip():
         try:
-            reader = PodResourcesReader(pod_resources_socket.strip())
+            # The supervisor's lifecycle runs the poller child (`children`); this reads it.
+            reader = PodResourcesReader(pod_resources_socket.strip(), supervise=False)
         except OSError as err:  # no pipe: metrics without pod series beat no supervisor
             LOG.error("cannot start the PodResources poller: %s; no pod series", err)
     return MetricsObserver(metrics, probes, server, reader)

@@ -31,6 +31,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from supervisor.children import ChildSpec
+
 LOG = logging.getLogger(__name__)
 
 #: Restart delays of a dead poller: doubles from the first to the cap; reset after a stable run.
@@ -101,6 +103,7 @@ class PodResourcesReader:
         *,
         python: str = sys.executable,
         env: Mapping[str, str] | None = None,
+        supervise: bool = True,
     ) -> None:
         if not interval > 0:
             raise ValueError(f"PodResources poll interval must be > 0, not {interval!r}")
@@ -119,7 +122,31 @@ class PodResourcesReader:
         #: From the last valid line: whether the API answered, and its error if not.
         self.available = False
         self.last_error = ""
-        self._spawn()
+        #: Whether the first state was logged: an absent socket (the Network Operator mounts
+        #: none) is said once at start, then only changes are.
+        self._reported = False
+        #: False: the supervisor's lifecycle runs the child (`child_spec`), this only reads.
+        self._supervising = supervise
+        if supervise:
+            self._spawn()
+
+    def child_spec(self) -> ChildSpec:
+        """The poller as a helper child for the supervisor's lifecycle to run."""
+        return ChildSpec(
+            name="PodResources poller",
+            argv=tuple(self._argv()),
+            env=self._env,
+            stdout=self._write_fd,
+            restart_first=RESTART_FIRST,
+            restart_cap=RESTART_CAP,
+            stable_after=STABLE_RUN,
+            on_start=self._restart_lines,
+        )
+
+    def _restart_lines(self) -> None:
+        # Whatever the last child left half-written is not the start of the next one's line.
+        self._drain()
+        self._buffer = b""
 
     @property
     def pid(self) -> int | None:
@@ -143,7 +170,8 @@ class PodResourcesReader:
         if self._stopped:
             return None
         newest = self._drain()
-        self._supervise()
+        if self._supervising:
+            self._supervise()
         return newest
 
     def stop(self) -> None:
@@ -181,7 +209,8 @@ class PodResourcesReader:
                 LOG.warning("PodResources poller wrote an invalid line, ignored: %.200r", line)
                 continue
             available, rows, error = parsed
-            if available != self.available or error != self.last_error:
+            if not self._reported or available != self.available or error != self.last_error:
+                self._reported = True
                 if available:
                     LOG.info("PodResources API answering socket=%s", self.socket_path)
                 else:
@@ -211,11 +240,8 @@ class PodResourcesReader:
         self._restart_at = now + self._delay
         self._delay = min(RESTART_CAP, self._delay * 2)
 
-    def _spawn(self) -> None:
-        # Whatever the last child left half-written is not the start of the next one's line.
-        self._drain()
-        self._buffer = b""
-        argv = [
+    def _argv(self) -> list[str]:
+        return [
             self._python,
             "-m",
             "podresources.poller",
@@ -224,9 +250,12 @@ class PodResourcesReader:
             "--interval",
             repr(self.interval),
         ]
+
+    def _spawn(self) -> None:
+        self._restart_lines()
         try:
             self._proc = subprocess.Popen(
-                argv,
+                self._argv(),
                 stdin=subprocess.DEVNULL,
                 stdout=self._write_fd,
                 start_new_session=True,

@@ -11,14 +11,19 @@ import hashlib
 import logging
 import os
 
+from common.loop.throttle import LogThrottle
+
 LOG = logging.getLogger(__name__)
+
+#: An unreadable config file is logged when it starts, then at most this often while it lasts.
+UNREADABLE_LOG_INTERVAL = 300.0
 
 
 class ConfigWatch:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._digest: str | None = None
-        self._unreadable = False
+        self._throttle = LogThrottle(UNREADABLE_LOG_INTERVAL)
 
     def read(self) -> tuple[bytes | None, str]:
         """The file's bytes (None when unreadable) and the reason it is unreadable."""
@@ -34,17 +39,20 @@ class ConfigWatch:
     def poll(self) -> bytes | None:
         """New content since the last `mark_seen` or `poll`, or None when nothing changed.
 
-        An unreadable file counts as no change: the running config stays (logged once).
+        An unreadable file counts as no change: the running config stays (logged when it starts,
+        then every few minutes while it lasts).
         """
         data, why = self.read()
         if data is None:
-            if not self._unreadable:
-                LOG.warning("%s; keeping the running config until it is readable again", why)
-            self._unreadable = True
+            swallowed = self._throttle.allow("unreadable")
+            if swallowed is not None:
+                again = f" (and {swallowed} times since)" if swallowed else ""
+                LOG.warning(
+                    "%s; keeping the running config until it is readable again%s", why, again
+                )
             return None
-        if self._unreadable:
+        if self._throttle.clear("unreadable"):
             LOG.info("config file %s is readable again", self.path)
-            self._unreadable = False
         digest = hashlib.sha256(data).hexdigest()
         if digest == self._digest:
             return None

@@ -43,16 +43,16 @@ def _machine(mode: str) -> tuple[RegistrationMachine, Clock]:
     return m, clock
 
 
-def _registers(actions: list[f.Action]) -> list[f.Register]:
+def _registers(actions: list[registration_io.Action]) -> list[registration_io.Register]:
     return [a for a in actions if isinstance(a, f.Register)]
 
 
-def _timer(actions: list[f.Action]) -> float | None:
+def _timer(actions: list[registration_io.Action]) -> float | None:
     timers = [a.delay for a in actions if isinstance(a, f.SetTimer)]
     return timers[-1] if timers else None
 
 
-def drive(state: State, mode: str) -> tuple[RegistrationMachine, Clock]:
+def drive(state: State, mode: str) -> tuple[RegistrationMachine, Clock]:  # noqa: C901 (one branch per state, read top to bottom)
     """A machine brought into `state` by the events that lead there in real life."""
     m, clock = _machine(mode)
     if state is State.UNSERVED:
@@ -90,11 +90,11 @@ def drive(state: State, mode: str) -> tuple[RegistrationMachine, Clock]:
     return m, clock
 
 
-def relevant_event(kind: Kind, m: RegistrationMachine, clock: Clock) -> f.Event:
+def relevant_event(kind: Kind, m: RegistrationMachine, clock: Clock) -> registration_io.Event:
     """An event of `kind` that concerns the machine's current server, attempt and stream."""
     attempt = m.inflight.number if m.inflight is not None else m.attempt
     generation = m.inflight.generation if m.inflight is not None else m.generation
-    events: dict[Kind, f.Event] = {
+    events: dict[Kind, registration_io.Event] = {
         Kind.RESET: f.Reset(m.mode, "test"),
         Kind.SERVED: f.Served(m.generation + 1),
         Kind.SERVE_FAILED: f.ServeFailed(False),

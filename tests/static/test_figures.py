@@ -1,0 +1,76 @@
+"""Memory and timing figures come from one place: `make bench` -> benchmarks/figures.json.
+
+README's "Measured" table must be exactly what `benchmarks/figures.py` renders from the file, and
+no other doc may quote measured figures of its own (they link to that table instead).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parents[2]
+#: A measurement quoted in prose: a statistic or a USS with a number and a unit.
+MEASURED = re.compile(
+    r"\b(median|p50|p90|p99|USS)\b[^|\n]{0,40}?\d+(\.\d+)?\s?(ms|µs|us|MiB|s)\b"
+    r"|\d+(\.\d+)?\s?MiB USS",
+)
+
+
+def _figures() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("figures", REPO / "benchmarks" / "figures.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_measured_table_is_rendered_from_the_benchmark_figures() -> None:
+    figures = _figures()
+    readme = (REPO / "README.md").read_text()
+    table = figures.render(figures.load())
+    assert table in readme, "README's Measured table differs: run `make bench` (or "
+    "`.venv/bin/python benchmarks/figures.py --render README.md`)"
+    assert table.count("\n| ") >= 8  # every row's keys are in the file
+
+
+def test_readme_scale_block_is_rendered_from_the_scale_results() -> None:
+    figures = _figures()
+    readme = (REPO / "README.md").read_text()
+    block = figures.render_scale(figures.load(figures.SCALE))
+    assert block in readme, "README's scale block differs: run `make bench` (or "
+    "`.venv/bin/python benchmarks/figures.py --render README.md`)"
+    assert block.count("\n| ") >= 4  # header, rule and rows
+
+
+def _outside_the_table(text: str) -> str:
+    figures = _figures()
+    if figures.BEGIN in text:
+        start, end = text.index(figures.BEGIN), text.index(figures.END)
+        text = text[:start] + text[end:]
+    if figures.SCALE_BEGIN in text:
+        start, end = text.index(figures.SCALE_BEGIN), text.index(figures.SCALE_END)
+        text = text[:start] + text[end:]
+    return text
+
+
+def test_no_doc_quotes_measured_figures_of_its_own() -> None:
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = _outside_the_table(doc.read_text())
+        quoted = [m.group(0) for m in MEASURED.finditer(text)]
+        assert not quoted, f"{doc.name} quotes measurements {quoted}: link to README#measured"
+
+
+def test_the_figure_checks_can_fail(tmp_path: Path) -> None:
+    assert MEASURED.search("re-registered a median of ~6 ms after")
+    assert MEASURED.search("the supervisor uses 13.1 MiB USS")
+    assert not MEASURED.search("buckets 1 ms to 2.5 s; polls every 50 ms")
+    figures = _figures()
+    data = {"figures": {"discovery_median_ms": 1.0, "discovery_p90_ms": 2.0}}
+    assert "median 1.0 ms (p90 2.0 ms)" in figures.render(data)
+    assert "Allocate" not in figures.render(data)  # a row without its figures is left out
+    doc = tmp_path / "x.md"
+    doc.write_text(f"a\n{figures.BEGIN}\nold\n{figures.END}\nb\n")
+    assert figures.splice(doc.read_text(), "NEW") == "a\nNEW\nb\n"
