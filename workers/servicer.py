@@ -7,8 +7,6 @@ post events back; they never change the worker's state and never touch the disk.
 
 from __future__ import annotations
 
-import bisect
-import errno
 import itertools
 import logging
 import threading
@@ -19,15 +17,16 @@ from typing import Any
 
 import grpc
 
-from common.config import MAX_RDMA_HCA_MAX
 from common.loop.throttle import LogThrottle
-from common.messages import ALLOCATE_BUCKETS, CDI_ERROR_REASONS, WorkerCounters
 from proto.deviceplugin.v1beta1 import api_pb2 as dp
 from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from proto.pluginregistration.v1 import api_pb2 as reg
 from proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
-from workers import plan as planning
+from workers import requests
+from workers.counters import Counters as Counters  # re-exported: used as servicer.Counters
 from workers.events import EventQueue, StreamLost, StreamOpened, WatcherStatus
+from workers.published import Published
+from workers.published import publish as publish  # re-exported
 
 LOG = logging.getLogger("workers.servicer")
 
@@ -35,14 +34,6 @@ API_VERSION = "v1beta1"
 PLUGIN_TYPE = "DevicePlugin"
 #: A stream thread re-checks its call this often even when nothing changes.
 STREAM_IDLE_CHECK = 1.0
-#: Container requests one Allocate or GetPreferredAllocation may carry. The kubelet sends exactly
-#: one per call; the proto allows more, and each costs a copy of the answer, so a bound keeps a
-#: crafted request's response (and its CPU) small.
-MAX_CONTAINERS = 64
-#: A long request checks every this many IDs whether its caller is still waiting.
-CHECK_EVERY = 1024
-#: Longest piece of an unknown ID quoted back in an error.
-MAX_SHOWN_ID = 64
 #: ListAndWatch streams one worker serves at once. Each holds a thread of the worker's gRPC pool
 #: (8 threads, workers.serving) for its whole life, so the bound keeps threads free for the
 #: kubelet's unary calls. The kubelet needs one (two while an old registration's stream is
@@ -60,127 +51,6 @@ def options() -> dp.DevicePluginOptions:
     return dp.DevicePluginOptions(
         pre_start_required=False, get_preferred_allocation_available=False
     )
-
-
-@dataclass(frozen=True)
-class Published:
-    """What the handlers serve, built once per plan."""
-
-    plan: planning.Plan
-    snapshot: dp.ListAndWatchResponse
-    container_answer: dp.ContainerAllocateResponse
-    #: Set while the worker cannot honour what `container_answer` promises (the CDI spec is not
-    #: on disk): Allocate refuses with this text and every ID is advertised Unhealthy.
-    refusal: str | None = None
-
-
-def publish(plan: planning.Plan, refusal: str | None = None) -> Published:
-    health = planning.UNHEALTHY if refusal is not None else plan.health
-    # Built in place, in the response's own arena: a standalone dp.Device per ID (copied in, then
-    # freed) left 1.3 MiB of heap behind per worker for 1000 IDs; this way it is 0.25 MiB.
-    snapshot = dp.ListAndWatchResponse()
-    add = snapshot.devices.add
-    for device_id in plan.device_ids:
-        device = add(ID=device_id, health=health)
-        if plan.numa_nodes:
-            nodes = device.topology.nodes
-            for n in plan.numa_nodes:
-                nodes.add(ID=n)
-    answer = dp.ContainerAllocateResponse()
-    if plan.use_cdi:
-        answer.cdi_devices.extend(dp.CDIDevice(name=n) for n in plan.cdi_devices)
-        if plan.cdi_annotation is not None:
-            key, value = plan.cdi_annotation
-            answer.annotations[key] = value
-    else:
-        answer.devices.extend(
-            dp.DeviceSpec(container_path=p, host_path=p, permissions=planning.PERMISSIONS)
-            for p in plan.device_paths
-        )
-    return Published(plan, snapshot, answer, refusal)
-
-
-def cdi_error_reason(exc: OSError) -> str:
-    """The CDI_ERROR_REASONS label of a failed spec write."""
-    return {
-        errno.EROFS: "read_only",
-        errno.ENOSPC: "no_space",
-        errno.EDQUOT: "no_space",
-        errno.EACCES: "permission",
-        errno.EPERM: "permission",
-        errno.ENOENT: "missing_folder",
-        errno.ENOTDIR: "missing_folder",
-    }.get(exc.errno or 0, "other")
-
-
-class Counters:
-    """Mutable totals behind a lock; `snapshot()` gives the message form."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.allocations_ok = 0
-        self.allocations_refused = 0
-        self.allocate_seconds_sum = 0.0
-        self.allocate_count = 0
-        self.allocate_buckets = [0] * len(ALLOCATE_BUCKETS)  # per bucket, made cumulative on read
-        self.registrations_ok = 0
-        self.registrations_failed = 0
-        self.kubelet_restarts = 0
-        self.stream_open = False
-        self.cdi_spec_current: bool | None = None
-        self.cdi_write_errors = [0] * len(CDI_ERROR_REASONS)
-        self.cdi_error = ""
-
-    def cdi_write_failed(self, exc: OSError) -> None:
-        """A CDI spec write failed (main loop); counted by reason until a publish clears it."""
-        reason = cdi_error_reason(exc)
-        with self._lock:
-            self.cdi_write_errors[CDI_ERROR_REASONS.index(reason)] += 1
-            self.cdi_error = reason
-
-    def cdi_published(self, use_cdi: bool, current: bool) -> None:
-        with self._lock:
-            self.cdi_spec_current = current if use_cdi else None
-            if current or not use_cdi:
-                self.cdi_error = ""
-
-    def allocation(self, ok: bool, seconds: float) -> None:
-        index = bisect.bisect_left(ALLOCATE_BUCKETS, seconds)
-        with self._lock:
-            if ok:
-                self.allocations_ok += 1
-            else:
-                self.allocations_refused += 1
-            self.allocate_seconds_sum += seconds
-            self.allocate_count += 1
-            if index < len(self.allocate_buckets):
-                self.allocate_buckets[index] += 1
-
-    def add(self, name: str, amount: int = 1) -> None:
-        with self._lock:
-            setattr(self, name, getattr(self, name) + amount)
-
-    def snapshot(self) -> WorkerCounters:
-        with self._lock:
-            cumulative: list[int] = []
-            total = 0
-            for n in self.allocate_buckets:
-                total += n
-                cumulative.append(total)
-            return WorkerCounters(
-                allocations_ok=self.allocations_ok,
-                allocations_refused=self.allocations_refused,
-                allocate_seconds_sum=self.allocate_seconds_sum,
-                allocate_count=self.allocate_count,
-                allocate_buckets=tuple(cumulative),
-                registrations_ok=self.registrations_ok,
-                registrations_failed=self.registrations_failed,
-                kubelet_restarts=self.kubelet_restarts,
-                stream_open=self.stream_open,
-                cdi_spec_current=self.cdi_spec_current,
-                cdi_write_errors=tuple(self.cdi_write_errors),
-                cdi_error=self.cdi_error,
-            )
 
 
 @dataclass(eq=False)
@@ -424,7 +294,8 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
     def Allocate(self, request: dp.AllocateRequest, context: grpc.ServicerContext) -> Any:
         start = time.perf_counter()
         published = self._hub.published
-        problem = _allocate_problem(published, request, context)
+        plan, refusal = (None, None) if published is None else (published.plan, published.refusal)
+        problem = requests.allocate_problem(plan, refusal, request, context)
         if problem is not None:
             code, message = problem
             self._counters.allocation(False, time.perf_counter() - start)
@@ -444,13 +315,14 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
     ) -> dp.PreferredAllocationResponse:
         # Every ID is equivalent: the must-include IDs, then the first available ones, is as good
         # as any choice, and always a valid answer.
-        problem = _preferred_problem(self._hub.published, request)
+        published = self._hub.published
+        problem = requests.preferred_problem(None if published is None else published.plan, request)
         if problem is not None:
             LOG.warning("GetPreferredAllocation refused resource=%s: %s", self._resource, problem)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         response = dp.PreferredAllocationResponse()
         for container in request.container_requests:
-            if not _call_alive(context):
+            if not requests.call_alive(context):
                 context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled or expired")
             size = container.allocation_size
             chosen: dict[str, None] = {}  # insertion-ordered set: linear in the lists
@@ -467,111 +339,6 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
         self, request: dp.PreStartContainerRequest, context: grpc.ServicerContext
     ) -> dp.PreStartContainerResponse:
         return dp.PreStartContainerResponse()
-
-
-def _call_alive(context: grpc.ServicerContext) -> bool:
-    """False once the client cancelled the call or its deadline passed: stop working for it."""
-    if not context.is_active():
-        return False
-    remaining = context.time_remaining()
-    return remaining is None or remaining > 0
-
-
-def _id_limit(published: Published | None) -> int:
-    """How many device IDs one request may name: what the resource advertises (the kubelet only
-    hands out advertised IDs, each to one container), or rdmaHcaMax's ceiling before any plan."""
-    return MAX_RDMA_HCA_MAX if published is None else len(published.plan.device_ids)
-
-
-def _unknown(
-    plan: planning.Plan, request: dp.AllocateRequest, context: grpc.ServicerContext
-) -> list[str] | None:
-    """The request's IDs that were never advertised, in order without repeats; None when the
-    caller went away meanwhile (checked every CHECK_EVERY IDs)."""
-    unknown: dict[str, None] = {}  # insertion-ordered set
-    looked = 0
-    for container in request.container_requests:
-        for device_id in container.devices_ids:
-            if device_id not in plan.id_set:
-                unknown[device_id] = None
-            looked += 1
-            if looked % CHECK_EVERY == 0 and not _call_alive(context):
-                return None
-    return list(unknown)
-
-
-def _allocate_problem(
-    published: Published | None, request: dp.AllocateRequest, context: grpc.ServicerContext
-) -> tuple[grpc.StatusCode, str] | None:
-    """Why `request` is refused, or None. Linear in the request and bounded: the sizes are checked
-    first (len() of a repeated field is O(1)), then at most the advertised number of IDs is
-    looked up in a set, and the call's liveness is checked every CHECK_EVERY IDs."""
-    if published is None:
-        return grpc.StatusCode.UNAVAILABLE, "the worker has no device set yet; retry"
-    plan = published.plan
-    name = plan.resource.full_name
-    containers = request.container_requests
-    if len(containers) > MAX_CONTAINERS:
-        return (
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"{name}: the request has {len(containers)} container requests, more than the "
-            f"{MAX_CONTAINERS} one Allocate may carry (the kubelet sends one per call)",
-        )
-    total = sum(len(c.devices_ids) for c in containers)
-    limit = len(plan.device_ids)
-    if total > limit:
-        return (
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"{name}: the request names {total} device IDs, more than the {limit} this "
-            f"resource advertises; one request can name at most {limit}",
-        )
-    unknown = _unknown(plan, request, context)
-    if unknown is None:
-        return grpc.StatusCode.CANCELLED, f"{name}: the call was cancelled or expired"
-    if unknown:
-        listed = list(unknown)
-        shown = ", ".join(repr(i[:MAX_SHOWN_ID]) for i in listed[:10])
-        more = f" and {len(listed) - 10} more" if len(listed) > 10 else ""
-        return (
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"{name}: device IDs {shown}{more} were never advertised "
-            f"(this resource advertises {limit} IDs)",
-        )
-    wanted = total > 0
-    if wanted and published.refusal is not None:
-        return grpc.StatusCode.FAILED_PRECONDITION, published.refusal
-    if wanted and not plan.can_allocate:
-        return (
-            grpc.StatusCode.FAILED_PRECONDITION,
-            f"{name}: no usable RDMA device is matched right now "
-            "(char devices missing); the devices are advertised Unhealthy",
-        )
-    return None
-
-
-def _preferred_problem(
-    published: Published | None, request: dp.PreferredAllocationRequest
-) -> str | None:
-    """Why a GetPreferredAllocation request is refused, or None: checked on sizes only (O(1)
-    per container), so a huge request costs nothing before it is refused."""
-    containers = request.container_requests
-    if len(containers) > MAX_CONTAINERS:
-        return (
-            f"the request has {len(containers)} container requests, more than the "
-            f"{MAX_CONTAINERS} one call may carry (the kubelet sends one per call)"
-        )
-    limit = _id_limit(published)
-    for index, c in enumerate(containers):
-        offered = len(c.available_deviceIDs) + len(c.must_include_deviceIDs)
-        if c.allocation_size < 0:
-            return f"container request {index}: allocation_size {c.allocation_size} is negative"
-        if c.allocation_size > limit or offered > 2 * limit:
-            return (
-                f"container request {index}: allocation_size {c.allocation_size} with "
-                f"{len(c.available_deviceIDs)} available and {len(c.must_include_deviceIDs)} "
-                f"must-include IDs; this resource advertises {limit} IDs"
-            )
-    return None
 
 
 class RegistrationServicer(reg_grpc.RegistrationServicer):  # type: ignore[misc]

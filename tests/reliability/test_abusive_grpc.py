@@ -17,7 +17,7 @@ from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from tests.conditions import wait_until
 from tests.reliability.footprint import Footprint, scale
 from tests.standin_supervisor import Rig, make_candidate, make_resource
-from workers import servicer
+from workers import requests, servicer
 from workers.plan import make_plan
 
 RESOURCE = make_resource("hca_a", "example.com", 64)
@@ -80,7 +80,7 @@ def test_100000_unknown_ids_are_refused_by_size(rig: Rig, stub: Any) -> None:
 def test_many_containers_are_refused(rig: Rig, stub: Any) -> None:
     err = _refused(lambda: _allocate(stub, *[[] for _ in range(100_000)]))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert f"more than the {servicer.MAX_CONTAINERS}" in err.details()
+    assert f"more than the {requests.MAX_CONTAINERS}" in err.details()
     _kubelet_still_served(rig)
 
 
@@ -156,10 +156,10 @@ def test_a_call_whose_caller_is_gone_stops(active: bool, remaining: float | None
         container_requests=[dp.ContainerAllocateRequest(devices_ids=[str(i) for i in range(9999)])]
     )
     context = _Context(active, remaining)
-    problem = servicer._allocate_problem(published, request, context)
+    problem = requests.allocate_problem(published.plan, published.refusal, request, context)
     assert problem is not None and problem[0] == grpc.StatusCode.CANCELLED
     assert context.asked == 1, "the work went on after the caller was gone"
-    assert servicer._allocate_problem(published, request, _Context(True, 5.0)) is None
+    assert requests.allocate_problem(published.plan, None, request, _Context(True, 5.0)) is None
 
 
 def test_10000_allocates_leave_no_growth(rig: Rig, stub: Any) -> None:
