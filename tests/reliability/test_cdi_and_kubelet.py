@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import socket
 import subprocess
 import threading
 import urllib.error
@@ -36,7 +37,6 @@ from tests.conditions import hard_timeout, wait_until
 from tests.reliability.footprint import Footprint, scale
 from tests.standin_supervisor import Rig, make_candidate, make_resource
 from tests.supervisor_rig import Plant, full, three_resources
-from tests.test_metrics_prometheus import free_port
 
 ABC = ["a", "b", "c"]
 
@@ -45,6 +45,12 @@ ABC = ["a", "b", "c"]
 def _hard_timeout() -> Iterator[None]:
     with hard_timeout(90):
         yield
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _mount(*args: str) -> None:

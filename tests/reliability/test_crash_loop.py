@@ -117,6 +117,8 @@ class Watch(MetricsObserver):
 def test_a_crash_loop_shows_its_cause_in_status_metric_and_log(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Fresh interpreters, not forks from the zygote: the fault is injected through the command.
+    monkeypatch.setenv("RDMA_SHARED_DP_ZYGOTE", "off")
     monkeypatch.setattr(worker_process, "worker_command", crashing_command)
     caplog.set_level(logging.WARNING)
     with tempfile.TemporaryDirectory(dir="/tmp") as d:
