@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo tools test test-fast lint typecheck bench bench-quick clean image
+.PHONY: demo tools test test-fast lint typecheck bench bench-quick clean image e2e-kubelet
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,7 +20,13 @@ tools: $(STAMP)
 	bash .ci/install-tools.sh
 
 test: tools
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not kubelet"
+
+# The real-kubelet suite (docs/e2e-kubelet.md): builds kubelets and containerd 2 from Go modules
+# once (cached by version), then runs upstream kubelets against the plugin. Needs root.
+e2e-kubelet: $(STAMP)
+	bash .ci/install-kubelet-e2e.sh
+	RDMA_E2E_REQUIRE=1 $(BIN)/pytest -q -m kubelet tests/e2e/kubelet
 
 # The unit tests without the property tests: pure code, no processes (under 20 s).
 test-fast: $(STAMP)

@@ -48,11 +48,13 @@ Messages (type: direction, body)
                 DEALER of its own on the same control socket (any routing id).
     status      supervisor -> CLI     {pid, started, config_file, config_loaded, grpc_loaded,
                 workers: [WorkerStatus, ...], last_reload: ReloadStatus | null,
-                rdma_netns_mode}
+                rdma_netns_mode, use_cdi (optional, false)}
                 The answer to status_request (`parent` is the request's id).
 
 Value shapes
-    ResourceConfig  {resource_name, resource_prefix, rdma_hca_max, selectors: {vendors: [..], ...}}
+    ResourceConfig  {resource_name, resource_prefix, rdma_hca_max, selectors: {vendors: [..], ...},
+                    retained_ids: [str, ...] (optional: IDs above rdma_hca_max that pods still
+                    hold; the worker advertises them too)}
     Candidate       as `common.devices.Candidate.to_json()` produces.
     WorkerSettings  see the dataclass below.
     WorkerStatus    see the dataclass below.
@@ -234,6 +236,7 @@ class Status(_Envelope):
     workers: tuple[WorkerStatus, ...]
     last_reload: ReloadStatus | None = None  # None until a changed file was read
     rdma_netns_mode: str = ""  # shared, exclusive, unknown (common.rdma_netns); "" not read yet
+    use_cdi: bool = False  # CDI mode: `status` reminds what the runtime must support
 
 
 Message = (
@@ -343,6 +346,11 @@ def _check_semantics(msg: Message, kind: str) -> None:
             # The worker builds one ID per unit: an unchecked count could exhaust its memory.
             raise ProtocolError(
                 f"{kind}: resource.rdma_hca_max must be between 0 and {MAX_RDMA_HCA_MAX}"
+            )
+        retained = msg.resource.retained_ids
+        if len(retained) > MAX_RDMA_HCA_MAX or not all(i.isdecimal() for i in retained):
+            raise ProtocolError(
+                f"{kind}: resource.retained_ids must be at most {MAX_RDMA_HCA_MAX} decimal IDs"
             )
         if not msg.resource.resource_name or not msg.resource.resource_prefix:
             raise ProtocolError(f"{kind}: resource name and prefix must not be empty")

@@ -17,6 +17,18 @@ the plugin's own processes. It behaves like the kubelet's device manager and plu
   the socket de-registers the plugin;
 - `restart()` is a kubelet restart: the sockets are wiped and `kubelet.sock` gets a new inode.
 
+What a real kubelet did (v1.32-1.37 with containerd, issue 9), on request:
+
+- `restart(killed=True)` leaves the dead `kubelet.sock` behind, and `same_inode=True` re-creates
+  it at the same inode number, as ext4 did in 52 of 53 real restarts (`inode_reused` records
+  whether that worked: on tmpfs it cannot);
+- pods added with `add_pod(..., running=False)` are admitted again 23-99 ms after the new kubelet
+  serves (`readmit_delay`); one whose resource is not registered by then, or whose devices are
+  not all healthy, is rejected with the kubelet's `UnexpectedAdmissionError` message and dropped
+  (`admissions()`);
+- with `pod_resources_socket`, a PodResources `List` that names each held device once per NUMA
+  node of its topology, in one `ContainerDevices` per node, as the kubelet does.
+
 All times recorded here come from `time.monotonic()`.
 """
 
@@ -26,6 +38,7 @@ import argparse
 import contextlib
 import logging
 import os
+import random
 import re
 import signal
 import socket
@@ -46,6 +59,8 @@ from proto.deviceplugin.v1beta1 import api_pb2 as dp
 from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from proto.pluginregistration.v1 import api_pb2 as reg
 from proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
+from proto.podresources.v1 import api_pb2 as pr
+from proto.podresources.v1 import api_pb2_grpc as pr_grpc
 
 LOG = logging.getLogger(__name__)
 
@@ -66,6 +81,11 @@ WATCHER_RETRY_MAX = 122.0
 DIAL_RETRY_INTERVAL = 0.02
 # sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
+#: After it starts serving, a real kubelet admitted non-running pods again this much later (s).
+READMIT_DELAY = (0.023, 0.099)
+#: How often `same_inode` restarts retry for the old inode number before giving up.
+SAME_INODE_ATTEMPTS = 16
+REJECTED = "UnexpectedAdmissionError"
 
 Mode = Literal["classic", "watcher"]
 
@@ -98,6 +118,29 @@ class Registration:
     mode: Mode
     time: float
     request_options: dp.DevicePluginOptions | None = None
+
+
+@dataclass(frozen=True)
+class SimPod:
+    """A pod the simulated kubelet holds devices for (PodResources lists it)."""
+
+    name: str
+    resource: str
+    device_ids: tuple[str, ...]
+    running: bool = True
+    namespace: str = "default"
+    container: str = "main"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """One re-admission of a non-running pod after a start: admitted, or rejected and why."""
+
+    pod: str
+    admitted: bool
+    reason: str  # "" or "UnexpectedAdmissionError"
+    message: str
+    after_serving: float  # seconds after kubelet.sock was served
 
 
 @dataclass(frozen=True)
@@ -183,6 +226,7 @@ class KubeletSimulator:
         plugins_registry_dir: Path | None = None,
         dial_timeout: float = 10.0,
         legacy_reregistration: bool = False,
+        pod_resources_socket: Path | None = None,
     ) -> None:
         """`legacy_reregistration` copies the device manager of kubelets without
         kubernetes#135437 (every release before 1.36): a new registration leaves the old
@@ -197,6 +241,18 @@ class KubeletSimulator:
         self.dial_timeout = dial_timeout
         self.kubelet_socket = self.device_plugin_dir / KUBELET_SOCKET
         self.legacy_reregistration = legacy_reregistration
+        self.pod_resources_socket = (
+            Path(pod_resources_socket).absolute() if pod_resources_socket is not None else None
+        )
+        self.readmit_delay = READMIT_DELAY
+        #: Per `same_inode` restart: whether kubelet.sock got its old inode number back.
+        self.inode_reused: list[bool] = []
+        self._pods: dict[str, SimPod] = {}
+        self._admissions: list[Admission] = []
+        # Resources this kubelet has seen registered (its checkpoint keeps them across restarts).
+        self._known_resources: set[str] = set()
+        self._pr_server: Any = None
+        self._pr_pool: ThreadPoolExecutor | None = None
 
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -229,11 +285,50 @@ class KubeletSimulator:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start like the kubelet: wipe the device-plugin sockets, serve `kubelet.sock`, watch."""
-        self._start(keep=None)
+    def start(self, *, inode: int | None = None) -> None:
+        """Start like the kubelet: wipe the device-plugin sockets, serve `kubelet.sock`, watch.
 
-    def _start(self, keep: Path | None) -> None:
+        `inode`: serve kubelet.sock at this inode number if the filesystem hands it back (as
+        the real kubelet's socket usually came back after a kill); see `inode_reused`."""
+        self._start(keep=None, want_inode=inode)
+
+    def _serve(self, stopping: threading.Event, want_inode: int | None) -> tuple[Any, Any]:
+        """Serve Registration on kubelet.sock; with `want_inode`, at that inode number if the
+        filesystem gives it back (a wrong number is kept taken by a placeholder and retried)."""
+        placeholders: list[Path] = []
+        try:
+            for attempt in range(SAME_INODE_ATTEMPTS if want_inode is not None else 1):
+                pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kubelet-sim-rpc")
+                server = grpc.server(pool)
+                dp_grpc.add_RegistrationServicer_to_server(
+                    _RegistrationService(self, stopping), server
+                )
+                try:
+                    port = server.add_insecure_port(f"unix:{self.kubelet_socket}")
+                except RuntimeError:  # newer grpc raises instead of returning 0
+                    port = 0
+                if port == 0:
+                    pool.shutdown(wait=False)
+                    raise KubeletSimulatorError(f"cannot listen on {self.kubelet_socket}")
+                # Bound, not serving yet: a number that is not the wanted one is discarded
+                # before any plugin could register with this server.
+                got = self.kubelet_socket.stat().st_ino
+                if want_inode is None or got == want_inode or attempt == SAME_INODE_ATTEMPTS - 1:
+                    if want_inode is not None:
+                        self.inode_reused.append(got == want_inode)
+                    server.start()
+                    return server, pool
+                placeholder = self.device_plugin_dir / f".inode-placeholder-{attempt}"
+                os.rename(self.kubelet_socket, placeholder)
+                placeholders.append(placeholder)
+                server.stop(grace=None).wait()
+                pool.shutdown(wait=True)
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            for placeholder in placeholders:
+                placeholder.unlink(missing_ok=True)
+
+    def _start(self, keep: Path | None, want_inode: int | None = None) -> None:
         with self._lock:
             if self._running:
                 raise KubeletSimulatorError("the kubelet simulator is already running")
@@ -248,17 +343,8 @@ class KubeletSimulator:
             self.plugins_registry_dir.mkdir(parents=True, exist_ok=True)
 
         stopping = threading.Event()
-        pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kubelet-sim-rpc")
-        server = grpc.server(pool)
-        dp_grpc.add_RegistrationServicer_to_server(_RegistrationService(self, stopping), server)
-        try:
-            port = server.add_insecure_port(f"unix:{self.kubelet_socket}")
-        except RuntimeError:  # newer grpc raises instead of returning 0
-            port = 0
-        if port == 0:
-            pool.shutdown(wait=False)
-            raise KubeletSimulatorError(f"cannot listen on {self.kubelet_socket}")
-        server.start()
+        server, pool = self._serve(stopping, want_inode)
+        served_at = time.monotonic()
         watcher: threading.Thread | None = None
         watch_pool: ThreadPoolExecutor | None = None
         if self.plugins_registry_dir is not None:
@@ -281,6 +367,19 @@ class KubeletSimulator:
         if watcher is not None:
             watcher.start()
             LOG.info("kubelet simulator watching plugins_registry=%s", self.plugins_registry_dir)
+        if self.pod_resources_socket is not None and self._pr_server is None:
+            self._serve_pod_resources(self.pod_resources_socket)
+        with self._lock:
+            waiting = any(not p.running for p in self._pods.values())
+        if waiting:
+            delay = random.uniform(*self.readmit_delay)
+            timer = threading.Timer(
+                max(0.0, delay - (time.monotonic() - served_at)),
+                self._readmit,
+                args=(stopping, served_at),
+            )
+            timer.daemon = True
+            timer.start()
 
     def stop(self) -> None:
         """Stop serving and close every plugin connection; returns once no thread is left."""
@@ -311,10 +410,45 @@ class KubeletSimulator:
             threads, self._stream_threads = self._stream_threads, []
         for thread in threads:
             thread.join()
+        if self._pr_server is not None:
+            self._pr_server.stop(grace=None).wait()
+            self._pr_server = None
+        if self._pr_pool is not None:
+            self._pr_pool.shutdown(wait=True)
+            self._pr_pool = None
         LOG.info("kubelet simulator stopped")
 
-    def restart(self) -> None:
-        """A kubelet restart: stop, wipe the sockets, start again (a new `kubelet.sock` inode)."""
+    def kill(self) -> None:
+        """A SIGKILLed kubelet: it stops serving at once and its `kubelet.sock` stays behind."""
+        aside = self.device_plugin_dir / ".kubelet.sock.killed"
+        try:
+            os.link(self.kubelet_socket, aside)
+        except OSError:
+            self.stop()
+            return
+        self.stop()
+        if self.kubelet_socket.exists():
+            aside.unlink()
+        else:
+            os.replace(aside, self.kubelet_socket)
+
+    def restart(self, *, killed: bool = False, same_inode: bool = False, gap: float = 0.0) -> None:
+        """A kubelet restart: stop (or `killed`: die and leave kubelet.sock behind), wipe the
+        sockets, start again. By default kubelet.sock gets a new inode; `same_inode` gives it the
+        old number back where the filesystem allows, as a real kubelet on ext4 usually got;
+        `gap` seconds pass between the two kubelets."""
+        if same_inode:
+            try:
+                old: int | None = self.kubelet_socket.stat().st_ino
+            except OSError:
+                old = None
+            if killed:
+                self.kill()
+            else:
+                self.stop()
+            time.sleep(gap)  # the kubelet is down this long: part of the scenario
+            self._start(None, want_inode=old)
+            return
         # Filesystems hand a freed inode number straight to the next file, so the new
         # kubelet.sock could reuse the old number; a hard link holds it until the new one exists.
         # (A real kubelet gives no such promise: plugins should also compare st_ctime_ns.)
@@ -325,7 +459,10 @@ class KubeletSimulator:
         except OSError:
             guard = None
         try:
-            self.stop()
+            if killed:
+                self.kill()
+            else:
+                self.stop()
             self._wipe_sockets(guard)
             self._start(guard)
         finally:
@@ -348,6 +485,128 @@ class KubeletSimulator:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
+
+    # ---- pods: re-admission and PodResources (what a real kubelet did) --------------------
+
+    def add_pod(
+        self,
+        name: str,
+        resource: str,
+        device_ids: list[str] | tuple[str, ...],
+        *,
+        running: bool = True,
+        namespace: str = "default",
+    ) -> None:
+        """A pod holding `device_ids` of `resource`; a non-running one (crash-looping) is
+        admitted again after every start."""
+        with self._lock:
+            self._pods[name] = SimPod(name, resource, tuple(device_ids), running, namespace)
+
+    def remove_pod(self, name: str) -> None:
+        with self._lock:
+            self._pods.pop(name, None)
+
+    def pods(self) -> list[SimPod]:
+        with self._lock:
+            return list(self._pods.values())
+
+    def admissions(self) -> list[Admission]:
+        with self._lock:
+            return list(self._admissions)
+
+    def wait_for_admissions(self, count: int, timeout: float = 5.0) -> list[Admission]:
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self._admissions) >= count, timeout):
+                raise TimeoutError(f"fewer than {count} admissions within {timeout}s")
+            return list(self._admissions)
+
+    def _readmit(self, stopping: threading.Event, served_at: float) -> None:
+        after = time.monotonic() - served_at
+        with self._changed:
+            if stopping.is_set():
+                return
+            for pod in [p for p in self._pods.values() if not p.running]:
+                endpoint = self._endpoints.get(pod.resource)
+                healthy = {d.id for d in self._devices.get(pod.resource, []) if d.health == HEALTHY}
+                problem = ""
+                if endpoint is None or endpoint.stopped:
+                    # The checkpoint brings back a known resource with no healthy device.
+                    problem = (
+                        f"no healthy devices present; cannot allocate unhealthy devices "
+                        f"{pod.resource}"
+                        if pod.resource in self._known_resources
+                        else f"cannot allocate unregistered device {pod.resource}"
+                    )
+                elif not healthy:
+                    problem = (
+                        f"no healthy devices present; cannot allocate unhealthy devices "
+                        f"{pod.resource}"
+                    )
+                elif not set(pod.device_ids) <= healthy:
+                    problem = (
+                        "previously allocated devices are no longer healthy; cannot allocate "
+                        f"unhealthy devices {pod.resource}"
+                    )
+                if problem:
+                    # As the pod's status message says it.
+                    message = (
+                        f"Pod was rejected: Allocate failed due to {problem}, which is unexpected"
+                    )
+                    self._admissions.append(Admission(pod.name, False, REJECTED, message, after))
+                    del self._pods[pod.name]  # a rejected pod is Failed: never admitted again
+                    LOG.warning("pod rejected pod=%s reason=%s %s", pod.name, REJECTED, message)
+                else:
+                    self._admissions.append(Admission(pod.name, True, "", "", after))
+            self._changed.notify_all()
+
+    def _serve_pod_resources(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kubelet-sim-podres")
+        server = grpc.server(pool)
+        pr_grpc.add_PodResourcesListerServicer_to_server(_PodResourcesService(self), server)
+        if server.add_insecure_port(f"unix:{path}") == 0:
+            pool.shutdown(wait=False)
+            raise KubeletSimulatorError(f"cannot serve PodResources on {path}")
+        server.start()
+        self._pr_server, self._pr_pool = server, pool
+
+    def list_pod_resources(self) -> pr.ListPodResourcesResponse:
+        """What PodResources `List` answers: each held ID once per NUMA node of its device."""
+        with self._lock:
+            pods = list(self._pods.values())
+            # The kubelet keeps each allocated device's NUMA nodes (its checkpoint has them), so
+            # they do not depend on a stream being open right now: the newest snapshot has them.
+            topology = {
+                (res, d.id): d.numa_nodes
+                for res, history in self._snapshots.items()
+                if history
+                for d in history[-1]
+            }
+        out = []
+        for pod in pods:
+            per_node: dict[int | None, list[str]] = {}
+            for device_id in pod.device_ids:
+                for node in topology.get((pod.resource, device_id)) or (None,):
+                    per_node.setdefault(node, []).append(device_id)
+            devices = [
+                pr.ContainerDevices(
+                    resource_name=pod.resource,
+                    device_ids=ids,
+                    topology=pr.TopologyInfo(nodes=[pr.NUMANode(ID=node)])
+                    if node is not None
+                    else None,
+                )
+                for node, ids in sorted(per_node.items(), key=lambda kv: (kv[0] is None, kv[0]))
+            ]
+            out.append(
+                pr.PodResources(
+                    name=pod.name,
+                    namespace=pod.namespace,
+                    containers=[pr.ContainerResources(name=pod.container, devices=devices)],
+                )
+            )
+        return pr.ListPodResourcesResponse(pod_resources=out)
 
     # ---- observations ----------------------------------------------------------------------
 
@@ -594,6 +853,7 @@ class KubeletSimulator:
                 self._endpoints[endpoint.resource] = endpoint
                 self._open.add(endpoint)
                 self._registrations.append(registration)
+                self._known_resources.add(endpoint.resource)
                 self._stream_threads.append(thread)
                 self._changed.notify_all()
         if stopped:
@@ -867,6 +1127,23 @@ class KubeletSimulator:
             LOG.warning(
                 "NotifyRegistrationStatus failed socket=%s: %s", socket_path, _rpc_reason(err)
             )
+
+
+class _PodResourcesService:
+    """v1 PodResourcesLister over the simulator's pods."""
+
+    def __init__(self, kubelet: KubeletSimulator) -> None:
+        self.kubelet = kubelet
+
+    def List(
+        self, request: pr.ListPodResourcesRequest, context: grpc.ServicerContext
+    ) -> pr.ListPodResourcesResponse:
+        return self.kubelet.list_pod_resources()
+
+    def GetAllocatableResources(
+        self, request: pr.AllocatableResourcesRequest, context: grpc.ServicerContext
+    ) -> pr.AllocatableResourcesResponse:
+        return pr.AllocatableResourcesResponse()
 
 
 class _RegistrationService:

@@ -3,8 +3,7 @@
 Who does what (docs/architecture.md has the map):
 
 - `loop.Loop`: the poller, fd readers, callback timers, guarded handlers;
-- `lifecycle.Lifecycle`: every worker process: spawn, reap, restart policy, stop ladder,
-  shutdown budget, liveness;
+- `lifecycle.Lifecycle`: every child: spawn, reap, restart policy, stop ladder, liveness;
 - `peers.Peers`: messages from workers and status clients, matched on a typed union;
 - `device_sync.DeviceSync`: uevents (debounced), periodic and config rescans, devices pushed;
 - `reload.Reloader`: a config reload, as a pure plan from the diff, then applied;
@@ -13,9 +12,7 @@ Who does what (docs/architecture.md has the map):
 
 This module keeps what holds them together: start, signals (SIGTERM/SIGINT stop, a second one
 kills; SIGHUP reloads; SIGCHLD only wakes the loop, every pass reaps), config polling, status,
-and the final close. Every timing comes from one `Timings`; every operator-visible event calls
-one `Observer` hook, guarded. The supervisor never imports grpc: workers are separate
-interpreters.
+the close. Timings come from one `Timings`; operator-visible events call `Observer` hooks.
 """
 
 from __future__ import annotations
@@ -35,6 +32,7 @@ from common.config import Config
 from common.loop.signals import SignalInbox
 from common.messages import Message, Status, WorkerStatus, type_name
 from supervisor import zygote_client
+from supervisor.cdi_runtime import CDI_RUNTIME_REQUIREMENT
 from supervisor.control import ControlChannel, endpoint_for
 from supervisor.device_state import DeviceState
 from supervisor.device_sync import DeviceSync, Scanner
@@ -133,6 +131,7 @@ class Arbiter:
         self.zygote: zygote_client.Zygote | None = None
         self._extra_fds: tuple[int, ...] = ()
         self.loop.every_pass.append(("reap", self.lifecycle.reap))
+        self.loop.every_pass.append(("held ids", self.reloader.keep_held_ids))
 
     # ---- what tests and observers read -------------------------------------------------------
 
@@ -233,6 +232,7 @@ class Arbiter:
         )
         self._observe(self.observer.config_applied, self.config)
         if self.options.use_cdi:
+            LOG.info("CDI mode: %s", CDI_RUNTIME_REQUIREMENT)
             remove_stale_cdi_specs(
                 self.options.cdi_dir, {r.full_name for r in self.config.resources}
             )
@@ -365,6 +365,7 @@ class Arbiter:
             config_loaded=self.config_loaded,
             grpc_loaded="grpc" in sys.modules,
             workers=self.worker_statuses(),
+            use_cdi=self.settings.use_cdi,
             last_reload=self.reloader.last_reload,
             rdma_netns_mode=self.sync.netns_mode,
             parent=parent,

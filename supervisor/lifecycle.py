@@ -20,6 +20,7 @@ from typing import Any
 from common import exitcodes
 from common.messages import Heartbeat, Message, Stop, WorkerSettings
 from supervisor.children import ChildSpec, HelperChild
+from supervisor.held_ids import HeldIds
 from supervisor.leftovers import remove_leftovers
 from supervisor.loop import Loop
 from supervisor.timings import Timings
@@ -60,6 +61,9 @@ class Lifecycle:
         self.loop = loop
         self.timings = timings
         self.settings = settings
+        #: IDs above rdmaHcaMax that running pods hold (issue 9): what each worker is configured
+        #: with is `held_ids.serving(record.config)`, whoever sends the Configure.
+        self.held_ids = HeldIds()
         self.endpoint = endpoint
         self.log_level, self.log_format = log
         self._send_peer = send

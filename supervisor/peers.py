@@ -138,7 +138,8 @@ class Peers:
             return
         devices = self.devices.selected(record.name)
         settings = self.lifecycle.settings
-        self._send(peer, Configure(record.config, settings, devices, parent=msg.id))
+        config = self.lifecycle.held_ids.serving(record.config)
+        self._send(peer, Configure(config, settings, devices, parent=msg.id))
         record.configured = True
         record.sent_devices = devices
         if record.state is WorkerState.STARTING:

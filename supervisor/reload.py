@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -23,6 +23,7 @@ from supervisor.config_diff import ConfigDiff, diff_configs
 from supervisor.device_sync import DeviceSync
 from supervisor.leftovers import remove_leftovers
 from supervisor.lifecycle import Lifecycle
+from supervisor.metrics.pod_resources import PodAllocation
 from supervisor.watch.config import ConfigWatch
 from supervisor.worker_table import WorkerRecord, WorkerState
 
@@ -165,6 +166,18 @@ class Reloader:
         self._observe(self.observer.config_applied, config)
         self._observe(self.observer.config_reloaded, True, [])
 
+    def keep_held_ids(self) -> None:
+        """Reconfigure workers whose pods hold IDs above rdmaHcaMax (or released them)."""
+        held = self.lifecycle.held_ids
+        rows: Sequence[PodAllocation] | None = self.observer.pod_rows()
+        for resource in held.update(self._config().resources, rows):
+            record = self.table.get(resource.resource_name)
+            if record is not None and record.state is WorkerState.RUNNING and record.configured:
+                devices = self.sync.devices.selected(resource.resource_name)
+                self.lifecycle.send(
+                    record, Configure(held.serving(resource), self.lifecycle.settings, devices)
+                )
+
     def apply_config(self, new: Config) -> None:
         """Reload = diff -> plan -> apply, touching only what changed."""
         diff = diff_configs(self._config(), new)
@@ -225,7 +238,8 @@ class Reloader:
     def _update(self, record: WorkerRecord, then: Then) -> None:
         if then is Then.CONFIGURE:
             selected = self.sync.devices.selected(record.name)
-            self.lifecycle.send(record, Configure(record.config, self.lifecycle.settings, selected))
+            config = self.lifecycle.held_ids.serving(record.config)
+            self.lifecycle.send(record, Configure(config, self.lifecycle.settings, selected))
             record.sent_devices = selected
         elif then is Then.RETRY:
             self.lifecycle.retry_early(record, "config changed")

@@ -27,7 +27,8 @@ _CHAR_NAME = re.compile(r"(uverbs|umad|issm|ucm)[0-9]{1,7}\Z")
 class Plan:
     resource: ResourceConfig
     #: "0" … "<rdmaHcaMax-1>" when at least one device matched, else empty (IDs are checkpointed
-    #: by the kubelet, so they never depend on anything but rdmaHcaMax).
+    #: by the kubelet, so they never depend on anything but rdmaHcaMax), then any retained IDs
+    #: above it that pods still hold.
     device_ids: tuple[str, ...]
     health: str  # one value for every ID: they all share the same devices
     numa_nodes: tuple[int, ...]  # of the usable matched devices; empty = no preference
@@ -49,7 +50,11 @@ def make_plan(resource: ResourceConfig, devices: Sequence[Candidate], use_cdi: b
     """Raises cdi.CdiNameError in CDI mode when the resource cannot form a CDI kind."""
     matched = tuple(sorted(devices, key=lambda d: d.name))
     usable = tuple(d for d in matched if d.usable)
-    ids = tuple(str(i) for i in range(resource.rdma_hca_max)) if matched else ()
+    ids: tuple[str, ...] = ()
+    if matched:
+        ids = tuple(str(i) for i in range(resource.rdma_hca_max))
+        # IDs above a shrunk rdmaHcaMax that pods still hold stay advertised (held_ids.py).
+        ids += tuple(i for i in resource.retained_ids if int(i) >= resource.rdma_hca_max)
     healthy = any(d.healthy for d in usable)
     # Discovery bounds NUMA nodes already; bounding them again here keeps a value that arrived
     # some other way from failing the protobuf message (int64) in every stream and crash-looping.

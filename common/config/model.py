@@ -153,6 +153,9 @@ class ResourceConfig:
     resource_prefix: str
     rdma_hca_max: int
     selectors: Selectors
+    #: Not part of the file: IDs above rdmaHcaMax that running pods still hold, which the worker
+    #: keeps advertising until they are released (supervisor/held_ids.py). Empty when loaded.
+    retained_ids: tuple[str, ...] = ()
 
     @property
     def full_name(self) -> str:

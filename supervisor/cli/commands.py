@@ -67,6 +67,10 @@ def discover(args: argparse.Namespace) -> int:
         )
         return exitcodes.FATAL
     report = build_report(config, result, args.host_root, config_file)
+    if getattr(args, "use_cdi", False):
+        from supervisor.cdi_runtime import CDI_RUNTIME_REQUIREMENT
+
+        report["cdi"] = {"enabled": True, "runtime_requirement": CDI_RUNTIME_REQUIREMENT}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -173,4 +177,5 @@ def _observer(args: argparse.Namespace) -> Observer | None:
         return None
     from supervisor.metrics.observer import start_metrics_observer
 
-    return start_metrics_observer(args.metrics_address, args.pod_resources_socket)
+    interval = getattr(args, "pod_resources_interval", 10.0)
+    return start_metrics_observer(args.metrics_address, args.pod_resources_socket, interval)

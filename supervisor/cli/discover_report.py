@@ -251,6 +251,9 @@ def render_text(report: dict[str, Any]) -> str:
     lines.append(f"RDMA netns mode: {report['rdma_netns_mode']}")
     lines.extend(f"warning: {w}" for w in report["warnings"])
     lines.append("")
+    if report.get("cdi", {}).get("enabled"):
+        lines.append(f"note: {report['cdi']['runtime_requirement']}")
+        lines.append("")
     if report["problems"]:
         lines.append("skipped sysfs entries:")
         lines.extend(f"  {p['path']}: {p['reason']}: {p['detail']}" for p in report["problems"])

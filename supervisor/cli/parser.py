@@ -176,6 +176,16 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         ),
     )
     p.add_argument(
+        "--pod-resources-interval",
+        type=float,
+        default=_env("pod-resources-interval", "10"),
+        help=_h(
+            "pod-resources-interval",
+            "seconds between PodResources polls (pod series, IDs held above rdmaHcaMax)",
+            "10",
+        ),
+    )
+    p.add_argument(
         "--uevent-source",
         choices=("kernel", "udev", "off"),
         default=_env("uevent-source", "kernel"),
@@ -226,6 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
         "else every candidate is shown under one catch-all resource; '' forces that)",
     )
     discover.add_argument("--host-root", default=_env("host-root", DEFAULT_HOST_ROOT))
+    discover.add_argument(
+        "--use-cdi",
+        "-use-cdi",
+        action="store_true",
+        default=_env_flag("use-cdi"),
+        help="show the CDI device names each resource hands out (and what CDI needs)",
+    )
     discover.add_argument("--json", action="store_true", help="print JSON instead of tables")
     _add_log_flags(discover)
 

@@ -17,6 +17,7 @@ import zmq
 
 from common.messages import ProtocolError, ReloadStatus, Status, StatusRequest, decode, encode
 from common.rdma_netns import EXCLUSIVE, EXCLUSIVE_WARNING
+from supervisor.cdi_runtime import CDI_RUNTIME_REQUIREMENT
 from supervisor.control import SOCKET_NAME, endpoint_for
 
 TIMEOUT = 3.0
@@ -138,6 +139,8 @@ def render_text(status: Status) -> str:
     ]
     if looping:
         lines += ["", "crash-looping:", *looping]
+    if status.use_cdi:
+        lines += ["", f"note: {CDI_RUNTIME_REQUIREMENT}"]
     return "\n".join(lines) + "\n"
 
 

@@ -30,7 +30,7 @@ import itertools
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -180,6 +180,12 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("namespace", "pod", "container", "resource"),
         "Devices of the resource allocated to the container, from the kubelet's PodResources API.",
     ),
+    "retained_device_ids": (
+        "gauge",
+        ("resource",),
+        "Device IDs above rdmaHcaMax still advertised because running pods hold them (after a "
+        "shrink); the log names the pods.",
+    ),
 }
 
 
@@ -303,6 +309,7 @@ class Metrics:
         self._scan_errors: dict[str, int] = {}
         self._scan_duration = _Histogram.empty(SCAN_BUCKETS)
         self._pods: dict[tuple[str, str, str, str], int] = {}
+        self._retained: dict[str, int] = {}
         self._refused_pids: set[tuple[str, int]] = set()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -330,6 +337,7 @@ class Metrics:
         """The resource left the config: every series with its label goes."""
         with self._lock:
             self._resources.pop(resource, None)
+            self._retained.pop(resource, None)
             self._refused_pids = {k for k in self._refused_pids if k[0] != resource}
 
     def set_ports(self, candidates: Sequence[Candidate]) -> None:
@@ -436,12 +444,24 @@ class Metrics:
 
     def set_pod_allocations(self, rows: Sequence[PodAllocation]) -> None:
         """The PodResources snapshot, already filtered to this plugin's resources (replaces all)."""
-        pods: dict[tuple[str, str, str, str], int] = {}
+        # The kubelet lists a device once per NUMA node of its topology, in one entry per node:
+        # rows that carry their IDs count each ID once; rows without IDs add their counts.
+        ids: dict[tuple[str, str, str, str], set[str]] = {}
+        bare: dict[tuple[str, str, str, str], int] = {}
         for row in rows:
             key = (row.namespace, row.pod, row.container, row.resource)
-            pods[key] = pods.get(key, 0) + row.count
+            if row.device_ids:
+                ids.setdefault(key, set()).update(row.device_ids)
+            else:
+                bare[key] = bare.get(key, 0) + row.count
+        pods = {k: len(ids.get(k, ())) + bare.get(k, 0) for k in ids.keys() | bare.keys()}
         with self._lock:
             self._pods = pods
+
+    def set_retained(self, held: Mapping[str, Sequence[str]]) -> None:
+        """Per resource, the IDs above rdmaHcaMax that pods hold (replaces all)."""
+        with self._lock:
+            self._retained = {name: len(ids) for name, ids in held.items()}
 
     # -- the collector -------------------------------------------------------------------------
 
@@ -492,6 +512,8 @@ class Metrics:
             add("hca_port_up", [rdma, port], 1 if up else 0)
         for key, count in sorted(self._pods.items()):
             add("pod_allocations", key, count)
+        for name, n in sorted(self._retained.items()):
+            add("retained_device_ids", [name], n)
 
     def _collect_resource(self, name: str, r: _Resource, add: _Add, fam: dict[str, Metric]) -> None:
         if r.inventory is not None:

@@ -27,6 +27,7 @@ from common.devices import Candidate, Scan
 from common.messages import WorkerCounters, WorkerStatus
 from common.rdma_netns import EXCLUSIVE, EXCLUSIVE_WARNING
 from supervisor.children import ChildSpec
+from supervisor.held_ids import retained
 from supervisor.metrics.exporter import Metrics
 from supervisor.metrics.http_server import MetricsServer, Probes, start_metrics_server
 from supervisor.metrics.pod_resources import PodAllocation, PodResourcesReader
@@ -176,6 +177,13 @@ class MetricsObserver(Observer):
             self._pod_rows = rows
             self._publish_pods()
 
+    def pod_rows(self) -> Sequence[PodAllocation] | None:
+        # Unknown while the kubelet is away: an empty list then would release held IDs exactly
+        # when a restarting kubelet re-admits the pods holding them.
+        if self.pod_resources is None or not self.pod_resources.available:
+            return None
+        return self._pod_rows
+
     def stopped(self) -> None:
         """Idempotent: `run` calls it again in case the loop never started."""
         if self.server is not None:
@@ -200,6 +208,10 @@ class MetricsObserver(Observer):
     def _publish_pods(self) -> None:
         mine = self._hca_max.keys()
         self.metrics.set_pod_allocations([r for r in self._pod_rows if r.resource in mine])
+        if self.pod_resources is not None and self.pod_resources.available:
+            self.metrics.set_retained(
+                {n: retained(n, m, self._pod_rows).ids for n, m in self._hca_max.items()}
+            )
 
     def _publish_readiness(self) -> None:
         if self._source is None:
@@ -251,7 +263,9 @@ def _not_ready(status: WorkerStatus | None) -> str | None:
     return f"not registered (worker {status.state}{why})"
 
 
-def start_metrics_observer(address: str, pod_resources_socket: str) -> MetricsObserver:
+def start_metrics_observer(
+    address: str, pod_resources_socket: str, pod_resources_interval: float = 10.0
+) -> MetricsObserver:
     """Serve /metrics, /healthz and /readyz on `address` and poll the PodResources API.
 
     Raises `AddressError` (a ValueError) for an address that does not parse and OSError when it
@@ -264,7 +278,12 @@ def start_metrics_observer(address: str, pod_resources_socket: str) -> MetricsOb
     if pod_resources_socket.strip():
         try:
             # The supervisor's lifecycle runs the poller child (`children`); this reads it.
-            reader = PodResourcesReader(pod_resources_socket.strip(), supervise=False)
-        except OSError as err:  # no pipe: metrics without pod series beat no supervisor
+            reader = PodResourcesReader(
+                pod_resources_socket.strip(), pod_resources_interval, supervise=False
+            )
+        except (
+            OSError,
+            ValueError,
+        ) as err:  # no pipe: metrics without pod series beat no supervisor
             LOG.error("cannot start the PodResources poller: %s; no pod series", err)
     return MetricsObserver(metrics, probes, server, reader)

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor.children import ChildSpec
@@ -53,7 +53,10 @@ class PodAllocation:
     pod: str
     container: str
     resource: str  # the extended resource name, "<prefix>/<name>"
-    count: int
+    count: int  # unique device IDs
+    #: The unique IDs, sorted. The kubelet lists an ID once per NUMA node of its topology, so a
+    #: device on two nodes appears twice in PodResources: counting the raw list double counts.
+    device_ids: tuple[str, ...] = field(default=(), compare=False)
 
 
 def parse_snapshot(line: bytes) -> tuple[bool, list[PodAllocation], str] | None:
@@ -83,7 +86,8 @@ def _row(raw: object) -> PodAllocation | None:
     if not all(isinstance(t, str) and t for t in texts) or not isinstance(ids, list):
         return None
     ns, pod, container, resource = (str(t) for t in texts)
-    return PodAllocation(ns, pod, container, resource, len(ids))
+    unique = tuple(sorted({str(i) for i in ids if isinstance(i, str) and i}))
+    return PodAllocation(ns, pod, container, resource, len(unique), unique)
 
 
 def _child_env(extra: Mapping[str, str] | None) -> dict[str, str]:

@@ -208,3 +208,24 @@ def test_go_version_flags_anywhere(flag: str) -> None:
     assert parse_args(["--use-cdi", flag]).command == "version"
     out = _cli(flag)
     assert out.returncode == 0 and out.stdout.strip() == "rdma-shared-dp 0.1.0"
+
+
+def test_discover_in_cdi_mode_says_what_the_runtime_must_support(stampede: Path) -> None:
+    text = _cli("discover", "--host-root", str(stampede), "--config-file", "", "--use-cdi")
+    assert text.returncode == 0, text.stderr
+    assert "containerd >= 1.7" in text.stdout and "CRI-O >= 1.23" in text.stdout
+    report = json.loads(
+        _cli(
+            "discover",
+            "--host-root",
+            str(stampede),
+            "--config-file",
+            "",
+            "--json",
+            env={"RDMA_SHARED_DP_USE_CDI": "true"},
+        ).stdout
+    )
+    assert report["cdi"]["enabled"] is True
+    assert "containerd 1.6" in report["cdi"]["runtime_requirement"]
+    plain = _cli("discover", "--host-root", str(stampede), "--config-file", "")
+    assert "containerd" not in plain.stdout

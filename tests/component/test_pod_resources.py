@@ -419,3 +419,18 @@ def test_the_supervisor_side_never_loads_grpc(sim: PodResourcesSimulator) -> Non
         [sys.executable, "-c", code], capture_output=True, timeout=30, check=True
     )
     assert result.stdout.strip() == b"[]", result.stdout
+
+
+def test_parse_snapshot_counts_each_device_once_across_numa_nodes() -> None:
+    # What a real kubelet listed for a pod holding two slots of a device on NUMA nodes 0 and 1.
+    row = {"namespace": "n", "pod": "p", "container": "c", "resource_name": RES}
+    line = json.dumps(
+        {"available": True, "rows": [{**row, "device_ids": ["3", "7", "3", "7"]}], "error": ""}
+    ).encode()
+    parsed = parse_snapshot(line)
+    assert parsed is not None
+    _, rows, _ = parsed
+    assert [(r.count, r.device_ids) for r in rows] == [(2, ("3", "7"))]
+    metrics = Metrics("v")
+    metrics.set_pod_allocations(rows)
+    assert f'pod="p",resource="{RES}"}} 2.0' in metrics.render().decode()

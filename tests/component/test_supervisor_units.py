@@ -356,3 +356,11 @@ def test_status_rendering_survives_any_time(since: float) -> None:
     row = WorkerStatus("example.com/a", "running", 12, 0, 2, 2, True, since, 3, "classic")
     text = render_text(Status(1, since, "/cfg.json", since, False, (row,)))
     assert "example.com/a  running" in text
+
+
+def test_status_in_cdi_mode_says_what_the_runtime_must_support() -> None:
+    row = WorkerStatus("example.com/a", "running", 12, 1, 2, 2, True, 1.5e9, 7, "classic", "")
+    assert "containerd" not in render_text(Status(1, 1.5e9, "/cfg", 1.5e9, False, (row,)))
+    status = Status(1, 1.5e9, "/cfg", 1.5e9, False, (row,), use_cdi=True)
+    assert decode(encode(status)) == status
+    assert "containerd >= 1.7" in render_text(status)

@@ -1,0 +1,1 @@
+"""End-to-end suites that need real outside programs."""

@@ -120,6 +120,8 @@ ADDED = {
     "rdma_shared_dp_worker_consecutive_failures": ("resource",),
     # Issue 13: exclusive RDMA netns mode breaks sharing without any other series showing it.
     "rdma_shared_dp_rdma_netns_exclusive": (),
+    # Issue 9: IDs above a shrunk rdmaHcaMax kept because running pods hold them.
+    "rdma_shared_dp_retained_device_ids": ("resource",),
 }
 
 
@@ -154,6 +156,7 @@ def test_every_family_is_exported_with_its_labels() -> None:
     m.config_reload(True, 1000.0)
     m.rdma_netns_mode("shared")
     m.set_pod_allocations([PodAllocation("ns", "p", "c", RES, 1)])
+    m.set_retained({RES: ("9",)})
     families = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
     # The parser drops `_total` from counter family names; compare on the exported names.
     exported = {n + "_total" if f.type == "counter" else n for n, f in families.items()}
@@ -463,3 +466,16 @@ def test_rdma_hca_max_edge_values(rdma_hca_max: int, devices: int) -> None:
     m = Metrics("v")
     m.set_resource(RES, rdma_hca_max, [candidate(0)])
     assert value(m, "resource_devices", resource=RES) == devices
+
+
+def test_pod_allocations_count_a_device_listed_under_two_numa_nodes_once() -> None:
+    # A real kubelet answered List with one ContainerDevices entry per NUMA node, each naming
+    # the two device IDs of a device that sits on nodes 0 and 1.
+    m = Metrics("v")
+    m.set_pod_allocations(
+        [
+            PodAllocation("ns", "p", "c", RES, 2, ("0", "5")),
+            PodAllocation("ns", "p", "c", RES, 2, ("0", "5")),
+        ]
+    )
+    assert value(m, "pod_allocations", namespace="ns", pod="p", container="c", resource=RES) == 2

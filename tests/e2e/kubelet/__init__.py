@@ -1,0 +1,1 @@
+"""The real-kubelet suite: upstream kubelet and containerd on this machine (docs/e2e-kubelet.md)."""
