@@ -69,14 +69,13 @@ Value shapes
 from __future__ import annotations
 
 import json
-import types
-import typing
 import uuid
-from dataclasses import KW_ONLY, MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import KW_ONLY, dataclass, field, fields
 from typing import Any
 
 from common.config import MAX_RDMA_HCA_MAX, ResourceConfig
 from common.devices import Candidate
+from common.typed_json import ShapeError, fields_from_json, to_json
 
 PROTOCOL_VERSION = 1
 
@@ -277,7 +276,7 @@ def encode(msg: Message) -> bytes:
     cls = type(msg)
     if cls not in _TYPE_NAMES:
         raise ProtocolError(f"not a message: {cls.__name__}")
-    body = {f.name: _to_json(getattr(msg, f.name)) for f in fields(msg)}
+    body = {f.name: to_json(getattr(msg, f.name)) for f in fields(msg)}
     envelope = {
         "v": PROTOCOL_VERSION,
         "id": body.pop("id"),
@@ -320,10 +319,13 @@ def decode(data: bytes) -> Message:
     body = raw.get("body")
     if not isinstance(body, dict):
         raise ProtocolError(f"{kind}: 'body' must be a JSON object")
-    values = _fields_from_json(cls, body, kind, skip=_ENVELOPE_FIELDS)
+    try:
+        values = fields_from_json(cls, body, kind, skip=_ENVELOPE_FIELDS)
+    except ShapeError as exc:
+        raise ProtocolError(str(exc)) from None
     try:
         msg: Message = cls(**values, id=msg_id, parent=parent)
-    except (TypeError, ValueError) as exc:  # pragma: no cover - _fields_from_json checked them
+    except (TypeError, ValueError) as exc:  # pragma: no cover - fields_from_json checked them
         raise ProtocolError(f"{kind}: {exc}") from None
     _check_semantics(msg, kind)
     return msg
@@ -354,77 +356,3 @@ def _check_semantics(msg: Message, kind: str) -> None:
             )
         if not msg.resource.resource_name or not msg.resource.resource_prefix:
             raise ProtocolError(f"{kind}: resource name and prefix must not be empty")
-
-
-def _to_json(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_json(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, tuple | list):
-        return [_to_json(v) for v in value]
-    return value
-
-
-def _fields_from_json(
-    cls: type[Any], data: dict[str, Any], where: str, skip: frozenset[str] = frozenset()
-) -> dict[str, Any]:
-    """Keyword arguments for dataclass `cls` from JSON `data`, each checked against its type."""
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for f in fields(cls):
-        if f.name in skip or not f.init:
-            continue
-        path = f"{where}.{f.name}"
-        if f.name not in data:
-            if f.default is not MISSING or f.default_factory is not MISSING:
-                continue
-            raise ProtocolError(f"{path}: missing")
-        values[f.name] = _value_from_json(hints[f.name], data[f.name], path)
-    return values
-
-
-def _value_from_json(hint: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin in (types.UnionType, typing.Union):
-        return _union_from_json(typing.get_args(hint), value, path)
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise ProtocolError(f"{path}: must be a list")
-        item = typing.get_args(hint)[0]
-        return tuple(_value_from_json(item, v, f"{path}[{i}]") for i, v in enumerate(value))
-    if hint in _SCALARS:
-        return _scalar_from_json(hint, value, path)
-    if isinstance(hint, type) and is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise ProtocolError(f"{path}: must be a JSON object")
-        return hint(**_fields_from_json(hint, value, path))
-    raise ProtocolError(f"{path}: no JSON mapping for {hint!r}")  # pragma: no cover
-
-
-def _union_from_json(options: tuple[Any, ...], value: Any, path: str) -> Any:
-    if value is None and type(None) in options:
-        return None
-    problems = []
-    for option in options:
-        if option is type(None):
-            continue
-        try:
-            return _value_from_json(option, value, path)
-        except ProtocolError as exc:
-            problems.append(str(exc))
-    raise ProtocolError("; ".join(problems) or f"{path}: must not be null")
-
-
-#: JSON scalar types: what a value must be (bool is not an int here), and the words for it.
-_SCALARS: dict[type, tuple[tuple[type, ...], str]] = {
-    bool: ((bool,), "true or false"),
-    int: ((int,), "an integer"),
-    float: ((int, float), "a number"),
-    str: ((str,), "a string"),
-}
-
-
-def _scalar_from_json(hint: type, value: Any, path: str) -> object:
-    accepted, words = _SCALARS[hint]
-    if not isinstance(value, accepted) or (hint is not bool and isinstance(value, bool)):
-        raise ProtocolError(f"{path}: must be {words}")
-    return float(typing.cast(float, value)) if hint is float else value

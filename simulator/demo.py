@@ -2,8 +2,9 @@
 
 Runs in its own interpreter (the CLI execs `python -m simulator.demo`) because the kubelet
 simulator speaks gRPC and the supervisor must never load it. This process builds the simulated
-node (`simulator.sysfs.build_demo_node`), serves the kubelet simulator in-process, and starts the
-real `rdma-shared-dp run` as a subprocess, then walks through a scenario:
+node (`simulator.sysfs.build_demo_node`; its config is `simulator.demo_config`), serves the
+kubelet simulator in-process, and starts the real `rdma-shared-dp run` as a subprocess, then walks
+through a scenario (printed by `simulator.demo_narration`; signals: `simulator.demo_signals`):
 
 1. the plugin starts: one worker per resource registers with the "kubelet";
 2. each resource's `ListAndWatch` snapshot: device IDs, health, NUMA nodes;
@@ -44,117 +45,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any, TypeVar
 
-from simulator.kubelet import HEALTHY, DeviceState, KubeletSimulator
+from simulator.demo_config import DEMO_CONFIG, RESOURCES
+from simulator.demo_narration import Narrator, cli_command, hcas_text, summarise, wrap
+from simulator.demo_signals import STOP_SIGNALS, Interrupted, interrupt, signals_deferred
+from simulator.kubelet import HEALTHY, KubeletSimulator
 from simulator.sysfs import SysfsTree, build_demo_node
 
 T = TypeVar("T")
 
-#: The demo node's resources: its InfiniBand HCAs, its RoCE functions and its E810.
-DEMO_CONFIG: dict[str, Any] = {
-    # Short, so the demo shows a port change within a second; nodes use the default 60 s and
-    # rely on kernel uevents, which a simulated tree does not produce.
-    "periodicUpdateInterval": 1,
-    "configList": [
-        {
-            "resourceName": "hca_ib",
-            "resourcePrefix": "rdma",
-            "rdmaHcaMax": 16,
-            "selectors": {"linkTypes": ["infiniband"]},
-        },
-        {
-            "resourceName": "hca_roce",
-            "resourcePrefix": "rdma",
-            "rdmaHcaMax": 8,
-            "selectors": {"vendors": ["15b3"], "linkTypes": ["ether"]},
-        },
-        {
-            "resourceName": "irdma",
-            "resourcePrefix": "rdma",
-            "rdmaHcaMax": 4,
-            "selectors": {"drivers": ["ice"]},
-        },
-    ],
-}
-RESOURCES = tuple(f"rdma/{r['resourceName']}" for r in DEMO_CONFIG["configList"])
 STEP_TIMEOUT = 10.0
 REPO = Path(__file__).resolve().parent.parent
-
-
-#: What stops the demo; each stops everything it started.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 METRICS_LINE = re.compile(r"serving /metrics /healthz /readyz address=\S+ port=(\d+)")
 
 
 class DemoFailed(Exception):
     pass
-
-
-class Interrupted(BaseException):
-    """A stop signal arrived; a BaseException so that no `except Exception` swallows it."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-_deferred: list[int] = []  # non-empty while a signal must wait (see _signals_deferred)
-_DEFERRING = -1
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    # Only the first signal interrupts: a second Ctrl-C must not cut the cleanup short.
-    for s in STOP_SIGNALS:
-        signal.signal(s, signal.SIG_IGN)
-    if _deferred:
-        _deferred.append(signum)
-        return
-    raise Interrupted(signum)
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold a stop signal until the block is done: a child started in it must be remembered
-    (and so stopped) before the interruption unwinds."""
-    _deferred.append(_DEFERRING)
-    try:
-        yield
-    finally:
-        _deferred.remove(_DEFERRING)
-        if _deferred:
-            raise Interrupted(_deferred.pop())
-
-
-class Narrator:
-    def __init__(self, as_json: bool = False) -> None:
-        self.t0 = time.monotonic()
-        self.step = 0
-        self.as_json = as_json
-
-    def _now(self) -> float:
-        return round(time.monotonic() - self.t0, 3)
-
-    def title(self, text: str) -> None:
-        self.step += 1
-        if self.as_json:
-            self.event("step", step=self.step, title=text)
-        else:
-            print(f"\n[{self._now():5.2f}s] {self.step}. {text}", flush=True)
-
-    def say(self, text: str) -> None:
-        if self.as_json:
-            self.event("say", text=text)
-        else:
-            print(f"         {text}", flush=True)
-
-    def event(self, name: str, **data: Any) -> None:
-        """A fact for `--json` readers; prose readers get it through `say`."""
-        if self.as_json:
-            print(json.dumps({"event": name, "t": self._now(), **data}), flush=True)
 
 
 def wait_for(predicate: Callable[[], T], what: str, timeout: float = STEP_TIMEOUT) -> T:
@@ -166,18 +75,6 @@ def wait_for(predicate: Callable[[], T], what: str, timeout: float = STEP_TIMEOU
         if time.monotonic() > deadline:
             raise DemoFailed(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.02)
-
-
-def summarise(devices: list[DeviceState]) -> str:
-    if not devices:
-        return "no devices"
-    healths = sorted({d.health for d in devices})
-    numa = sorted({n for d in devices for n in d.numa_nodes})
-    ids = f"{devices[0].id}..{devices[-1].id}" if len(devices) > 1 else devices[0].id
-    return (
-        f"{len(devices)} device IDs ({ids}), {'/'.join(healths)}, "
-        f"NUMA {','.join(map(str, numa)) or 'unknown'}"
-    )
 
 
 class Demo:
@@ -211,7 +108,7 @@ class Demo:
 
         n.title("Starting the plugin: rdma-shared-dp run (one worker process per resource)")
         started = time.monotonic()
-        with _signals_deferred():
+        with signals_deferred():
             self.plugin = self.start_plugin()
         n.event("plugin_started", pid=self.plugin.pid)
         for resource in RESOURCES:
@@ -230,7 +127,7 @@ class Demo:
         for resource in RESOURCES:
             devices = self.kubelet.wait_for_devices(resource, bool, STEP_TIMEOUT)
             n.event("devices", resource=resource, ids=len(devices), hcas=hcas.get(resource, 0))
-            n.say(f"{resource:<14} {summarise(devices)}, on {_hcas(hcas.get(resource, 0))}")
+            n.say(f"{resource:<14} {summarise(devices)}, on {hcas_text(hcas.get(resource, 0))}")
         ib_ids, ib_hcas = DEMO_CONFIG["configList"][0]["rdmaHcaMax"], hcas.get(RESOURCES[0], 0)
         n.say(
             f"A device ID is a pod slot, not a piece of hardware: rdmaHcaMax {ib_ids} lets "
@@ -250,7 +147,7 @@ class Demo:
         container = answer.container_responses[0]
         paths = [d.container_path for d in container.devices]
         n.say(f"{len(paths)} device nodes, permissions {container.devices[0].permissions}:")
-        for line in _wrap(paths, 84):
+        for line in wrap(paths, 84):
             n.say(f"  {line}")
 
         tree = SysfsTree(self.node)
@@ -365,7 +262,7 @@ class Demo:
         n = self.say
         assert self.plugin is not None
         n.title(f"Running until Ctrl-C or SIGTERM to pid {os.getpid()}")
-        status = f"{_cli()} status --runtime-dir {self.runtime_dir}"
+        status = f"{cli_command()} status --runtime-dir {self.runtime_dir}"
         curls = [
             f"curl -s {self.metrics_url}/metrics | grep '^rdma_shared_dp_resource'",
             f"curl -s {self.metrics_url}/readyz",
@@ -430,27 +327,6 @@ class Demo:
         self.kubelet.stop()
 
 
-def _wrap(items: list[str], width: int) -> list[str]:
-    lines, line = [], ""
-    for item in items:
-        if line and len(line) + 1 + len(item) > width:
-            lines.append(line)
-            line = item
-        else:
-            line = f"{line} {item}".strip()
-    return [*lines, line] if line else lines
-
-
-def _hcas(count: int) -> str:
-    return f"{count} HCA{'s' if count != 1 else ''}"
-
-
-def _cli() -> str:
-    """How to run the CLI from another terminal: the console script beside this Python."""
-    script = Path(sys.executable).parent / "rdma-shared-dp"
-    return str(script) if script.exists() else f"{sys.executable} -m supervisor"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m simulator.demo",
@@ -463,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON event per line")
     args = parser.parse_args(argv)
     for s in STOP_SIGNALS:  # first, so that nothing it starts can outlive a signal
-        signal.signal(s, _interrupt)
+        signal.signal(s, interrupt)
     # Unix socket paths are limited to 107 bytes: keep the temp folder short.
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="rdp-demo-", dir="/tmp"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -9,12 +9,14 @@ prometheus_client's Gauge/Counter objects) because:
   one step under one lock, not a clear() followed by sets a scrape can land between;
 - worker counters arrive as per-process totals (`WorkerCounters`, reset when a worker restarts),
   and the allocate histogram arrives as bucket counts, which the setters cannot express;
-- the metric names and label sets live in one place (`FAMILIES`), which the docs and tests use.
+- the metric names and label sets live in one place (`supervisor.metrics.families.FAMILIES`),
+  which the docs and tests use.
 
 Counters that come from worker processes stay monotonic across worker restarts: each update is
 turned into a delta against the previous totals of the same pid (a new pid, or any value going
 down, starts a new process whose totals are all delta). What a worker counted after its last
-heartbeat before it died is lost; that is at most one heartbeat interval of counts.
+heartbeat before it died is lost; that is at most one heartbeat interval of counts. The delta
+bookkeeping and the histograms are `supervisor.metrics.worker_totals`.
 
 Every counter of a resource exists from the moment the resource does (allocations and
 registrations by result, worker restarts by each reason in `RESTART_REASONS`), at 0: Prometheus
@@ -26,7 +28,6 @@ guards the state, and `render()` copies it out under the lock before formatting.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import threading
@@ -43,229 +44,24 @@ from prometheus_client.metrics_core import (
 
 from common.devices import Candidate, ScanProblem
 from common.messages import ALLOCATE_BUCKETS, CDI_ERROR_REASONS, WorkerCounters
+from supervisor.metrics.families import (
+    FAILURE,
+    RESTART_REASONS,
+    SCAN_BUCKETS,
+    SUCCESS,
+    build_families,
+)
 from supervisor.metrics.pod_resources import PodAllocation
+from supervisor.metrics.worker_totals import (
+    COUNTER_FIELDS,
+    Histogram,
+    ProcessTotals,
+    counters_vector,
+)
 
 LOG = logging.getLogger(__name__)
 
 _Add = Callable[[str, Sequence[str], float], None]
-
-PREFIX = "rdma_shared_dp_"
-#: Label values of `result` on allocations, registrations and config reloads.
-SUCCESS = "success"
-FAILURE = "failure"
-#: Upper bounds (seconds) of the device-scan duration histogram: a sysfs walk takes milliseconds
-#: on a small node and can reach a second on a large one with a slow /sys.
-SCAN_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
-#: `reason` values of worker_restarts_total that the supervisor uses (`worker_table.exit_decision`
-#: and the arbiter's kills). Each starts at 0 when its resource appears: a counter series born at 1
-#: hides its first increment from increase() and rate().
-RESTART_REASONS: tuple[str, ...] = (
-    "crashed",
-    "killed",
-    "hung",
-    "start_timeout",
-    "config_invalid",
-    "exited",
-)
-
-#: name -> (type, labels, help). The single list of what the plugin exports.
-FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "build_info": ("gauge", ("version",), "Always 1; the version label is the plugin's version."),
-    "resource_devices": (
-        "gauge",
-        ("resource",),
-        "Devices the resource advertises to the kubelet (rdmaHcaMax when it matched any HCA).",
-    ),
-    "resource_healthy_devices": (
-        "gauge",
-        ("resource",),
-        "Advertised devices that are healthy (all of them when any matched HCA is healthy).",
-    ),
-    "resource_hcas": ("gauge", ("resource",), "HCAs the resource's selectors match."),
-    "resource_usable_hcas": (
-        "gauge",
-        ("resource",),
-        "Matched HCAs whose uverbs, umad and rdma_cm device nodes are present.",
-    ),
-    "hca_info": (
-        "gauge",
-        ("resource", "pci_address", "rdma_device", "netdev", "link_type", "numa_node"),
-        "Always 1; one series per RDMA device of each HCA a resource matches.",
-    ),
-    "hca_port_up": (
-        "gauge",
-        ("rdma_device", "port"),
-        "1 when the RDMA port's state is ACTIVE, else 0; every port on the node.",
-    ),
-    "allocations_total": (
-        "counter",
-        ("resource", "result"),
-        "Allocate calls answered by the resource's worker, by result.",
-    ),
-    "allocate_duration_seconds": (
-        "histogram",
-        ("resource",),
-        "Time the worker took to answer Allocate.",
-    ),
-    "registrations_total": (
-        "counter",
-        ("resource", "result"),
-        "Registrations of the resource with the kubelet, by result.",
-    ),
-    "kubelet_restarts_total": ("counter", (), "Kubelet restarts seen (kubelet.sock replaced)."),
-    "worker_up": (
-        "gauge",
-        ("resource",),
-        "1 while the resource's worker is running (started and heard from), else 0.",
-    ),
-    "worker_restarts_total": (
-        "counter",
-        ("resource", "reason"),
-        "Restarts of the resource's worker process, by reason.",
-    ),
-    "worker_consecutive_failures": (
-        "gauge",
-        ("resource",),
-        "Quick exits of the resource's worker in a row (0 once a run lasts): above 3 it is "
-        "crash-looping; `rdma-shared-dp status` and the log name its last error.",
-    ),
-    "worker_resident_memory_bytes": (
-        "gauge",
-        ("resource",),
-        "Resident memory of the resource's worker process.",
-    ),
-    "worker_cpu_seconds_total": (
-        "counter",
-        ("resource",),
-        "CPU time (user + system) used by the resource's worker processes, across restarts.",
-    ),
-    "config_reloads_total": ("counter", ("result",), "Config file reloads, by result."),
-    "config_last_reload_success_timestamp_seconds": (
-        "gauge",
-        (),
-        "Unix time of the last successful config load (at start or reload).",
-    ),
-    # Not in issue 5's list: a counter of refusals cannot say that the refused file is still there.
-    "config_last_reload_successful": (
-        "gauge",
-        (),
-        "1 when the newest config file was loaded, 0 while it is refused (the previous one runs).",
-    ),
-    "rdma_netns_exclusive": (
-        "gauge",
-        (),
-        "1 when the RDMA subsystem is in exclusive network-namespace mode (pods cannot share "
-        "devices), 0 in shared mode; absent while unknown.",
-    ),
-    "device_scans_total": ("counter", ("trigger",), "Full sysfs device scans, by trigger."),
-    "device_scan_duration_seconds": ("histogram", (), "Time a full sysfs device scan took."),
-    "device_scan_errors_total": (
-        "counter",
-        ("reason",),
-        "Sysfs entries a device scan had to skip, by reason (counted on every scan).",
-    ),
-    "resource_cdi_spec_current": (
-        "gauge",
-        ("resource",),
-        "With --use-cdi: 1 when the CDI spec of the resource's current devices is on disk, 0 while "
-        "it cannot be written (Allocate refused, every device advertised Unhealthy).",
-    ),
-    "cdi_write_errors_total": (
-        "counter",
-        ("resource", "reason"),
-        "Failed CDI spec writes of the resource's worker, by reason (read_only, no_space, ...).",
-    ),
-    "pod_allocations": (
-        "gauge",
-        ("namespace", "pod", "container", "resource"),
-        "Devices of the resource allocated to the container, from the kubelet's PodResources API.",
-    ),
-    "retained_device_ids": (
-        "gauge",
-        ("resource",),
-        "Device IDs above rdmaHcaMax still advertised because running pods hold them (after a "
-        "shrink); the log names the pods.",
-    ),
-}
-
-
-def _le(bound: float) -> str:
-    return "+Inf" if bound == math.inf else repr(float(bound))
-
-
-@dataclass
-class _Histogram:
-    """Cumulative bucket counts (one per bound, `+Inf` is `count`) and a sum."""
-
-    bounds: tuple[float, ...]
-    buckets: list[float]
-    count: float = 0.0
-    total: float = 0.0
-
-    @classmethod
-    def empty(cls, bounds: tuple[float, ...]) -> _Histogram:
-        return cls(bounds, [0.0] * len(bounds))
-
-    def observe(self, value: float) -> None:
-        for i, bound in enumerate(self.bounds):
-            if value <= bound:
-                self.buckets[i] += 1
-        self.count += 1
-        self.total += value
-
-    def samples(self) -> list[tuple[str, float]]:
-        pairs = [(_le(b), v) for b, v in zip(self.bounds, self.buckets, strict=True)]
-        return [*pairs, ("+Inf", self.count)]
-
-
-# Order of the flat vector a WorkerCounters becomes; bucket entries follow these.
-_COUNTER_FIELDS = (
-    "allocations_ok",
-    "allocations_refused",
-    "allocate_seconds_sum",
-    "allocate_count",
-    "registrations_ok",
-    "registrations_failed",
-)
-
-
-def _counters_vector(c: WorkerCounters) -> tuple[float, ...] | str:
-    """The counters as one flat vector, or why they cannot be trusted."""
-    if len(c.allocate_buckets) != len(ALLOCATE_BUCKETS):
-        return f"{len(c.allocate_buckets)} allocate buckets, expected {len(ALLOCATE_BUCKETS)}"
-    values = tuple(float(getattr(c, name)) for name in _COUNTER_FIELDS) + tuple(
-        float(b) for b in c.allocate_buckets
-    )
-    if any(not math.isfinite(v) or v < 0 for v in values):
-        return "a negative or non-finite value"
-    buckets = c.allocate_buckets
-    if any(a > b for a, b in itertools.pairwise(buckets)) or (
-        buckets and buckets[-1] > c.allocate_count
-    ):
-        return "allocate buckets are not cumulative"
-    return values
-
-
-@dataclass
-class _ProcessTotals:
-    """Turns the totals of a sequence of processes into one monotonic running sum."""
-
-    pid: int | None = None
-    last: tuple[float, ...] = ()
-    sums: list[float] = field(default_factory=list)
-
-    def update(self, pid: int, values: tuple[float, ...]) -> None:
-        if not self.sums:
-            self.sums = [0.0] * len(values)
-        new_process = (
-            pid != self.pid
-            or len(values) != len(self.last)
-            or any(v < old for v, old in zip(values, self.last, strict=True))
-        )
-        base = (0.0,) * len(values) if new_process else self.last
-        for i, (v, old) in enumerate(zip(values, base, strict=True)):
-            self.sums[i] += v - old
-        self.pid, self.last = pid, values
 
 
 @dataclass
@@ -277,11 +73,11 @@ class _Resource:
     worker_up: bool | None = None
     rss_bytes: int | None = None
     restarts: dict[str, int] = field(default_factory=dict)
-    counters: _ProcessTotals = field(default_factory=_ProcessTotals)
-    cpu: _ProcessTotals = field(default_factory=_ProcessTotals)
+    counters: ProcessTotals = field(default_factory=ProcessTotals)
+    cpu: ProcessTotals = field(default_factory=ProcessTotals)
     cdi_current: bool | None = None  # None: not in CDI mode (or no heartbeat yet)
+    cdi_errors: ProcessTotals = field(default_factory=ProcessTotals)
     failures: int | None = None
-    cdi_errors: _ProcessTotals = field(default_factory=_ProcessTotals)
 
 
 def _hca_rows(candidates: Iterable[Candidate]) -> tuple[tuple[str, str, str, str, str], ...]:
@@ -307,7 +103,7 @@ class Metrics:
         self._netns_exclusive: bool | None = None  # None while the mode is unknown
         self._scans: dict[str, int] = {}
         self._scan_errors: dict[str, int] = {}
-        self._scan_duration = _Histogram.empty(SCAN_BUCKETS)
+        self._scan_duration = Histogram.empty(SCAN_BUCKETS)
         self._pods: dict[tuple[str, str, str, str], int] = {}
         self._retained: dict[str, int] = {}
         self._refused_pids: set[tuple[str, int]] = set()
@@ -374,18 +170,13 @@ class Metrics:
             r = self._resource(resource)
             r.restarts[reason] = r.restarts.get(reason, 0) + 1
 
-    def worker_failures(self, resource: str, failures: int) -> None:
-        """The worker's consecutive quick exits, from the worker table."""
-        with self._lock:
-            self._resource(resource).failures = max(0, failures)
-
     def worker_counters(self, resource: str, pid: int, counters: WorkerCounters) -> None:
         """A heartbeat's counters: totals since the worker process `pid` started.
 
         `counters.kubelet_restarts` is not used: the supervisor counts kubelet restarts node-wide
         (`kubelet_restart()`), which would otherwise be counted once per worker.
         """
-        vector = _counters_vector(counters)
+        vector = counters_vector(counters)
         with self._lock:
             if isinstance(vector, str):
                 if (resource, pid) not in self._refused_pids:  # once per process, not per beat
@@ -406,6 +197,11 @@ class Metrics:
             errors = counters.cdi_write_errors
             if len(errors) == len(CDI_ERROR_REASONS) and all(n >= 0 for n in errors):
                 r.cdi_errors.update(pid, tuple(float(n) for n in errors))
+
+    def worker_failures(self, resource: str, failures: int) -> None:
+        """The worker's consecutive quick exits, from the worker table."""
+        with self._lock:
+            self._resource(resource).failures = max(0, failures)
 
     def worker_process(
         self, resource: str, rss_bytes: int, cpu_seconds_of_pid: float, pid: int
@@ -473,10 +269,10 @@ class Metrics:
 
     def describe(self) -> list[Metric]:
         """Names only, so the registry knows them without calling collect()."""
-        return list(_families().values())
+        return list(build_families().values())
 
     def collect(self) -> list[Metric]:
-        fam = _families()
+        fam = build_families()
 
         def add(name: str, labels: Sequence[str], value: float) -> None:
             metric = fam[name]
@@ -535,15 +331,15 @@ class Metrics:
             add("worker_restarts_total", [name, reason], n)
         _collect_issue_11(name, r, add)
         # Zeros before the first heartbeat, so rate() and increase() work from the start.
-        sums = r.counters.sums or [0.0] * (len(_COUNTER_FIELDS) + len(ALLOCATE_BUCKETS))
-        c = dict(zip(_COUNTER_FIELDS, sums, strict=False))
+        sums = r.counters.sums or [0.0] * (len(COUNTER_FIELDS) + len(ALLOCATE_BUCKETS))
+        c = dict(zip(COUNTER_FIELDS, sums, strict=False))
         add("allocations_total", [name, SUCCESS], c["allocations_ok"])
         add("allocations_total", [name, FAILURE], c["allocations_refused"])
         add("registrations_total", [name, SUCCESS], c["registrations_ok"])
         add("registrations_total", [name, FAILURE], c["registrations_failed"])
-        hist = _Histogram(
+        hist = Histogram(
             ALLOCATE_BUCKETS,
-            list(sums[len(_COUNTER_FIELDS) :]),
+            list(sums[len(COUNTER_FIELDS) :]),
             count=c["allocate_count"],
             total=c["allocate_seconds_sum"],
         )
@@ -562,26 +358,3 @@ def _collect_issue_11(name: str, r: _Resource, add: _Add) -> None:
         errors = r.cdi_errors.sums or [0.0] * len(CDI_ERROR_REASONS)
         for label, errs in zip(CDI_ERROR_REASONS, errors, strict=True):
             add("cdi_write_errors_total", [name, label], errs)
-
-
-def _families() -> dict[str, Metric]:
-    out: dict[str, Metric] = {}
-    for short, (kind, labels, doc) in FAMILIES.items():
-        name = PREFIX + short
-        if kind == "gauge":
-            out[short] = GaugeMetricFamily(name, doc, labels=labels)
-        elif kind == "counter":
-            out[short] = CounterMetricFamily(name, doc, labels=labels)
-        else:
-            out[short] = HistogramMetricFamily(name, doc, labels=labels)
-    return out
-
-
-def metric_names() -> list[str]:
-    """Every exported metric family name (counters with `_total`), for docs and manifest tests."""
-    return [PREFIX + short for short in FAMILIES]
-
-
-def exported_metrics() -> dict[str, str]:
-    """Exported metric name -> Prometheus type ("gauge", "counter" or "histogram")."""
-    return {PREFIX + short: kind for short, (kind, _, _) in FAMILIES.items()}

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from supervisor.cli import parser as cli
-from supervisor.metrics.exporter import exported_metrics
+from supervisor.metrics.families import exported_metrics
 from tests.static.test_deployment import K8S, daemonset_container, only, render, tool, yaml
 
 MONITORING = K8S / "overlays" / "monitoring"
@@ -86,37 +86,45 @@ _AGGREGATIONS = {
 _LABEL_LISTS = {"by", "without", "on", "ignoring", "group_left", "group_right"}
 
 
+class _Depths:
+    """How deep the tokeniser is in braces (label matchers), brackets (ranges), parentheses, and
+    whether it is inside a `by (...)`-style label list (the paren depth where that list ends)."""
+
+    def __init__(self) -> None:
+        self.brace = self.bracket = self.paren = 0
+        self.label_list: int | None = None
+
+    def punct(self, text: str) -> None:
+        if text in ("{", "}"):
+            self.brace += 1 if text == "{" else -1
+        elif text in ("[", "]"):
+            self.bracket += 1 if text == "[" else -1
+        elif text in ("(", ")"):
+            self.paren += 1 if text == "(" else -1
+            if self.label_list is not None and self.paren < self.label_list:
+                self.label_list = None
+
+    def outside_names(self) -> bool:
+        """Inside a label matcher, a range or a label list: no identifier there is a metric."""
+        return bool(self.brace or self.bracket or self.label_list is not None)
+
+
 def metric_names(expr: str) -> set[str]:
     """Metric names an expression selects: identifiers outside label matchers, ranges, label
     lists and strings that are neither functions, aggregations nor keywords."""
     tokens = [(m.lastgroup, m.group()) for m in _TOKEN.finditer(expr)]
     names: set[str] = set()
-    brace = bracket = 0
-    label_list_depth: int | None = None
-    paren = 0
+    depths = _Depths()
     for i, (kind, text) in enumerate(tokens):
         nxt = tokens[i + 1][1] if i + 1 < len(tokens) else ""
         if kind == "punct":
-            if text == "{":
-                brace += 1
-            elif text == "}":
-                brace -= 1
-            elif text == "[":
-                bracket += 1
-            elif text == "]":
-                bracket -= 1
-            elif text == "(":
-                paren += 1
-            elif text == ")":
-                paren -= 1
-                if label_list_depth is not None and paren < label_list_depth:
-                    label_list_depth = None
+            depths.punct(text)
             continue
-        if kind != "ident" or brace or bracket or label_list_depth is not None:
+        if kind != "ident" or depths.outside_names():
             continue
         if text in _LABEL_LISTS:
             if nxt == "(":
-                label_list_depth = paren + 1
+                depths.label_list = depths.paren + 1
             continue
         if text in _KEYWORDS or text in _AGGREGATIONS or nxt == "(":
             continue

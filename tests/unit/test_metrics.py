@@ -16,11 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from common import exitcodes
 from common.devices import Candidate, CharDevice, NetDev, Port, RdmaDevice, ScanProblem
 from common.messages import ALLOCATE_BUCKETS, WorkerCounters
-from supervisor.metrics.exporter import (
+from supervisor.metrics.exporter import Metrics
+from supervisor.metrics.families import (
     FAMILIES,
     PREFIX,
     RESTART_REASONS,
-    Metrics,
     exported_metrics,
     metric_names,
 )
