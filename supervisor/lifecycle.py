@@ -161,7 +161,7 @@ class Lifecycle:
         self.loop.timers.cancel(("term", record.name, pid))
         self.loop.timers.cancel(("kill", record.name, pid))
         if code < 0:  # killed (by us, the OOM killer, a crash): it left its socket and CDI spec
-            remove_leftovers(record.served or record.config, self.settings)
+            remove_leftovers(record.served or record.config, self.settings, pid=pid)
         if record.peer is not None:
             self._remember_departed(record.peer, record.full_name)
         if record.state is WorkerState.STOPPING:
