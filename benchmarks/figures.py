@@ -97,6 +97,16 @@ ROWS: tuple[tuple[str, str, str], ...] = (
         "{worker_serving_uss_mib:.1f} MiB",
         "",
     ),
+    (
+        "`Allocate` of 100 000 unknown IDs refused, as the client sees it (`bench_abuse.py`)",
+        "median {abuse_refuse_median_ms:.1f} ms (max {abuse_refuse_max_ms:.1f} ms)",
+        "< 50 ms",
+    ),
+    (
+        "the kubelet's options + `Allocate` while another client has tried 50 streams",
+        "p50 {abuse_kubelet_p50_ms:.2f} ms, p99 {abuse_kubelet_p99_ms:.2f} ms",
+        "p99 < 100 ms",
+    ),
 )
 
 

@@ -14,6 +14,8 @@ from typing import Any
 CHAR_DEVICE_KINDS: tuple[str, ...] = ("uverbs", "umad", "issm", "ucm")
 #: Path of the RDMA connection manager node every container gets once.
 RDMA_CM_PATH = "/dev/infiniband/rdma_cm"
+#: NUMA node IDs are < MAX_NUMNODES (1 << CONFIG_NODES_SHIFT, at most 1024 on any arch); -1 = none.
+MAX_NUMA_NODES = 1024
 #: Netdev operstates that mean the link cannot carry traffic.
 DOWN_OPERSTATES = frozenset({"down", "lowerlayerdown", "notpresent"})
 

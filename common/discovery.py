@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from common.config import ARPHRD_NAMES
 from common.devices import (
     CHAR_DEVICE_KINDS,
+    MAX_NUMA_NODES,
     Candidate,
     CharDevice,
     NetDev,
@@ -55,6 +56,8 @@ PROBLEM_REASONS: dict[str, str] = {
     "not_a_link": "sysfs has a symlink here; is --host-root a real sysfs or a flattened copy?",
     "bad_encoding": "the attribute is not UTF-8 text; is --host-root a real sysfs?",
     "bad_value": "the attribute's value cannot be parsed; check the driver version and dmesg",
+    "out_of_range": "the value is outside what the kernel can report (a NUMA node, device "
+    "number, port or name length); is --host-root a real sysfs? check dmesg",
     "unreadable": "the attribute cannot be read; check the plugin's privileges (it needs to read "
     "/sys) and dmesg for I/O errors",
 }
@@ -76,6 +79,33 @@ _NET_CLASS = 0x02
 _AUX_DEPTH = 2
 # Sysfs attributes are at most a page; reading more would only mean the tree is not sysfs.
 _MAX_ATTRIBUTE = 65536
+
+# The domain of every value that leaves discovery: what the kernel can report. A value outside it
+# only comes from a tree that is not a real sysfs (or a kernel bug), and passing it on would fail
+# later and further away (a protobuf field, a CDI name, a metric label), so it stops here.
+#: Char device numbers: 12-bit major, 20-bit minor (MINORBITS).
+MAX_MAJOR = (1 << 12) - 1
+MAX_MINOR = (1 << 20) - 1
+#: PCI class code is 24 bits; ARPHRD_* link types are 16 bits.
+MAX_PCI_CLASS = 0xFFFFFF
+MAX_LINK_TYPE = 0xFFFF
+#: IFNAMSIZ (16) includes the NUL; IB_DEVICE_NAME_MAX (64) likewise.
+MAX_NETDEV_NAME = 15
+MAX_RDMA_NAME = 63
+#: Port numbers: the verbs ABI carries them in a u8.
+MAX_PORT = 255
+#: Driver (MODULE_NAME_LEN 56) and auxiliary device names, generously; port state words and link
+#: layers are one short word ("ACTIVE", "InfiniBand").
+MAX_DRIVER_NAME = 64
+MAX_AUX_NAME = 128
+MAX_WORD = 32
+#: The number in uverbsN and friends: a minor-sized number has at most 7 digits.
+MAX_CHAR_DIGITS = 7
+#: RFC 2863 operstates, as the kernel writes them.
+OPERSTATES = frozenset(
+    {"unknown", "notpresent", "down", "lowerlayerdown", "testing", "dormant", "up"}
+)
+_BDF = re.compile(r"[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]\Z")
 
 
 @dataclass
@@ -220,16 +250,26 @@ class _Scanner:
         candidates.sort(key=lambda c: c.name)
         return Scan(candidates=tuple(candidates), problems=tuple(self.problems))
 
-    def function(self, rel: str, bdf: str) -> list[Candidate]:
-        """The candidates of one PCI function: itself, and any auxiliary sub-functions."""
+    def is_network_function(self, rel: str) -> bool:
+        """The function's `class` is a network controller's (0x02xxxx); problems otherwise."""
         _, cls = self.read_in(rel, "class", "PCI function")
         if cls is None:
-            return []
+            return False
         cls_value = _parse_hex(cls)
         if cls_value is None:
-            self.problem("bad_value", f"{rel}/class", f"PCI class {cls!r} is not hex")
+            self.problem("bad_value", f"{rel}/class", f"PCI class {_shown(cls)} is not hex")
+            return False
+        if not 0 <= cls_value <= MAX_PCI_CLASS:
+            self.problem("out_of_range", f"{rel}/class", f"PCI class {_shown(cls)} is not 24 bits")
+            return False
+        return cls_value >> 16 == _NET_CLASS
+
+    def function(self, rel: str, bdf: str) -> list[Candidate]:
+        """The candidates of one PCI function: itself, and any auxiliary sub-functions."""
+        if not self.is_network_function(rel):
             return []
-        if cls_value >> 16 != _NET_CLASS:
+        if not _BDF.match(bdf):
+            self.problem("bad_value", rel, "folder name is not a PCI address (DDDD:BB:DD.F)")
             return []
         vendor = self.hex_id(f"{rel}/vendor")
         device_id = self.hex_id(f"{rel}/device")
@@ -244,6 +284,8 @@ class _Scanner:
         subs: list[Candidate] = []
         for aux in names:
             if aux not in self.aux_names:
+                continue
+            if not self.name_ok(f"{rel}/{aux}", aux, MAX_AUX_NAME, "auxiliary device"):
                 continue
             found = self.aux_tree(f"{rel}/{aux}", _AUX_DEPTH - 1)
             if found is None:
@@ -287,7 +329,9 @@ class _Scanner:
         found = self.folder(rel, names)
         if depth > 0:
             for child in names:
-                if child in self.aux_names:
+                if child in self.aux_names and self.name_ok(
+                    f"{rel}/{child}", child, MAX_AUX_NAME, "auxiliary device"
+                ):
                     deeper = self.aux_tree(f"{rel}/{child}", depth - 1)
                     if deeper is not None:
                         found.netdevs.extend(deeper.netdevs)
@@ -299,18 +343,35 @@ class _Scanner:
         found = _Found()
         if "net" in names:
             for name in self.listdir(f"{rel}/net") or ():
+                if not self.name_ok(f"{rel}/net/{name}", name, MAX_NETDEV_NAME, "netdev"):
+                    continue
                 netdev = self.netdev(f"{rel}/net/{name}", name)
                 if netdev is not None:
                     found.netdevs.append(netdev)
         if "infiniband" in names:
             owner = _Owner(rel, names)
             for name in self.listdir(f"{rel}/infiniband") or ():
+                if not self.name_ok(f"{rel}/infiniband/{name}", name, MAX_RDMA_NAME, "RDMA device"):
+                    continue
                 rdma = self.rdma_device(owner, name)
                 if rdma is not None:
                     found.rdma.append(rdma)
         return found
 
     # -- fields ---------------------------------------------------------------------------------
+
+    def name_ok(self, rel: str, name: str, limit: int, what: str) -> bool:
+        """A kernel object name: 1..limit bytes, printable, no whitespace; else a problem."""
+        size = len(name.encode("utf-8", "surrogateescape"))
+        if size > limit:
+            self.problem(
+                "out_of_range", rel, f"{what} name is {size} bytes, more than the kernel's {limit}"
+            )
+            return False
+        if not _is_name(name):
+            self.problem("bad_value", rel, f"{what} name {_shown(name)} has blanks or controls")
+            return False
+        return True
 
     def hex_id(self, rel: str) -> str | None:
         text = self.read(rel)
@@ -335,8 +396,16 @@ class _Scanner:
                 self.problem("unreadable", rel, f"cannot read link: {err.strerror or err}")
             return ""
         name = os.path.basename(target.rstrip("/"))
-        if not name or not _is_utf8(name):
+        if not name or not _is_utf8(name) or not _is_name(name):
             self.problem("bad_value", rel, "driver link has no usable name; treated as unbound")
+            return ""
+        if len(name) > MAX_DRIVER_NAME:
+            self.problem(
+                "out_of_range",
+                rel,
+                f"driver name is {len(name)} characters, more than {MAX_DRIVER_NAME}; "
+                "treated as unbound",
+            )
             return ""
         return name
 
@@ -344,12 +413,18 @@ class _Scanner:
         text = self.read(rel, optional=True)
         if text is None:
             return -1
-        try:
-            value = int(text)
-        except ValueError:
-            self.problem("bad_value", rel, f"NUMA node {text!r} is not a number; using -1")
+        value = _parse_int(text)
+        if value is None:
+            self.problem("bad_value", rel, f"NUMA node {_shown(text)} is not a number; using -1")
             return -1
-        return max(value, -1)
+        if not -1 <= value < MAX_NUMA_NODES:
+            self.problem(
+                "out_of_range",
+                rel,
+                f"NUMA node {_shown(text)} is outside -1..{MAX_NUMA_NODES - 1}; using -1",
+            )
+            return -1
+        return value
 
     def netdev(self, rel: str, name: str) -> NetDev | None:
         ok, type_text = self.read_in(rel, "type", "netdev")
@@ -357,13 +432,23 @@ class _Scanner:
             return None
         link_type = ""  # matches no linkTypes selector: safer than guessing
         if type_text is not None:
-            try:
-                number = int(type_text)
-            except ValueError:
-                self.problem("bad_value", f"{rel}/type", f"link type {type_text!r} is not a number")
+            number = _parse_int(type_text)
+            if number is None:
+                self.problem(
+                    "bad_value", f"{rel}/type", f"link type {_shown(type_text)} is not a number"
+                )
+            elif not 0 <= number <= MAX_LINK_TYPE:
+                self.problem(
+                    "out_of_range", f"{rel}/type", f"link type {_shown(type_text)} is not 16 bits"
+                )
             else:
                 link_type = _LINK_TYPES.get(number, f"unknown{number}")
         operstate = self.read(f"{rel}/operstate")
+        if operstate is not None and operstate not in OPERSTATES:
+            self.problem(
+                "bad_value", f"{rel}/operstate", f"operstate {_shown(operstate)} is not RFC 2863"
+            )
+            operstate = None
         return NetDev(name=name, link_type=link_type, operstate=operstate or "unknown")
 
     def rdma_device(self, owner: _Owner, name: str) -> RdmaDevice | None:
@@ -375,10 +460,14 @@ class _Scanner:
             self.problem("missing_file", f"{rel}/ports", "ports folder is missing")
         numbers = []
         for entry in entries or ():
-            if _is_number(entry):
-                numbers.append(int(entry))
-            else:
+            if not _is_number(entry):
                 self.problem("bad_value", f"{rel}/ports/{entry}", "port folder is not a number")
+            elif len(entry) > 3 or int(entry) > MAX_PORT:
+                self.problem(
+                    "out_of_range", f"{rel}/ports/{_shown(entry)}", f"port number above {MAX_PORT}"
+                )
+            else:
+                numbers.append(int(entry))
         ports: list[Port] = []
         for number in sorted(numbers):
             port = self.port(f"{rel}/ports/{number}", number)
@@ -396,11 +485,23 @@ class _Scanner:
         if state_text is not None:
             # "4: ACTIVE"; tolerate a bare word from odd drivers.
             word = state_text.partition(":")[2].strip() if ":" in state_text else state_text
-            if word and word.replace("_", "").isalpha():
+            if (
+                word
+                and len(word) <= MAX_WORD
+                and word.replace("_", "").isascii()
+                and (word.replace("_", "").isalpha())
+            ):
                 state = word.upper()
             else:
-                self.problem("bad_value", f"{rel}/state", f"port state {state_text!r} unparsable")
+                self.problem(
+                    "bad_value", f"{rel}/state", f"port state {_shown(state_text)} unparsable"
+                )
         link_layer = self.read(f"{rel}/link_layer") or ""
+        if link_layer and (len(link_layer) > MAX_WORD or not _is_name(link_layer)):
+            self.problem(
+                "bad_value", f"{rel}/link_layer", f"link layer {_shown(link_layer)} unparsable"
+            )
+            link_layer = ""
         return Port(number=number, state=state, link_layer=link_layer)
 
     # -- char devices ---------------------------------------------------------------------------
@@ -440,8 +541,13 @@ class _Scanner:
             if match is None or match.group(1) not in kinds:
                 continue  # abi_version, the per-device cm folder, ...
             entry = f"{rel}/{name}"
+            if len(match.group(2)) > MAX_CHAR_DIGITS:
+                self.problem("out_of_range", entry, "char device number has too many digits")
+                continue
             ok, ibdev = self.read_in(entry, "ibdev", "char device")
             if not ok or not ibdev:
+                continue
+            if not self.name_ok(f"{entry}/ibdev", ibdev, MAX_RDMA_NAME, "RDMA device"):
                 continue
             major, minor = self.dev_numbers(f"{entry}/dev")
             by_dev.setdefault(ibdev, []).append(
@@ -461,8 +567,15 @@ class _Scanner:
             return None, None
         major, sep, minor = text.partition(":")
         if sep and _is_number(major) and _is_number(minor):
+            if len(major) > 4 or len(minor) > 7 or int(major) > MAX_MAJOR or int(minor) > MAX_MINOR:
+                self.problem(
+                    "out_of_range",
+                    rel,
+                    f"device number {_shown(text)} is outside {MAX_MAJOR}:{MAX_MINOR}",
+                )
+                return None, None
             return int(major), int(minor)
-        self.problem("bad_value", rel, f"device number {text!r} is not MAJOR:MINOR")
+        self.problem("bad_value", rel, f"device number {_shown(text)} is not MAJOR:MINOR")
         return None, None
 
 
@@ -485,6 +598,25 @@ def _char_sort_key(char: CharDevice) -> tuple[int, int]:
 
 def _is_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
+
+
+def _parse_int(text: str) -> int | None:
+    """A decimal integer as sysfs writes it (optional sign), without Python's extras: no "_"
+    separators, no non-ASCII digits, and none so long that int() itself refuses it."""
+    digits = text[1:] if text[:1] in ("-", "+") else text
+    if not digits or len(digits) > 4000 or not _is_number(digits):
+        return None
+    return int(text)
+
+
+def _is_name(name: str) -> bool:
+    """Printable, without blanks: what a kernel object name (and a log field) can hold."""
+    return name.isprintable() and not any(c.isspace() for c in name)
+
+
+def _shown(text: str) -> str:
+    """A value quoted in a log line or problem, cut short: a fake tree can hold 64 KiB."""
+    return repr(text[:40] + "…" if len(text) > 40 else text)
 
 
 def _is_utf8(name: str) -> bool:

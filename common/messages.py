@@ -61,7 +61,9 @@ Value shapes
     ReloadStatus    see the dataclass below.
     WorkerCounters  see the dataclass below; the histogram buckets are cumulative counts per upper
                     bound in `ALLOCATE_BUCKETS` (seconds), Prometheus style; `+Inf` is
-                    `allocate_count`.
+                    `allocate_count`. `cdi_spec_current` is null outside CDI mode, else whether
+                    the current device set's spec is on disk; `cdi_write_errors` counts failed
+                    writes per reason in `CDI_ERROR_REASONS` order.
 """
 
 from __future__ import annotations
@@ -79,6 +81,15 @@ PROTOCOL_VERSION = 1
 
 #: Upper bounds (seconds) of the Allocate latency histogram the worker reports.
 ALLOCATE_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.25)
+#: Why a CDI spec write failed (a metric label): EROFS, ENOSPC/EDQUOT, EACCES/EPERM,
+#: ENOENT/ENOTDIR (the folder's parent is gone), anything else.
+CDI_ERROR_REASONS: tuple[str, ...] = (
+    "read_only",
+    "no_space",
+    "permission",
+    "missing_folder",
+    "other",
+)
 
 REGISTRATION_MODES: tuple[str, ...] = ("auto", "classic", "watcher")
 
@@ -125,6 +136,9 @@ class WorkerCounters:
     registrations_failed: int = 0
     kubelet_restarts: int = 0  # kubelet.sock replaced while the worker was running
     stream_open: bool = False
+    cdi_spec_current: bool | None = None  # None: not in CDI mode
+    cdi_write_errors: tuple[int, ...] = ()  # per CDI_ERROR_REASONS; () before the first write
+    cdi_error: str = ""  # reason of the failure going on now, "" when none
 
 
 @dataclass(frozen=True)
@@ -196,6 +210,9 @@ class WorkerStatus:
     reason: str = ""  # why the worker is in this state (last exit, refusal, ...)
     failures: int = 0  # quick failures in a row (reset by a stable run)
     crash_looping: bool = False  # so many quick failures that restarts are slow now
+    #: "" outside CDI mode, "current" when the spec of the current device set is on disk, else
+    #: "not written (<reason>)": Allocate is refused and every device advertised Unhealthy.
+    cdi: str = ""
 
 
 @dataclass(frozen=True)

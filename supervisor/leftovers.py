@@ -75,11 +75,22 @@ def remove_stale_cdi_specs(cdi_dir: str, kinds: Collection[str]) -> list[str]:
 
 
 def remove_leftovers(
-    resource: ResourceConfig, settings: WorkerSettings, why: str = "a killed worker left"
+    resource: ResourceConfig,
+    settings: WorkerSettings,
+    why: str = "a killed worker left",
+    pid: int = 0,
 ) -> list[str]:
-    """Remove a killed (or gone) worker's socket(s) and CDI spec; the paths removed."""
+    """Remove a killed (or gone) worker's socket(s) and CDI spec; the paths removed.
+
+    With `pid`, also the private `.<pid>.sock` the worker binds before it links its name: a worker
+    killed in between leaves it (issue 11's kill storm found them piling up)."""
     removed = []
-    for path in worker_sockets(resource, settings):
+    private = [
+        os.path.join(folder, f".{pid}.sock")
+        for folder in (settings.device_plugin_dir, settings.plugins_registry_dir)
+        if folder and pid > 0
+    ]
+    for path in [*worker_sockets(resource, settings), *private]:
         with contextlib.suppress(OSError):
             if stat.S_ISSOCK(os.lstat(path).st_mode):
                 os.unlink(path)

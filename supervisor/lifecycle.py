@@ -112,6 +112,7 @@ class Lifecycle:
             return
         record.proc, record.pid, record.served = proc, proc.pid, record.config
         record.started_at = record.last_heard = now
+        record.error = ""
         LOG.info("worker started resource=%s pid=%d (%s)", record.full_name, proc.pid, reason)
 
     def _restart_later(self, record: WorkerRecord, delay: float) -> None:
@@ -160,7 +161,7 @@ class Lifecycle:
         self.loop.timers.cancel(("term", record.name, pid))
         self.loop.timers.cancel(("kill", record.name, pid))
         if code < 0:  # killed (by us, the OOM killer, a crash): it left its socket and CDI spec
-            remove_leftovers(record.served or record.config, self.settings)
+            remove_leftovers(record.served or record.config, self.settings, pid=pid)
         if record.peer is not None:
             self._remember_departed(record.peer, record.full_name)
         if record.state is WorkerState.STOPPING:
@@ -183,6 +184,10 @@ class Lifecycle:
 
     def _died(self, record: WorkerRecord, pid: int, code: int, run_seconds: float) -> None:
         decision = self.table.decide_exit(record, code, run_seconds)
+        # Name the cause the worker reported, in the log and in status (issue 11).
+        description = decision.description + (
+            f"; last error: {record.error}" if record.error else ""
+        )
         record.forget_process()
         record.failures = decision.failures
         self._observe(self.observer.worker_restarted, record.full_name, decision.reason)
@@ -192,9 +197,9 @@ class Lifecycle:
                 "the config (see the worker's log above)",
                 record.full_name,
                 pid,
-                decision.description,
+                description,
             )
-            self.table.move(record, WorkerState.FATAL, decision.description)
+            self.table.move(record, WorkerState.FATAL, description)
             return
         record.restarts += 1
         record.backoff_delay = decision.delay
@@ -202,10 +207,10 @@ class Lifecycle:
             "worker exited unexpectedly resource=%s pid=%d: %s; restarting in %.2fs",
             record.full_name,
             pid,
-            decision.description,
+            description,
             decision.delay,
         )
-        self.table.move(record, WorkerState.BACKOFF, decision.description)
+        self.table.move(record, WorkerState.BACKOFF, description)
         self._restart_later(record, decision.delay)
 
     def _remember_departed(self, peer: bytes, full_name: str) -> None:

@@ -98,6 +98,7 @@ class Peers:
             case Ready():
                 self._on_ready(record, msg)
             case Error():
+                record.error = f"{msg.code}: {msg.message}"[:300]
                 LOG.warning(
                     "worker reports an error resource=%s pid=%d code=%s: %s",
                     record.full_name,

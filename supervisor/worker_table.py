@@ -114,6 +114,9 @@ class WorkerRecord:
     registered_at: float = 0.0  # monotonic time a registered=true ready arrived
     mode: str = ""
     counters: WorkerCounters = field(default_factory=WorkerCounters)
+    #: The last error the current process reported ("<code>: <message>"), "" when none: a
+    #: crash loop's status and log line name it.
+    error: str = ""
     wanted: bool = True  # False: its resource left the config; remove once exited
     respawn_after_stop: bool = False  # stopping only to start again (renamed prefix)
 
@@ -249,7 +252,11 @@ class WorkerTable:
                     pid=record.pid,
                     restarts=record.restarts,
                     devices=len(matched),
-                    healthy=sum(1 for d in matched if d.usable and d.healthy),
+                    # What the kubelet is told: nothing is healthy while the CDI spec is not on
+                    # disk (issue 11).
+                    healthy=0
+                    if record.counters.cdi_spec_current is False
+                    else sum(1 for d in matched if d.usable and d.healthy),
                     registered=record.registered,
                     registered_since=record.registered_since,
                     allocations=record.counters.allocations_ok,
@@ -258,6 +265,16 @@ class WorkerTable:
                     failures=record.failures,
                     crash_looping=record.state is not WorkerState.RUNNING
                     and self.policy.crash_looping(record.failures),
+                    cdi=cdi_state(record.counters),
                 )
             )
         return tuple(rows)
+
+
+def cdi_state(counters: WorkerCounters) -> str:
+    """WorkerStatus.cdi from the worker's last heartbeat."""
+    if counters.cdi_spec_current is None:
+        return ""
+    if counters.cdi_spec_current:
+        return "current"
+    return f"not written ({counters.cdi_error or 'pending'})"

@@ -23,8 +23,14 @@ LOG = logging.getLogger("workers.cdi")
 
 
 class CdiSync:
-    def __init__(self, timings: WorkerTimings, report: Callable[[str, str], None]) -> None:
+    def __init__(
+        self,
+        timings: WorkerTimings,
+        report: Callable[[str, str], None],
+        on_error: Callable[[OSError], None] | None = None,
+    ) -> None:
         self.report = report
+        self.on_error = on_error  # counts the failure for the metrics (issue 11)
         # (dir, file name, identity) of the spec we wrote: removed at shutdown only if unchanged.
         self.file: tuple[str, str, cdi.FileIdentity | None] | None = None
         self.problem: str | None = None  # the current plan's spec is not on disk: why
@@ -62,6 +68,8 @@ class CdiSync:
         return None
 
     def _failed(self, plan: Plan, folder: str, name: str, exc: OSError) -> float:
+        if self.on_error is not None:
+            self.on_error(exc)
         first = self.backoff.failures == 0
         delay = self.backoff.next_delay()
         self.problem = (

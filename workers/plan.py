@@ -8,16 +8,19 @@ from disk and computes nothing per call.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from common.config import ResourceConfig
-from common.devices import RDMA_CM_PATH, Candidate
+from common.devices import MAX_NUMA_NODES, RDMA_CM_PATH, Candidate
 from workers import cdi
 
 HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 PERMISSIONS = "rwm"
+#: A char device name that makes a safe /dev path (discovery only reports such names).
+_CHAR_NAME = re.compile(r"(uverbs|umad|issm|ucm)[0-9]{1,7}\Z")
 
 
 @dataclass(frozen=True)
@@ -53,13 +56,15 @@ def make_plan(resource: ResourceConfig, devices: Sequence[Candidate], use_cdi: b
         # IDs above a shrunk rdmaHcaMax that pods still hold stay advertised (held_ids.py).
         ids += tuple(i for i in resource.retained_ids if int(i) >= resource.rdma_hca_max)
     healthy = any(d.healthy for d in usable)
-    numa = tuple(sorted({d.numa_node for d in usable if d.numa_node >= 0}))
+    # Discovery bounds NUMA nodes already; bounding them again here keeps a value that arrived
+    # some other way from failing the protobuf message (int64) in every stream and crash-looping.
+    numa = tuple(sorted({d.numa_node for d in usable if 0 <= d.numa_node < MAX_NUMA_NODES}))
 
     paths: list[str] = []
     seen: set[str] = set()
     for device in usable:
         for char in device.char_devices:
-            if char.present and char.path not in seen:
+            if char.present and char.path not in seen and _CHAR_NAME.match(char.name):
                 seen.add(char.path)
                 paths.append(char.path)
     if usable:
@@ -90,9 +95,11 @@ def make_plan(resource: ResourceConfig, devices: Sequence[Candidate], use_cdi: b
 
 
 def unknown_ids(plan: Plan, requested: Sequence[str]) -> list[str]:
-    """Requested IDs this worker does not advertise, in request order, without repeats."""
-    out: list[str] = []
+    """Requested IDs this worker does not advertise, in request order, without repeats.
+
+    Linear: a dict is the insertion-ordered set (a list lookup made 100 000 IDs quadratic)."""
+    out: dict[str, None] = {}
     for device_id in requested:
-        if device_id not in plan.id_set and device_id not in out:
-            out.append(device_id)
-    return out
+        if device_id not in plan.id_set:
+            out[device_id] = None
+    return list(out)

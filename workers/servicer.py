@@ -7,23 +7,26 @@ post events back; they never change the worker's state and never touch the disk.
 
 from __future__ import annotations
 
-import bisect
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-from common.messages import ALLOCATE_BUCKETS, WorkerCounters
+from common.loop.throttle import LogThrottle
 from proto.deviceplugin.v1beta1 import api_pb2 as dp
 from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from proto.pluginregistration.v1 import api_pb2 as reg
 from proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
-from workers import plan as planning
+from workers import requests
+from workers.counters import Counters as Counters  # re-exported: used as servicer.Counters
 from workers.events import EventQueue, StreamLost, StreamOpened, WatcherStatus
+from workers.published import Published
+from workers.published import publish as publish  # re-exported
 
 LOG = logging.getLogger("workers.servicer")
 
@@ -31,6 +34,15 @@ API_VERSION = "v1beta1"
 PLUGIN_TYPE = "DevicePlugin"
 #: A stream thread re-checks its call this often even when nothing changes.
 STREAM_IDLE_CHECK = 1.0
+#: ListAndWatch streams one worker serves at once. Each holds a thread of the worker's gRPC pool
+#: (8 threads, workers.serving) for its whole life, so the bound keeps threads free for the
+#: kubelet's unary calls. The kubelet needs one (two while an old registration's stream is
+#: ending); the rest is room for a debugging client. Beyond the bound a new stream is refused
+#: with RESOURCE_EXHAUSTED, except the kubelet's (the claimed one, see StreamHub): it is always
+#: admitted and ends the oldest other stream instead.
+MAX_STREAMS = 4
+#: Refused streams are logged at most this often (a client retrying in a loop would flood).
+REFUSAL_LOG_INTERVAL = 10.0
 
 
 def options() -> dp.DevicePluginOptions:
@@ -41,95 +53,6 @@ def options() -> dp.DevicePluginOptions:
     )
 
 
-@dataclass(frozen=True)
-class Published:
-    """What the handlers serve, built once per plan."""
-
-    plan: planning.Plan
-    snapshot: dp.ListAndWatchResponse
-    container_answer: dp.ContainerAllocateResponse
-    #: Set while the worker cannot honour what `container_answer` promises (the CDI spec is not
-    #: on disk): Allocate refuses with this text and every ID is advertised Unhealthy.
-    refusal: str | None = None
-
-
-def publish(plan: planning.Plan, refusal: str | None = None) -> Published:
-    health = planning.UNHEALTHY if refusal is not None else plan.health
-    # Built in place, in the response's own arena: a standalone dp.Device per ID (copied in, then
-    # freed) left 1.3 MiB of heap behind per worker for 1000 IDs; this way it is 0.25 MiB.
-    snapshot = dp.ListAndWatchResponse()
-    add = snapshot.devices.add
-    for device_id in plan.device_ids:
-        device = add(ID=device_id, health=health)
-        if plan.numa_nodes:
-            nodes = device.topology.nodes
-            for n in plan.numa_nodes:
-                nodes.add(ID=n)
-    answer = dp.ContainerAllocateResponse()
-    if plan.use_cdi:
-        answer.cdi_devices.extend(dp.CDIDevice(name=n) for n in plan.cdi_devices)
-        if plan.cdi_annotation is not None:
-            key, value = plan.cdi_annotation
-            answer.annotations[key] = value
-    else:
-        answer.devices.extend(
-            dp.DeviceSpec(container_path=p, host_path=p, permissions=planning.PERMISSIONS)
-            for p in plan.device_paths
-        )
-    return Published(plan, snapshot, answer, refusal)
-
-
-class Counters:
-    """Mutable totals behind a lock; `snapshot()` gives the message form."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.allocations_ok = 0
-        self.allocations_refused = 0
-        self.allocate_seconds_sum = 0.0
-        self.allocate_count = 0
-        self.allocate_buckets = [0] * len(ALLOCATE_BUCKETS)  # per bucket, made cumulative on read
-        self.registrations_ok = 0
-        self.registrations_failed = 0
-        self.kubelet_restarts = 0
-        self.stream_open = False
-
-    def allocation(self, ok: bool, seconds: float) -> None:
-        index = bisect.bisect_left(ALLOCATE_BUCKETS, seconds)
-        with self._lock:
-            if ok:
-                self.allocations_ok += 1
-            else:
-                self.allocations_refused += 1
-            self.allocate_seconds_sum += seconds
-            self.allocate_count += 1
-            if index < len(self.allocate_buckets):
-                self.allocate_buckets[index] += 1
-
-    def add(self, name: str, amount: int = 1) -> None:
-        with self._lock:
-            setattr(self, name, getattr(self, name) + amount)
-
-    def snapshot(self) -> WorkerCounters:
-        with self._lock:
-            cumulative: list[int] = []
-            total = 0
-            for n in self.allocate_buckets:
-                total += n
-                cumulative.append(total)
-            return WorkerCounters(
-                allocations_ok=self.allocations_ok,
-                allocations_refused=self.allocations_refused,
-                allocate_seconds_sum=self.allocate_seconds_sum,
-                allocate_count=self.allocate_count,
-                allocate_buckets=tuple(cumulative),
-                registrations_ok=self.registrations_ok,
-                registrations_failed=self.registrations_failed,
-                kubelet_restarts=self.kubelet_restarts,
-                stream_open=self.stream_open,
-            )
-
-
 @dataclass(eq=False)
 class _Stream:
     generation: int
@@ -138,6 +61,10 @@ class _Stream:
     claim: int | None = None
     ended: bool = False  # set when we end it (replaced, server stopping); the kubelet did not
     over: bool = False  # the RPC has terminated (gRPC's callback ran)
+    refused: bool = False  # over the stream bound (MAX_STREAMS): the handler refuses it at once
+    #: Cancels the RPC, so an ended stream whose thread is blocked sending to a client that does
+    #: not read frees its thread too.
+    cancel: Callable[[], None] | None = None
 
 
 class StreamHub:
@@ -154,6 +81,10 @@ class StreamHub:
     old registration's stream open, and when it ends they disconnect the *current* registration
     (kubernetes#121994). The kubelet ends old streams itself, or we end them all right before we
     register again.
+
+    At most MAX_STREAMS streams hold a gRPC thread at once: beyond that another client's new
+    stream is refused, while the kubelet's (claimed) one is admitted and ends the oldest
+    unclaimed stream.
     """
 
     def __init__(self, events: EventQueue, counters: Counters) -> None:
@@ -167,6 +98,9 @@ class StreamHub:
         self._first_live_generation = 0
         self._claim: int | None = None
         self._watcher_claims = 0
+        #: Admitted streams whose RPC is not over (each holds a gRPC thread), oldest first.
+        self._running: list[_Stream] = []
+        self._refusals = LogThrottle(REFUSAL_LOG_INTERVAL)
 
     def claim(self, claim: int) -> None:
         """The next stream to open is the kubelet's, of registration `claim`."""
@@ -184,27 +118,72 @@ class StreamHub:
         return self._published
 
     def publish(self, published: Published) -> None:
+        # The refusal is the CDI spec not being on disk: what the supervisor's metrics, status
+        # and /readyz report, so they agree with what the kubelet is told.
+        self._counters.cdi_published(published.plan.use_cdi, published.refusal is None)
         with self._cond:
             self._published = published
             self._version += 1
             self._cond.notify_all()
 
-    def open(self, generation: int) -> _Stream:
-        stream = _Stream(generation=generation, opened_at=time.monotonic())
+    def open(self, generation: int, cancel: Callable[[], None] | None = None) -> _Stream:
+        stream = _Stream(generation=generation, opened_at=time.monotonic(), cancel=cancel)
+        evicted: _Stream | None = None
         with self._cond:
             if generation < self._first_live_generation:
                 # Its server is being stopped: end at once, and it was not the kubelet's doing.
                 stream.ended = True
                 return stream
-            self._open.add(stream)
-            if self._claim is not None:
-                stream.claim, self._claim = self._claim, None
-                self._live = stream
-                self._counters.stream_open = True
+            running = [s for s in self._running if not s.over]
+            evicted = self._admit(stream, running)
+            if not stream.refused:
+                self._running = [*running, stream]
+                self._open.add(stream)
+                if self._claim is not None:
+                    stream.claim, self._claim = self._claim, None
+                    self._live = stream
+                    self._counters.stream_open = True
             self._cond.notify_all()
+        if evicted is not None:
+            LOG.warning(
+                "ListAndWatch: ended another client's stream to admit the kubelet's (at most %d "
+                "streams at once)",
+                MAX_STREAMS,
+            )
+            if evicted.cancel is not None:
+                evicted.cancel()
+        if stream.refused:
+            swallowed = self._refusals.allow("refused")
+            if swallowed is not None:
+                LOG.warning(
+                    "ListAndWatch refused: %d streams are open, the most one worker serves; "
+                    "another local client keeps streams open (%d more refused since last said)",
+                    MAX_STREAMS,
+                    swallowed,
+                )
         if stream.claim is not None:
             self._events.post(StreamOpened(generation, stream.claim))
         return stream
+
+    def _admit(self, stream: _Stream, running: list[_Stream]) -> _Stream | None:
+        """Apply the stream bound (under the lock): refuse `stream`, or the stream it evicts."""
+        if len(running) < MAX_STREAMS:
+            return None
+        if self._claim is None:
+            stream.refused = stream.ended = True
+            return None
+        others = [s for s in running if s.claim is None]
+        if not others:
+            return None  # only kubelet streams run (an old one ending): admit the new one anyway
+        evicted = others[0]
+        evicted.ended = True
+        self._open.discard(evicted)
+        return evicted
+
+    def open_count(self) -> int:
+        """Streams holding a gRPC thread now."""
+        with self._cond:
+            return sum(1 for s in self._running if not s.over)
 
     def live(self, generation: int) -> _Stream | None:
         """The live stream, when the server of `generation` serves it and we have not ended it."""
@@ -256,6 +235,7 @@ class StreamHub:
             lost = not stream.ended and stream.claim is not None
             stream.ended = True
             self._open.discard(stream)
+            self._running = [s for s in self._running if not s.over]
             if self._live is stream:
                 self._live = None
                 self._counters.stream_open = False
@@ -292,7 +272,13 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
     def ListAndWatch(
         self, request: dp.Empty, context: grpc.ServicerContext
     ) -> Iterator[dp.ListAndWatchResponse]:
-        stream = self._hub.open(self._generation)
+        stream = self._hub.open(self._generation, context.cancel)
+        if stream.refused:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self._resource}: {MAX_STREAMS} ListAndWatch streams are open, the most this "
+                "plugin serves at once; close one and retry",
+            )
         if not context.add_callback(lambda: self._hub.terminated(stream)):
             self._hub.terminated(stream)  # already over
             return
@@ -308,11 +294,12 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
     def Allocate(self, request: dp.AllocateRequest, context: grpc.ServicerContext) -> Any:
         start = time.perf_counter()
         published = self._hub.published
-        problem = _allocate_problem(published, request)
+        plan, refusal = (None, None) if published is None else (published.plan, published.refusal)
+        problem = requests.allocate_problem(plan, refusal, request, context)
         if problem is not None:
             code, message = problem
             self._counters.allocation(False, time.perf_counter() - start)
-            LOG.warning("Allocate refused resource=%s: %s", self._resource, message)
+            LOG.warning("Allocate refused resource=%s: %s", self._resource, message[:500])
             context.abort(code, message)
         assert published is not None
         response = dp.AllocateResponse()
@@ -328,14 +315,23 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
     ) -> dp.PreferredAllocationResponse:
         # Every ID is equivalent: the must-include IDs, then the first available ones, is as good
         # as any choice, and always a valid answer.
+        published = self._hub.published
+        problem = requests.preferred_problem(None if published is None else published.plan, request)
+        if problem is not None:
+            LOG.warning("GetPreferredAllocation refused resource=%s: %s", self._resource, problem)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         response = dp.PreferredAllocationResponse()
         for container in request.container_requests:
-            chosen: list[str] = []
-            for device_id in [*container.must_include_deviceIDs, *container.available_deviceIDs]:
-                if len(chosen) >= max(container.allocation_size, 0):
+            if not requests.call_alive(context):
+                context.abort(grpc.StatusCode.CANCELLED, "the call was cancelled or expired")
+            size = container.allocation_size
+            chosen: dict[str, None] = {}  # insertion-ordered set: linear in the lists
+            for device_id in itertools.chain(
+                container.must_include_deviceIDs, container.available_deviceIDs
+            ):
+                if len(chosen) >= size:
                     break
-                if device_id not in chosen:
-                    chosen.append(device_id)
+                chosen[device_id] = None
             response.container_responses.add().deviceIDs.extend(chosen)
         return response
 
@@ -343,37 +339,6 @@ class DevicePluginServicer(dp_grpc.DevicePluginServicer):  # type: ignore[misc]
         self, request: dp.PreStartContainerRequest, context: grpc.ServicerContext
     ) -> dp.PreStartContainerResponse:
         return dp.PreStartContainerResponse()
-
-
-def _allocate_problem(
-    published: Published | None, request: dp.AllocateRequest
-) -> tuple[grpc.StatusCode, str] | None:
-    if published is None:
-        return grpc.StatusCode.UNAVAILABLE, "the worker has no device set yet; retry"
-    plan = published.plan
-    unknown: list[str] = []
-    for container in request.container_requests:
-        for device_id in planning.unknown_ids(plan, container.devices_ids):
-            if device_id not in unknown:
-                unknown.append(device_id)
-    if unknown:
-        shown = ", ".join(repr(i) for i in unknown[:10])
-        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
-        return (
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"{plan.resource.full_name}: device IDs {shown}{more} were never advertised "
-            f"(this resource advertises {len(plan.device_ids)} IDs)",
-        )
-    wanted = any(c.devices_ids for c in request.container_requests)
-    if wanted and published.refusal is not None:
-        return grpc.StatusCode.FAILED_PRECONDITION, published.refusal
-    if wanted and not plan.can_allocate:
-        return (
-            grpc.StatusCode.FAILED_PRECONDITION,
-            f"{plan.resource.full_name}: no usable RDMA device is matched right now "
-            "(char devices missing); the devices are advertised Unhealthy",
-        )
-    return None
 
 
 class RegistrationServicer(reg_grpc.RegistrationServicer):  # type: ignore[misc]

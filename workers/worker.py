@@ -12,6 +12,7 @@ through a `SignalInbox`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import os
@@ -86,7 +87,7 @@ class Worker:
         self.counters = Counters()
         self.hub = StreamHub(self.events, self.counters)
         self.serving = Serving(self.hub, self.counters, self.events, self.t, self._report)
-        self.cdi = CdiSync(self.t, self._report)
+        self.cdi = CdiSync(self.t, self._report, self.counters.cdi_write_failed)
         self.timers = Timers(clock)
         self.devices = DeviceSet(self.hub, self.cdi, self.timers)
         self.machine = RegistrationMachine(self.t, clock)
@@ -122,8 +123,10 @@ class Worker:
                     self._shutdown(f"{name} received", exitcodes.OK)
                 self._step()
             return self.exit_code
-        except Exception:
+        except Exception as exc:
             LOG.exception("worker failed; shutting down")
+            with contextlib.suppress(Exception):  # the supervisor shows it (issue 11)
+                self._send(Error("crashed", f"{type(exc).__name__}: {exc}"[:300]))
             try:
                 self._shutdown("internal error", exitcodes.FATAL)
             except Exception:

@@ -43,7 +43,7 @@ from prometheus_client.metrics_core import (
 )
 
 from common.devices import Candidate, ScanProblem
-from common.messages import ALLOCATE_BUCKETS, WorkerCounters
+from common.messages import ALLOCATE_BUCKETS, CDI_ERROR_REASONS, WorkerCounters
 from supervisor.metrics.families import (
     FAILURE,
     RESTART_REASONS,
@@ -75,6 +75,9 @@ class _Resource:
     restarts: dict[str, int] = field(default_factory=dict)
     counters: ProcessTotals = field(default_factory=ProcessTotals)
     cpu: ProcessTotals = field(default_factory=ProcessTotals)
+    cdi_current: bool | None = None  # None: not in CDI mode (or no heartbeat yet)
+    cdi_errors: ProcessTotals = field(default_factory=ProcessTotals)
+    failures: int | None = None
 
 
 def _hca_rows(candidates: Iterable[Candidate]) -> tuple[tuple[str, str, str, str, str], ...]:
@@ -188,7 +191,17 @@ class Metrics:
                         vector,
                     )
                 return
-            self._resource(resource).counters.update(pid, vector)
+            r = self._resource(resource)
+            r.counters.update(pid, vector)
+            r.cdi_current = counters.cdi_spec_current
+            errors = counters.cdi_write_errors
+            if len(errors) == len(CDI_ERROR_REASONS) and all(n >= 0 for n in errors):
+                r.cdi_errors.update(pid, tuple(float(n) for n in errors))
+
+    def worker_failures(self, resource: str, failures: int) -> None:
+        """The worker's consecutive quick exits, from the worker table."""
+        with self._lock:
+            self._resource(resource).failures = max(0, failures)
 
     def worker_process(
         self, resource: str, rss_bytes: int, cpu_seconds_of_pid: float, pid: int
@@ -302,7 +315,8 @@ class Metrics:
         if r.inventory is not None:
             devices, healthy, hcas, usable = r.inventory
             add("resource_devices", [name], devices)
-            add("resource_healthy_devices", [name], healthy)
+            # What the kubelet is told: nothing is healthy while the CDI spec is not on disk.
+            add("resource_healthy_devices", [name], 0 if r.cdi_current is False else healthy)
             add("resource_hcas", [name], hcas)
             add("resource_usable_hcas", [name], usable)
         for row in r.hca_rows:
@@ -315,6 +329,7 @@ class Metrics:
             add("worker_cpu_seconds_total", [name], r.cpu.sums[0])
         for reason, n in sorted(r.restarts.items()):
             add("worker_restarts_total", [name, reason], n)
+        _collect_issue_11(name, r, add)
         # Zeros before the first heartbeat, so rate() and increase() work from the start.
         sums = r.counters.sums or [0.0] * (len(COUNTER_FIELDS) + len(ALLOCATE_BUCKETS))
         c = dict(zip(COUNTER_FIELDS, sums, strict=False))
@@ -331,3 +346,15 @@ class Metrics:
         allocate = fam["allocate_duration_seconds"]
         assert isinstance(allocate, HistogramMetricFamily)
         allocate.add_metric([name], hist.samples(), hist.total)
+
+
+def _collect_issue_11(name: str, r: _Resource, add: _Add) -> None:
+    """Crash loops and CDI spec writes (issue 11)."""
+    if r.failures is not None:
+        add("worker_consecutive_failures", [name], r.failures)
+    if r.cdi_current is not None:
+        add("resource_cdi_spec_current", [name], 1 if r.cdi_current else 0)
+    if r.cdi_current is not None or r.cdi_errors.sums:
+        errors = r.cdi_errors.sums or [0.0] * len(CDI_ERROR_REASONS)
+        for label, errs in zip(CDI_ERROR_REASONS, errors, strict=True):
+            add("cdi_write_errors_total", [name, label], errs)

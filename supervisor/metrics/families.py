@@ -88,6 +88,12 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("resource", "reason"),
         "Restarts of the resource's worker process, by reason.",
     ),
+    "worker_consecutive_failures": (
+        "gauge",
+        ("resource",),
+        "Quick exits of the resource's worker in a row (0 once a run lasts): above 3 it is "
+        "crash-looping; `rdma-shared-dp status` and the log name its last error.",
+    ),
     "worker_resident_memory_bytes": (
         "gauge",
         ("resource",),
@@ -128,6 +134,17 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         "counter",
         ("reason",),
         "Sysfs entries a device scan had to skip, by reason (counted on every scan).",
+    ),
+    "resource_cdi_spec_current": (
+        "gauge",
+        ("resource",),
+        "With --use-cdi: 1 when the CDI spec of the resource's current devices is on disk, 0 while "
+        "it cannot be written (Allocate refused, every device advertised Unhealthy).",
+    ),
+    "cdi_write_errors_total": (
+        "counter",
+        ("resource", "reason"),
+        "Failed CDI spec writes of the resource's worker, by reason (read_only, no_space, ...).",
     ),
     "pod_allocations": (
         "gauge",

@@ -32,12 +32,16 @@ from supervisor.metrics.exporter import Metrics
 from supervisor.metrics.http_server import MetricsServer, Probes, start_metrics_server
 from supervisor.metrics.pod_resources import PodAllocation, PodResourcesReader
 from supervisor.observer import Observer, StatusSource
+from supervisor.restart_policy import RestartPolicy
 
 LOG = logging.getLogger(__name__)
 
 #: psutil looks at a worker at most this often (heartbeats come every second); a new process of
 #: the resource is looked at on its first heartbeat.
 SAMPLE_EVERY = 5.0
+#: A worker whose process has been heard from this long has had a stable run (as the restart
+#: policy counts it): its quick exits in a row are over.
+STABLE_AFTER = RestartPolicy().stable_after
 #: /healthz fails when the loop has not turned for this long (it turns at least every second).
 STALL_AFTER = 10.0
 
@@ -61,6 +65,8 @@ class MetricsObserver(Observer):
         #: resource -> (process, when it was last sampled).
         self._processes: dict[str, tuple[psutil.Process, float]] = {}
         self._pod_rows: list[PodAllocation] = []
+        self._cdi: dict[str, tuple[bool | None, str]] = {}  # from the last heartbeat
+        self._runs: dict[str, tuple[int, float]] = {}  # resource -> (pid, first heartbeat)
 
     # ---- config and devices ------------------------------------------------------------------
 
@@ -120,6 +126,7 @@ class MetricsObserver(Observer):
     def worker_state_changed(self, resource: str, state: str, previous: str, reason: str) -> None:
         if resource in self._hca_max:
             self.metrics.worker_up(resource, state == "running")
+            self._publish_failures(resource)
             if state != "running":
                 self._processes.pop(resource, None)
         self._publish_readiness()
@@ -136,6 +143,17 @@ class MetricsObserver(Observer):
             return
         self.metrics.worker_counters(resource, pid, counters)
         self._sample_process(resource, pid)
+        # A run that lasted the restart policy's stable time ends the run of quick exits.
+        now = time.monotonic()
+        run = self._runs.get(resource)
+        if run is None or run[0] != pid:
+            self._runs[resource] = (pid, now)
+        elif now - run[1] >= STABLE_AFTER:
+            self.metrics.worker_failures(resource, 0)
+        cdi = (counters.cdi_spec_current, counters.cdi_error)
+        if self._cdi.get(resource) != cdi:  # the CDI spec came or went: /readyz says so
+            self._cdi[resource] = cdi
+            self._publish_readiness()
 
     def kubelet_restarted(self) -> None:
         self.metrics.kubelet_restart()
@@ -179,6 +197,7 @@ class MetricsObserver(Observer):
         self.metrics.remove_resource(resource)
         self._selections.pop(resource, None)
         self._processes.pop(resource, None)
+        self._runs.pop(resource, None)
 
     def _publish_resources(self) -> None:
         # Only resources a scan has matched: before the first scan, no series beats a false 0.
@@ -199,6 +218,14 @@ class MetricsObserver(Observer):
             return  # before `started`: /readyz says "starting"
         statuses = {s.resource: s for s in self._source.worker_statuses()}
         self.probes.set_resources({name: _not_ready(statuses.get(name)) for name in self._hca_max})
+
+    def _publish_failures(self, resource: str) -> None:
+        """The worker's quick exits in a row (the worker table counts them at each exit)."""
+        if self._source is None:
+            return
+        for status in self._source.worker_statuses():
+            if status.resource == resource:
+                self.metrics.worker_failures(resource, status.failures)
 
     def _sample_process(self, resource: str, pid: int) -> None:
         now = time.monotonic()
@@ -225,6 +252,9 @@ def _not_ready(status: WorkerStatus | None) -> str | None:
     """None when registered with the kubelet, else one short line saying why not."""
     if status is None:
         return "no worker yet"
+    if status.registered and status.cdi.startswith("not written"):
+        # Registered, but Allocate is refused and every device advertised Unhealthy.
+        return f"CDI spec {status.cdi}: Allocate is refused until it is written"
     if status.registered:
         return None
     if status.state == "running":  # its state reason ("configured") would say nothing here

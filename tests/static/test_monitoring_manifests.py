@@ -445,6 +445,20 @@ SCENARIOS: list[tuple[str, str, list[tuple[str, str]], str, list[dict[str, str]]
         [{"severity": "warning", "resource": "rdma/a"}],
     ),
     (
+        "CDI spec cannot be written",
+        "RdmaSharedDpCdiSpecNotWritten",
+        [('rdma_shared_dp_resource_cdi_spec_current{resource="rdma/a"}', "1 1 0x10")],
+        "6m",
+        [{"severity": "critical", "resource": "rdma/a"}],
+    ),
+    (
+        "CDI spec written again within the grace",
+        "RdmaSharedDpCdiSpecNotWritten",
+        [('rdma_shared_dp_resource_cdi_spec_current{resource="rdma/a"}', "1 0 1x10")],
+        "6m",
+        [],
+    ),
+    (
         "worker down",
         "RdmaSharedDpWorkerDown",
         [('rdma_shared_dp_worker_up{resource="rdma/a"}', "0x10")],

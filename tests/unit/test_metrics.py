@@ -113,6 +113,11 @@ rdma_shared_dp_pod_allocations{namespace,pod,container,resource}
 ADDED = {
     # The reload counters cannot tell whether the refused file is still there; this can.
     "rdma_shared_dp_config_last_reload_successful": (),
+    # Issue 11: CDI write failures visible to monitoring.
+    "rdma_shared_dp_resource_cdi_spec_current": ("resource",),
+    "rdma_shared_dp_cdi_write_errors_total": ("resource", "reason"),
+    # Issue 11: a crash loop is never silent.
+    "rdma_shared_dp_worker_consecutive_failures": ("resource",),
     # Issue 13: exclusive RDMA netns mode breaks sharing without any other series showing it.
     "rdma_shared_dp_rdma_netns_exclusive": (),
     # Issue 9: IDs above a shrunk rdmaHcaMax kept because running pods hold them.
@@ -138,8 +143,15 @@ def test_every_family_is_exported_with_its_labels() -> None:
     m.device_scan("start", 0.01, [ScanProblem("dangling_link", "sys/x", "gone")])
     m.worker_up(RES, True)
     m.worker_restarted(RES, "exited")
-    m.worker_counters(RES, 10, counters(ok=1, durations=(0.001,)))
+    m.worker_counters(
+        RES,
+        10,
+        replace(
+            counters(ok=1, durations=(0.001,)), cdi_spec_current=True, cdi_write_errors=(0,) * 5
+        ),
+    )
     m.worker_process(RES, 1 << 20, 0.5, 10)
+    m.worker_failures(RES, 2)
     m.kubelet_restart()
     m.config_reload(True, 1000.0)
     m.rdma_netns_mode("shared")
