@@ -53,6 +53,7 @@ class MachineCore:
         self.inflight: _Attempt | None = None
         self.restart_pending = False  # a restart signal arrived while `inflight` was out
         self.sent_at = float("-inf")  # when the Register of the current registration was sent
+        self.kubelet_at = float("-inf")  # when the newest kubelet.sock appeared (our clock)
         self.adoptable: tuple[_Attempt, float] | None = None  # (attempt, until)
         self.backoff = Backoff(timings.backoff_first, timings.backoff_cap)
         self.serve_backoff = Backoff(timings.backoff_first, timings.backoff_cap)
@@ -127,6 +128,10 @@ class MachineCore:
             self.refusal_reported = True
             actions.append(ReportError("register_refused", error))
         return actions
+
+    def _watcher_grace_left(self) -> float:
+        """Seconds until the newest kubelet has had the full grace to call GetInfo."""
+        return max(0.0, self.kubelet_at + self.t.stream_grace - self.clock())
 
     def _current(self, generation: int, claim: int | None = None) -> bool:
         return generation == self.generation and (claim is None or claim == self.claim)

@@ -105,6 +105,9 @@ class RegistrationMachine(SignalHandlers):
             self._move(State.UNSERVED)
             return [Serve()]
         if state is State.AWAITING_WATCHER:
+            left = self._watcher_grace_left()
+            if left > 0:
+                return [SetTimer(left)]  # a kubelet arrived since the timer was set
             LOG.warning(
                 "no plugin watcher called within %.1fs; serving afresh", self.t.stream_grace
             )

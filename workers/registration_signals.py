@@ -74,7 +74,13 @@ class SignalHandlers(MachineCore):
 
     def _on_kubelet_restart(self, ev: KubeletRestart) -> list[Action]:
         self._reset_backoff()
+        self.kubelet_at = max(self.kubelet_at, ev.at)
         state = self.state
+        if state is State.AWAITING_WATCHER:
+            # The grace for its plugin watcher counts from the new kubelet's arrival: counted from
+            # the stream's end, it ran out while the kubelet was still away and the socket was
+            # made anew just as the watcher found the old one (~1 s lost with a real kubelet).
+            return [SetTimer(self._watcher_grace_left())]
         if state is State.REGISTERED:
             return self._restart_while_registered(ev)
         if state is State.REGISTERING:

@@ -66,6 +66,12 @@ class RestartSignals:
     def _on_seen(self, seen: Seen) -> None:
         if seen.rescan:
             self.rewatch()
+        # Our socket first: a new kubelet wipes it before it creates kubelet.sock, and a Register
+        # sent while our socket is gone costs ~1 s (the kubelet's dial-back waits out gRPC's
+        # reconnect backoff), so the machine must know the socket is gone when it hears of the
+        # new kubelet.
+        if seen.own_touched:
+            self.check_own_socket()
         for change in seen.kubelet:
             if change is KubeletChange.GONE:
                 self.feed(fsm.KubeletGone())
@@ -74,8 +80,6 @@ class RestartSignals:
                 self.counters.add("kubelet_restarts")
             self.kubelet_seen = True
             self.feed(fsm.KubeletRestart(f"kubelet.sock {change.value}", self._appeared_at()))
-        if seen.own_touched:
-            self._check_own_socket()
 
     def _appeared_at(self) -> float:
         """When kubelet.sock was created, on our clock (its ctime; now if that is unknown)."""
@@ -85,7 +89,8 @@ class RestartSignals:
             return self.clock()
         return self.clock() - max(0.0, time.time() - ctime)
 
-    def _check_own_socket(self) -> None:
+    def check_own_socket(self) -> None:
+        """Feed `OwnSocketGone` when our socket was removed or replaced (or the path came free)."""
         server = self.serving.server
         if server is not None:
             if server.intact():

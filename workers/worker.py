@@ -47,7 +47,7 @@ from workers import registration_io as fsm
 from workers.cdi_sync import CdiSync
 from workers.control_link import ControlLink
 from workers.device_set import DeviceSet
-from workers.events import EventQueue
+from workers.events import EventQueue, RegisterDone
 from workers.kubelet_watch import KubeletWatch
 from workers.plan import make_plan
 from workers.registration_fsm import RegistrationMachine
@@ -138,6 +138,8 @@ class Worker:
             if self.exit_code is None:
                 self._on_message(msg)
         for event in self.events.drain():
+            if isinstance(event, RegisterDone) and event.superseded and self.signals is not None:
+                self.signals.check_own_socket()  # why it was not sent, before the machine retries
             self._feed(event)
         if self.signals is not None and self.exit_code is None:
             self.signals.read()
@@ -353,7 +355,9 @@ class Worker:
             if old:
                 self.hub.wait_over(old, self.t.end_stream_wait)
             current = self.serving.server
-            if current is None or current.generation != generation:
+            if current is None or current.generation != generation or not current.intact():
+                # Replaced, or our socket is gone (a new kubelet wiped it): the kubelet would
+                # dial a missing socket and wait ~1 s before it tries again.
                 return False
             self.hub.claim(action.claim)
             return True

@@ -8,9 +8,15 @@ import socket
 from pathlib import Path
 
 from common.kubelet_socket import KubeletChange, KubeletSocket
+import zmq
+
 from workers.events import EventQueue, StreamLost, StreamOpened
 from workers.kubelet_watch import KubeletWatch
+from workers.registration_io import KubeletRestart, OwnSocketGone
+from workers.restart_signals import RestartSignals
 from workers.servicer import Counters, StreamHub
+from workers.serving import Serving
+from workers.timings import WorkerTimings
 
 
 def _serve(path: Path) -> socket.socket:
@@ -83,6 +89,36 @@ def test_the_watch_sees_kubelet_sock_and_our_socket(tmp_path: Path) -> None:
         watch.close()
         kubelet.close()
         ours.close()
+
+
+def test_a_kubelet_wipe_tells_the_machine_our_socket_went_before_the_new_kubelet(
+    tmp_path: Path,
+) -> None:
+    """A new kubelet deletes our socket, then creates kubelet.sock. Told of the kubelet first,
+    the machine registered with our socket gone, and the kubelet's dial-back then waited ~1 s."""
+    kubelet = _serve(tmp_path / "kubelet.sock")
+    own = str(tmp_path / "hca_a.sock")
+    events, counters = EventQueue(), Counters()
+    hub = StreamHub(events, counters)
+    serving = Serving(hub, counters, events, WorkerTimings(), lambda _c, _m: None, 1)
+    fed: list[object] = []
+    signals = RestartSignals(
+        KubeletWatch(str(tmp_path), own), own, serving, counters, zmq.Poller(), fed.append
+    )
+    try:
+        assert serving.serve(own, "rdma/hca_a", watcher=False) is not None
+        os.unlink(own)  # the wipe: every socket, kubelet.sock too, then the new kubelet listens
+        kubelet.close()
+        (tmp_path / "kubelet.sock").unlink()
+        kubelet = _serve(tmp_path / "kubelet.sock")
+        signals.read()
+        kinds = [type(e) for e in fed]
+        assert kinds[0] is OwnSocketGone and KubeletRestart in kinds, kinds
+    finally:
+        signals.close()
+        serving.close()
+        events.close()
+        kubelet.close()
 
 
 def test_an_unwatchable_folder_falls_back_to_polling_and_is_watched_once_it_exists(

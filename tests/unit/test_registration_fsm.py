@@ -336,6 +336,32 @@ def test_watcher_reregister_with_a_live_stream_is_only_noted() -> None:
     assert m.handle(f.KubeletRestart("kubelet.sock replaced", 1e9)) == []
 
 
+def test_watcher_grace_counts_from_the_new_kubelets_arrival() -> None:
+    """The kubelet was away longer than the grace: re-serving as it arrives made its plugin
+    watcher miss the old socket (~1 s with a real kubelet), so the grace restarts with it."""
+    m, clock = drive(State.REGISTERED, "watcher")
+    assert _timer(m.handle(StreamLost(1, m.claim))) == TIMINGS.stream_grace
+    clock.advance(0.9)
+    assert _timer(m.handle(f.KubeletRestart("kubelet.sock created", clock.now))) == pytest.approx(
+        TIMINGS.stream_grace
+    )
+    clock.advance(0.1)  # the timer set at the stream's end: the new kubelet gets the rest
+    assert _timer(m.handle(f.TimerDue())) == pytest.approx(0.9)
+    assert m.state is State.AWAITING_WATCHER
+    m.handle(StreamOpened(1, m.claim + 1))
+    m.handle(WatcherStatus(1, True, ""))
+    assert m.state is State.REGISTERED
+
+
+def test_watcher_without_a_call_in_the_grace_serves_afresh() -> None:
+    m, clock = drive(State.REGISTERED, "watcher")
+    m.handle(StreamLost(1, m.claim))
+    m.handle(f.KubeletRestart("kubelet.sock created", clock.now))
+    clock.advance(TIMINGS.stream_grace)
+    assert f.Serve() in m.handle(f.TimerDue())
+    assert m.state is State.UNSERVED
+
+
 # ---- the table in docs/worker.md ------------------------------------------------------------
 
 

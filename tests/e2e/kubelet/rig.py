@@ -897,12 +897,20 @@ class HostDevices:
             self.made_dir = False
 
 
+#: Cgroups the kubelet and containerd make here: a container's (its 64-hex ID, under the root
+#: since cgroupsPerQOS is off), and the kubelet's pod and QoS groups should they ever appear. Others
+#: (a process manager's per-command groups on a shared machine) are not the node's business.
+_NODE_CGROUP = re.compile(r"[0-9a-f]{64}|kubepods.*|pod[0-9a-f-]{36}.*")
+
+
 def _cgroup_dirs() -> set[str]:
     out: set[str] = set()
     base = Path("/sys/fs/cgroup")
     for dirpath, dirnames, _ in os.walk(base):
         for d in dirnames:
-            out.add(os.path.join(dirpath, d))
+            path = os.path.join(dirpath, d)
+            if any(_NODE_CGROUP.fullmatch(part) for part in Path(path).relative_to(base).parts):
+                out.add(path)
     return out
 
 
@@ -1055,6 +1063,12 @@ class Node:
                 errors.append(f"process left: {p.pid} {p.info['cmdline'][:3]}")
                 with contextlib.suppress(psutil.Error):
                     p.kill()
+        keep = os.environ.get("RDMA_E2E_KEEP_LOGS")
+        if keep:  # the plugin's and the kubelets' logs, for a timeline of what happened
+            dest = Path(keep) / self.dir.name
+            dest.mkdir(parents=True, exist_ok=True)
+            for log in [*self.dir.glob("plugin/*.log"), *self.dir.glob("kubelet/*.log")]:
+                shutil.copy(log, dest / log.name)
         shutil.rmtree(self.dir, ignore_errors=True)
         if errors:
             raise AssertionError("node left things behind: " + "; ".join(errors))
