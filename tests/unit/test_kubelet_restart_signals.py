@@ -7,9 +7,9 @@ import os
 import socket
 from pathlib import Path
 
-from common.kubelet_socket import KubeletChange, KubeletSocket
 import zmq
 
+from common.kubelet_socket import KubeletChange, KubeletSocket
 from workers.events import EventQueue, StreamLost, StreamOpened
 from workers.kubelet_watch import KubeletWatch
 from workers.registration_io import KubeletRestart, OwnSocketGone
