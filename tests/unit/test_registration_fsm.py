@@ -350,7 +350,7 @@ def test_watcher_grace_counts_from_the_new_kubelets_arrival() -> None:
     assert m.state is State.AWAITING_WATCHER
     m.handle(StreamOpened(1, m.claim + 1))
     m.handle(WatcherStatus(1, True, ""))
-    assert m.state is State.REGISTERED
+    assert m.registered
 
 
 def test_watcher_without_a_call_in_the_grace_serves_afresh() -> None:
