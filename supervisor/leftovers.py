@@ -23,6 +23,7 @@ from collections.abc import Collection
 
 from common.config import ResourceConfig
 from common.messages import WorkerSettings
+from common.private_socket import KEPT_DIR, private_sockets
 
 LOG = logging.getLogger(__name__)
 
@@ -82,19 +83,25 @@ def remove_leftovers(
 ) -> list[str]:
     """Remove a killed (or gone) worker's socket(s) and CDI spec; the paths removed.
 
-    With `pid`, also the private `.<pid>.sock` the worker binds before it links its name: a worker
-    killed in between leaves it (issue 11's kill storm found them piling up)."""
+    With `pid`, also the private names the worker binds and links its name to
+    (`common.private_socket`): a killed worker leaves them (issue 11's kill storm found them
+    piling up)."""
     removed = []
     private = [
-        os.path.join(folder, f".{pid}.sock")
+        path
         for folder in (settings.device_plugin_dir, settings.plugins_registry_dir)
         if folder and pid > 0
+        for path in private_sockets(folder, pid)
     ]
     for path in [*worker_sockets(resource, settings), *private]:
         with contextlib.suppress(OSError):
             if stat.S_ISSOCK(os.lstat(path).st_mode):
                 os.unlink(path)
                 removed.append(path)
+    for folder in {os.path.dirname(p) for p in private}:
+        if os.path.basename(folder) == KEPT_DIR:
+            with contextlib.suppress(OSError):  # only when empty: other workers' names stay
+                os.rmdir(folder)
     if settings.use_cdi:
         for path in cdi_specs(resource, settings.cdi_dir):
             with contextlib.suppress(OSError):

@@ -24,6 +24,7 @@ from typing import Any
 import psutil
 
 from common.messages import Status, WorkerStatus
+from common.private_socket import KEPT_DIR
 from simulator.kubelet import KubeletSimulator
 from simulator.sysfs import SysfsTree, connectx_ib
 from supervisor.cli.status_client import StatusError, fetch_status
@@ -181,9 +182,19 @@ class Plant:
         return found
 
     def sockets(self) -> list[str]:
+        """Every name in the device-plugin folder but kubelet.sock; the workers' kept private
+        names (common.private_socket) as `.rdma-shared-dp/.<pid>.sock` for pids no longer live."""
         if not self.dp_dir.exists():
             return []
-        return sorted(p.name for p in self.dp_dir.iterdir() if p.name != "kubelet.sock")
+        names = [p.name for p in self.dp_dir.iterdir() if p.name not in ("kubelet.sock", KEPT_DIR)]
+        kept = self.dp_dir / KEPT_DIR
+        live = {p.pid for p in self.worker_processes()}
+        if kept.is_dir():
+            for p in kept.iterdir():
+                pid = p.name.removeprefix(".").removesuffix(".sock")
+                if not (pid.isdigit() and int(pid) in live):
+                    names.append(f"{KEPT_DIR}/{p.name}")
+        return sorted(names)
 
     def terminate(self, timeout: float = 10.0) -> tuple[int, float]:
         """SIGTERM the supervisor; its exit status and how long it took."""

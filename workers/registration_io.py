@@ -107,7 +107,10 @@ Event = (
 
 @dataclass(frozen=True)
 class Serve:
-    pass
+    #: Our socket was only removed (a kubelet's wipe): the shell may re-link its name to the
+    #: server it runs, which costs microseconds instead of a new gRPC server; else (or when that
+    #: is not possible) it stops the server it runs, if any, and serves anew.
+    relink: bool = False
 
 
 @dataclass(frozen=True)

@@ -137,8 +137,11 @@ class SignalHandlers(MachineCore):
             return [Serve()]
         if self.generation < 0:
             return []  # refused in watcher mode: we removed it ourselves
-        LOG.warning("%s; serving afresh", ev.reason)
-        return self._serve_afresh("own socket removed")
+        LOG.warning("%s; serving again", ev.reason)
+        self.generation = -1
+        self.stream = StreamSeen.NONE
+        self._move(State.UNSERVED, "own socket removed")
+        return [Serve(relink=True)]
 
     def _on_reregister(self, ev: ReregisterRequested) -> list[Action]:
         state = self.state

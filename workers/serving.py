@@ -1,11 +1,14 @@
 """Serving our socket: one gRPC server per "generation" (worker process, main thread).
 
 gRPC unlinks whatever is at its unix path when its server stops (and before it binds), even a
-socket another process put there since. So a server binds a private dot name `.<pid>.sock`
-(ignored by the plugin watcher), which is hard-linked to the real name (EEXIST if someone got
-there first) and then unlinked: gRPC only ever touches the private name. A socket at our path is
-deleted only when nothing answers a connect() there; a live one belongs to another process (an
-old worker outliving a restarted supervisor, the Go plugin during a migration) and is left alone.
+socket another process put there since. So a server binds a private name
+(`common.private_socket`), which is hard-linked to the real name (EEXIST if someone got there
+first): gRPC only ever touches the private name. In the device-plugin folder the private name is
+kept in a hidden subfolder the kubelet's wipe skips, so after a kubelet restart the real name is
+re-linked to the server we run (`relink`) instead of building a new one; in the plugins-registry
+folder it is removed once linked. A socket at our path is deleted only when nothing answers a
+connect() there; a live one belongs to another process (an old worker outliving a restarted
+supervisor, the Go plugin during a migration) and is left alone.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 import grpc
 
 from common.loop.file_identity import ContentStamp, content_stamp
+from common.private_socket import private_socket
 from workers.events import EventQueue
 from workers.servicer import Counters, StreamHub, add_services
 from workers.timings import WorkerTimings
@@ -60,9 +64,22 @@ class Server:
     #: Our socket as we made it. Its mtime tells apart a socket someone re-created at our path
     #: with a reused inode number; a chmod does not move it.
     stamp: ContentStamp | None
+    #: The private name kept for the server's life (device-plugin folder), and its identity.
+    kept: str | None = None
+    kept_id: tuple[int, int] | None = None
 
     def intact(self) -> bool:
         return self.stamp is not None and content_stamp(self.socket_path) == self.stamp
+
+    def kept_socket(self) -> str | None:
+        """The kept private name, if it is still the socket this server bound."""
+        if self.kept is None:
+            return None
+        try:
+            st = os.lstat(self.kept)
+        except OSError:
+            return None
+        return self.kept if (st.st_dev, st.st_ino) == self.kept_id else None
 
 
 class Serving:
@@ -91,7 +108,12 @@ class Serving:
     def serve(self, path: str, full_name: str, watcher: bool) -> Server | None:
         """Serve on `path`, never deleting or replacing a socket someone else serves."""
         self.in_use = False
-        private = os.path.join(os.path.dirname(path), f".{os.getpid()}.sock")
+        folder = os.path.dirname(path)
+        # Kept where the kubelet wipes (the device-plugin folder), if the longer name fits.
+        keep = not watcher
+        private = private_socket(folder, os.getpid(), keep)
+        if keep and len(os.fsencode(private)) > MAX_SOCKET_PATH:
+            keep, private = False, private_socket(folder, os.getpid(), False)
         longest = max(len(os.fsencode(path)), len(os.fsencode(private)))
         if longest > MAX_SOCKET_PATH:
             return self._failed(
@@ -100,7 +122,9 @@ class Serving:
                 "allows; use a shorter folder",
             )
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
+            if keep:
+                os.makedirs(os.path.dirname(private), mode=0o700, exist_ok=True)
             self._remove_stale(path)
         except SocketInUse as exc:
             return self._failed(path, str(exc), "socket_in_use")
@@ -120,24 +144,62 @@ class Serving:
         try:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(private)  # a leftover of ours: the name has our pid
-            if server.add_insecure_port(f"unix:{private}") == 0:
+            if not self._bind(server, private, keep):
                 raise RuntimeError("gRPC could not bind")
             server.start()
+            st = os.lstat(private)
             try:
                 os.link(private, path)
             finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(private)
+                if not keep:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(private)
         except FileExistsError:
-            server.stop(None)
+            self._stop_unlinked(server, private)
             return self._failed(path, f"another process created {path} just now", "socket_in_use")
         except (RuntimeError, OSError) as exc:
-            server.stop(None)
+            self._stop_unlinked(server, private)
             return self._failed(path, f"{exc} (is the folder writable?)")
         self._reported = ""
-        self.server = Server(self.generation, server, path, content_stamp(path))
+        kept = (private, (st.st_dev, st.st_ino)) if keep else (None, None)
+        self.server = Server(self.generation, server, path, content_stamp(path), *kept)
         LOG.info("serving socket=%s generation=%d", path, self.generation)
         return self.server
+
+    def relink(self) -> Server | None:
+        """Give our public name back to the server we run (after a kubelet's wipe); None when
+        that cannot be done (no kept private name, or someone else's socket is there now)."""
+        server = self.server
+        kept = server.kept_socket() if server is not None else None
+        if server is None or kept is None:
+            return None
+        try:
+            os.link(kept, server.socket_path)
+        except OSError:
+            return None  # EEXIST: another socket is there now; serving anew sorts that out
+        server.stamp = content_stamp(server.socket_path)
+        LOG.info("re-linked socket=%s generation=%d", server.socket_path, server.generation)
+        return server
+
+    @staticmethod
+    def _bind(server: grpc.Server, private: str, keep: bool) -> bool:
+        for _ in range(2):
+            try:
+                if server.add_insecure_port(f"unix:{private}") != 0:
+                    return True
+            except RuntimeError:  # newer gRPC raises instead of returning 0
+                pass
+            if not keep or os.path.isdir(os.path.dirname(private)):
+                return False
+            # Another worker, stopping, removed the shared folder as it was empty: once more.
+            os.makedirs(os.path.dirname(private), mode=0o700, exist_ok=True)
+        return False
+
+    @staticmethod
+    def _stop_unlinked(server: grpc.Server, private: str) -> None:
+        server.stop(None)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(private)
 
     def _failed(self, path: str, problem: str, code: str = "serve_failed") -> Server | None:
         # Told once per run of failures (again if the reason changes); the log repeats.
@@ -183,8 +245,16 @@ class Serving:
         if current.intact():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(current.socket_path)
+        if current.kept_socket() is not None:  # gRPC unlinks it itself; this is the backstop
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(current.kept or "")
 
     def close(self) -> None:
+        current = self.server
         self.hub.end_generation(None)
         self.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if current is not None and current.kept is not None:
+            # The shared folder of kept names goes with the last worker (others keep it busy).
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(current.kept))

@@ -316,6 +316,12 @@ class Worker:
 
     def _serve(self, action: fsm.Serve) -> None:
         assert self.resource is not None
+        if action.relink:
+            relinked = self.serving.relink()
+            if relinked is not None:
+                self._feed(fsm.Served(relinked.generation))
+                return
+            self.serving.stop()
         server = self.serving.serve(
             self._socket_path(), self.resource.full_name, self.mode == "watcher"
         )

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from common.messages import Heartbeat, Reregister
+from common.messages import Heartbeat, Reregister, Stop
 from proto.deviceplugin.v1beta1 import api_pb2 as dp
 from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from simulator.kubelet import KubeletSimulator
@@ -145,5 +145,26 @@ def test_a_killed_kubelets_successor_is_found_without_inode_numbers(
         wait_until(lambda: rig.kubelet.stream_open(FULL), what=f"stream (same inode {same_inode})")
         rig.wait_heartbeats(3)
         assert len(rig.kubelet.registrations()) == 2
+    finally:
+        rig.close()
+
+
+def test_after_a_kubelets_wipe_our_name_is_relinked_to_the_server_we_run(tmp_path: Path) -> None:
+    # The wipe deletes every socket in the device-plugin folder but skips folders: the private
+    # name kept in one still holds our server, so no new gRPC server is built per restart.
+    rig = Rig(tmp_path)
+    try:
+        rig.start_worker(RESOURCE, DEVICES)
+        _registered_and_streaming(rig)
+        public = rig.dp_dir / "hca_a.sock"
+        (kept,) = (rig.dp_dir / ".rdma-shared-dp").iterdir()
+        bound = os.stat(kept)
+        assert os.stat(public).st_ino == bound.st_ino and bound.st_nlink == 2
+        for count in (2, 3):
+            rig.kubelet.restart()
+            _registered_and_streaming(rig, count)
+            assert os.stat(public).st_ino == bound.st_ino == os.stat(kept).st_ino
+        rig.supervisor.send("hca_a", Stop("resource removed from config"))
+        wait_until(lambda: not (rig.dp_dir / ".rdma-shared-dp").exists(), what="kept names gone")
     finally:
         rig.close()

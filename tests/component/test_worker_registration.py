@@ -276,11 +276,12 @@ def test_our_socket_replaced_by_a_live_server_is_not_taken_back(rig: Rig) -> Non
     rig.start_worker(RESOURCE, DEVICES)
     _registered_and_streaming(rig)
     path = rig.dp_dir / "hca_a.sock"
-    path.unlink()
     other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        other.bind(str(path))
+        # Put in place atomically: our socket only removed, the worker re-links it at once.
+        other.bind(str(rig.dp_dir / "other.tmp"))
         other.listen(8)
+        os.rename(rig.dp_dir / "other.tmp", path)
         theirs = os.stat(path).st_ino
         rig.supervisor.wait_for(
             "hca_a", lambda m: isinstance(m, Error) and m.code == "socket_in_use", timeout=5

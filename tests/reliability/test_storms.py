@@ -79,7 +79,7 @@ def settle(rig: Plant, timeout: float = 30.0) -> None:
 
     wait_until(table_right, timeout, what="status: every worker running and registered")
     wait_until(lambda: len(rig.worker_processes()) == 3, timeout, what="exactly 3 workers")
-    # A worker binds a private `.<pid>.sock` and links it to its name: give that a moment.
+    # A worker binds a private name and links it to its own: give that a moment.
     wait_until(
         lambda: rig.sockets() == ["a.sock", "b.sock", "c.sock"], timeout, what="no stray socket"
     )
