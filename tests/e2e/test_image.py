@@ -258,6 +258,8 @@ def test_operator_shape_in_the_image_registers_and_stops_on_sigterm(image: Image
                 kubelet.wait_for_registration(f"example.com/{name}", timeout=60)
             init = wait_until(lambda: psutil.Process(proc.pid).children(), 10, what="PID 1")[0]
             assert init.cmdline()[1].endswith("k8s-rdma-shared-dp"), init.cmdline()
+            # Registered can come before the poller's first answer is logged.
+            wait_until(lambda: "PodResources API" in log.read_text(), 30, what="PodResources line")
             init.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0, log.read_text()
             text = log.read_text()
