@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from common.loop import backoff
 from common.loop.backoff import Backoff
 from common.loop.throttle import LogThrottle
 from workers.registration_io import (
@@ -115,6 +116,13 @@ class MachineCore:
         self.refused = self.refused or refused
         self.backoff.cap = self.t.refused_backoff_cap if self.refused else self.t.backoff_cap
         delay = self.backoff.next_delay()
+        if not self.refused and self.clock() - self.kubelet_at < self.t.young_kubelet:
+            delay = min(
+                delay,
+                backoff.delay(
+                    self.backoff.failures - 1, initial=self.t.young_retry, cap=self.t.backoff_cap
+                ),
+            )
         actions: list[Action] = [Count("registrations_failed"), SetTimer(delay)]
         swallowed = self._throttle.allow("register")
         log = LOG.warning if swallowed is not None else LOG.debug

@@ -34,6 +34,11 @@ class WorkerTimings:
     #: Serving and registering: 50 ms doubling, capped at 1 s while the kubelet is absent.
     backoff_first: float = 0.05
     backoff_cap: float = 1.0
+    #: A new kubelet.sock is this young: a failed attempt is retried after `young_retry`
+    #: (doubling) rather than the 50 ms backoff. A starting kubelet binds kubelet.sock a moment
+    #: before it listens (longer on a loaded node), and its pods are re-admitted 23-99 ms after.
+    young_kubelet: float = 1.0
+    young_retry: float = 0.01
     #: When the kubelet answers "no": asking every second changes nothing and floods its log.
     refused_backoff_cap: float = 30.0
     #: A failed CDI write is retried: 50 ms doubling, at most every 2 s.

@@ -245,7 +245,23 @@ def test_every_restart_signal_resets_the_backoff(signal) -> None:  # type: ignor
         actions = m.handle(f.Served(m.generation + 2))  # no self-check: one passed already
     (register,) = _registers(actions)  # tried at once, not after the 1 s cap
     delay = _timer(m.handle(RegisterDone(register.attempt, register.generation, "absent")))
-    assert delay == TIMINGS.backoff_first
+    young = m.kubelet_at == clock.now  # a new kubelet.sock: its kubelet may not listen yet
+    assert delay == (TIMINGS.young_retry if young else TIMINGS.backoff_first)
+
+
+def test_a_failure_against_a_young_kubelet_is_retried_soon() -> None:
+    """A starting kubelet binds kubelet.sock a moment before it listens (a real one, loaded, took
+    tens of ms): 10 ms doubling while it is young, the usual backoff after."""
+    m, clock = drive(State.BACKING_OFF, "classic")
+    (register,) = _registers(m.handle(f.KubeletRestart("kubelet.sock created", clock.now)))
+    delays = []
+    for _ in range(4):
+        delays.append(_timer(m.handle(RegisterDone(register.attempt, m.generation, "refused"))))
+        clock.advance(delays[-1] or 0)
+        (register,) = _registers(m.handle(f.TimerDue()))
+    assert delays == pytest.approx([0.01, 0.02, 0.04, 0.08])
+    clock.advance(TIMINGS.young_kubelet)
+    assert _timer(m.handle(RegisterDone(register.attempt, m.generation, "refused"))) == 0.8
 
 
 def test_the_kubelets_stream_lost_resets_the_backoff_and_registers_at_once() -> None:
