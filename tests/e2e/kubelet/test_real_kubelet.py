@@ -121,14 +121,18 @@ def _restarts(node: Node, mode: str, count: int) -> None:
         same_inode += inc.inode == before.inode
         # The kubelet re-admits the crash-looping pod right after it starts serving.
         status = wait_for(functools.partial(settled, k, crashing), 30, interval=0.1)
+        steady = wait_for(lambda: settled(k, "steady"), 30, lambda: str(k.pod_status("steady")))
+        assert steady.get("phase") == "Running", f"restart {i}: steady pod {steady}"
+        assert steady.get("reason") != "UnexpectedAdmissionError"
         if status.get("reason") == "UnexpectedAdmissionError":
             rejected.append(status.get("message", ""))
             k.delete_pod(crashing)
             serial += 1
+            # A pod created before the kubelet has our devices would be refused for the same
+            # reason: the next crash-looping pod starts once this kubelet counts them healthy.
+            healthy = f'resourceName="{A}" totalCount=8 healthyCount=8'
+            wait_for(lambda: any(healthy in m for _t, m in k.current.lines()), 30, interval=0.1)
             crashing = crash_pod()
-        steady = wait_for(lambda: settled(k, "steady"), 30, lambda: str(k.pod_status("steady")))
-        assert steady.get("phase") == "Running", f"restart {i}: steady pod {steady}"
-        assert steady.get("reason") != "UnexpectedAdmissionError"
     assert len([r for _t, r in k.current.registrations() if r == A]) == 1
     assert plugin.proc is not None and plugin.proc.poll() is None
     med, p95 = statistics.median(latencies), rig.percentile(latencies, 95)
