@@ -24,6 +24,8 @@ from tests.e2e.kubelet.rig import PREFIX, Node, settled, wait_for
 pytestmark = [pytest.mark.kubelet, pytest.mark.root, pytest.mark.hard_timeout(900)]
 
 A = f"{PREFIX}/hca_a"
+#: The kubelet's log line once it counts all 8 IDs of hca_a healthy.
+HEALTHY_8 = f'resourceName="{A}" totalCount=8 healthyCount=8'
 RES_A = {"resourceName": "hca_a", "rdmaHcaMax": 8, "selectors": {"ifNames": ["ib0", "ib1"]}}
 
 
@@ -130,8 +132,7 @@ def _restarts(node: Node, mode: str, count: int) -> None:
             serial += 1
             # A pod created before the kubelet has our devices would be refused for the same
             # reason: the next crash-looping pod starts once this kubelet counts them healthy.
-            healthy = f'resourceName="{A}" totalCount=8 healthyCount=8'
-            wait_for(lambda: any(healthy in m for _t, m in k.current.lines()), 30, interval=0.1)
+            wait_for(lambda: any(HEALTHY_8 in m for _t, m in k.current.lines()), 30, interval=0.1)
             crashing = crash_pod()
     assert len([r for _t, r in k.current.registrations() if r == A]) == 1
     assert plugin.proc is not None and plugin.proc.poll() is None
