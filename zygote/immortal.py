@@ -8,7 +8,7 @@ worker's private memory (`benchmarks/worker_memory.py`: ~6.5 of its 7.2 MiB on 3
 copied from the zygote, ~0.8 MiB are new). Since 3.12 (PEP 683) an object whose reference count
 reads as "immortal" is never counted up or down, and PEP 683 names this very use: a pre-fork
 server marking its objects immortal so its children stop copying them. Measured on 3.12: 5.9 ->
-3.8 MiB per worker.
+3.9 MiB per worker.
 
 What it costs: the objects are never freed, in the zygote or in a worker. They are what the
 zygote imported, which lives as long as the process anyway; a worker that drops one (replaces a
