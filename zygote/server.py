@@ -2,7 +2,8 @@
 
 `python -m zygote --fd N` imports everything a worker imports (`PRELOAD`), freezes it for the
 collector (`gc.freeze()`: a collection would otherwise write to every object header and unshare
-the pages), says `ready` on the socket fd N, and then forks one worker per `fork` request
+the pages), on CPython 3.12/3.13 marks it immortal (`zygote.immortal`: a reference count written
+unshares a page too), says `ready` on the socket fd N, and then forks one worker per `fork` request
 (protocol: `common.zygote_protocol`). It never runs worker code itself: nothing here creates a
 thread, a gRPC object or a ZeroMQ context (`zygote.safety` checks before every fork).
 
