@@ -16,8 +16,8 @@ module-level value, say) keeps its memory, as it would keep the copied page.
 
 Where it does nothing: before 3.12 (no immortal objects: the count would just keep growing from
 the value written, harmless and useless), after 3.13 (the layout is checked per version, not
-assumed), and in a free-threaded build (another reference-count layout). `RDMA_SHARED_DP_ZYGOTE_
-IMMORTAL=off` turns it off.
+assumed), and in a free-threaded build (another reference-count layout).
+`RDMA_SHARED_DP_ZYGOTE_IMMORTAL=off` turns it off.
 """
 
 from __future__ import annotations
