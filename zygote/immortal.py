@@ -58,16 +58,9 @@ def _code_parts(code: types.CodeType) -> list[object]:
     # Code objects are not tracked by the collector, and `gc.get_referents` does not see into
     # them: their constants (nested code included) and names are reached here. Only attributes
     # the code object stores: `co_varnames` and the like are built anew on each access, and a
-    # temporary made immortal would never be freed.
-    return [
-        *code.co_consts,
-        *code.co_names,
-        code.co_filename,
-        code.co_name,
-        code.co_qualname,
-        code.co_linetable,
-        code.co_exceptiontable,
-    ]
+    # temporary made immortal would never be freed. Not the line and exception tables: the
+    # interpreter reads them in place, without a reference.
+    return [*code.co_consts, *code.co_names, code.co_filename, code.co_name, code.co_qualname]
 
 
 def reachable() -> dict[int, object]:
