@@ -27,11 +27,41 @@ def to_json(value: Any) -> Any:
     return value
 
 
+#: Each dataclass's resolved field types. `typing.get_type_hints` compiles and evaluates every
+#: string annotation on each call: once per class is enough, and `warm` fills it in a process
+#: that forks (the zygote), so its children share it instead of compiling in each.
+_HINTS: dict[type[Any], dict[str, Any]] = {}
+
+
+def type_hints(cls: type[Any]) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
+
+
+def warm(classes: typing.Iterable[type[Any]]) -> None:
+    """Resolve the field types of `classes` and of every dataclass their fields name."""
+    todo = list(classes)
+    while todo:
+        cls = todo.pop()
+        if cls in _HINTS or not is_dataclass(cls):
+            continue
+        for hint in type_hints(cls).values():
+            todo.extend(_dataclasses_in(hint))
+
+
+def _dataclasses_in(hint: Any) -> list[type[Any]]:
+    if isinstance(hint, type) and is_dataclass(hint):
+        return [hint]
+    return [c for arg in typing.get_args(hint) for c in _dataclasses_in(arg)]
+
+
 def fields_from_json(
     cls: type[Any], data: dict[str, Any], where: str, skip: frozenset[str] = frozenset()
 ) -> dict[str, Any]:
     """Keyword arguments for dataclass `cls` from JSON `data`, each checked against its type."""
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     values: dict[str, Any] = {}
     for f in fields(cls):
         if f.name in skip or not f.init:

@@ -20,8 +20,16 @@ from typing import Protocol
 # The folder holding the `common`, `workers` and `supervisor` packages: set as PYTHONPATH, so a
 # worker imports the same code as its supervisor even from a plain checkout.
 CODE_ROOT = str(Path(__file__).resolve().parent.parent)
-#: Environment variables passed through to workers when set (locale and CA settings only).
-PASSED_THROUGH = ("LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "GRPC_DNS_RESOLVER")
+#: Environment variables passed through to workers (and the zygote) when set: locale and CA
+#: settings, and the zygote's switch for immortal objects (zygote/immortal.py).
+PASSED_THROUGH = (
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "SSL_CERT_FILE",
+    "GRPC_DNS_RESOLVER",
+    "RDMA_SHARED_DP_ZYGOTE_IMMORTAL",
+)
 
 
 def worker_env(log_level: str, log_format: str) -> dict[str, str]:

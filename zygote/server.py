@@ -2,7 +2,8 @@
 
 `python -m zygote --fd N` imports everything a worker imports (`PRELOAD`), freezes it for the
 collector (`gc.freeze()`: a collection would otherwise write to every object header and unshare
-the pages), says `ready` on the socket fd N, and then forks one worker per `fork` request
+the pages), on CPython 3.12/3.13 marks it immortal (`zygote.immortal`: a reference count written
+unshares a page too), says `ready` on the socket fd N, and then forks one worker per `fork` request
 (protocol: `common.zygote_protocol`). It never runs worker code itself: nothing here creates a
 thread, a gRPC object or a ZeroMQ context (`zygote.safety` checks before every fork).
 
@@ -32,6 +33,7 @@ import os  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 import traceback  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -40,7 +42,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from common import exitcodes, zygote_protocol  # noqa: E402
 from common.logs import setup_logging  # noqa: E402
-from zygote import safety  # noqa: E402
+from zygote import immortal, safety  # noqa: E402
 
 LOG = logging.getLogger("zygote")
 
@@ -67,6 +69,19 @@ def preload() -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
+
+
+def warm() -> None:
+    """First-use work every worker would repeat, done once here (pure Python: starts nothing).
+
+    The type hints of every control message (resolving them compiles each annotation), and the
+    ctypes functions of inotify: 0.2 MiB less in each worker.
+    """
+    from common import messages, typed_json
+    from common.loop import inotify
+
+    typed_json.warm(messages.MESSAGE_TYPES.values())
+    inotify.resolve()
 
 
 def _prctl(option: int, value: int) -> None:
@@ -273,6 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         LOG.error("fd %d is not the supervisor's socket: %s", fd, exc)
         return exitcodes.USAGE
     preload()
+    warm()
+    if immortal.enabled():
+        began = time.monotonic()
+        count = immortal.immortalize()
+        LOG.debug("%d objects made immortal in %.3fs", count, time.monotonic() - began)
     gc.freeze()
     try:
         return serve(sock)

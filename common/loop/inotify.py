@@ -62,6 +62,17 @@ def _lib() -> ctypes.CDLL:
     return _libc
 
 
+def resolve() -> None:
+    """Look up libc and its inotify calls now (ctypes builds a function type for each).
+
+    The zygote does it before forking, so its workers share them instead of each building its
+    own; elsewhere the first `DirWatch` does it.
+    """
+    lib = _lib()
+    for name in ("inotify_init1", "inotify_add_watch"):
+        getattr(lib, name)
+
+
 class DirWatch:
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = os.fspath(folder)
