@@ -6,8 +6,9 @@ was killed. So the primary signals are inotify events (`common.loop.inotify.DirW
 device-plugin folder (`kubelet.sock` created or moved in, or gone) and on the folder of our own
 socket (the plugins-registry folder in watcher mode): an entry of our socket's name removed or
 created. What a new `kubelet.sock` means is `common.kubelet_socket` (shared with the supervisor).
-The stat checks stay as the fallback: every `poll_interval` (50 ms), and the only signal while a
-folder cannot be watched (missing, no inotify), which is tried again every `rewatch_interval`.
+The stat checks stay as the fallback: every `poll_interval` (50 ms) while a folder cannot be
+watched (missing, no inotify), when they are the only signal, and every `watched_poll_interval`
+(1 s) as a backstop otherwise; watching is tried again every `rewatch_interval`.
 The third signal, the kubelet's ListAndWatch stream ending, arrives as an event.
 """
 

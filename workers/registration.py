@@ -20,6 +20,7 @@ from proto.deviceplugin.v1beta1 import api_pb2 as dp
 from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from workers.events import EventQueue, RegisterDone, SelfCheckDone
 from workers.servicer import API_VERSION, options
+from workers.serving import socket_answers
 
 #: Status codes that mean nobody (or nobody working) answered, rather than a refusal.
 _ABSENT_CODES = frozenset(
@@ -59,6 +60,11 @@ def register_classic(
         # No kubelet: fail now. A channel would keep connecting and could reach the next kubelet
         # after our server has been replaced, registering behind the main loop's back.
         return f"no kubelet: {kubelet_socket} does not exist (yet)", False
+    if not socket_answers(kubelet_socket):
+        # The socket a killed kubelet left, or one bound but not listening yet: a gRPC channel
+        # costs milliseconds of CPU to learn what one connect() says in microseconds, and every
+        # worker retries while the kubelet is away.
+        return f"no kubelet: nothing listens on {kubelet_socket}", False
     channel = grpc.insecure_channel(f"unix:{kubelet_socket}")
     try:
         dp_grpc.RegistrationStub(channel).Register(

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -54,6 +55,13 @@ class RestartSignals:
         for fd in fds - self._fds:
             self.poller.register(fd, zmq.POLLIN)
         self._fds = fds
+
+    def ready(self, polled: dict[Any, int]) -> bool:
+        """Whether one of our inotify descriptors is among what poll() found readable."""
+        return any(fd in polled for fd in self._fds)
+
+    def all_watched(self) -> bool:
+        return len(self._fds) == len(self.watch.folders())
 
     def poll(self) -> None:
         """The stat fallback (a timer)."""

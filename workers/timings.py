@@ -24,6 +24,8 @@ class WorkerTimings:
     #: The stat fallback looks at our socket and kubelet.sock this often (inotify is the
     #: primary signal; this catches what it cannot see, e.g. an unwatchable folder).
     poll_interval: float = 0.05
+    #: ... and this often while both folders are watched: a backstop only.
+    watched_poll_interval: float = 1.0
     #: A folder that could not be watched is tried again this often.
     rewatch_interval: float = 1.0
     #: Shutdown: the gRPC server gets this grace and must be stopped within the budget.

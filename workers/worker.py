@@ -92,6 +92,7 @@ class Worker:
         self.devices = DeviceSet(self.hub, self.cdi, self.timers)
         self.machine = RegistrationMachine(self.t, clock)
         self.signals: RestartSignals | None = None
+        self._poll_every = 0.0  # the stat fallback's current period
         self._feed_queue: collections.deque[fsm.Event] = collections.deque()
         self.poller = zmq.Poller()
 
@@ -116,12 +117,12 @@ class Worker:
         try:
             while self.exit_code is None:
                 # Rounded up: a deadline 0.4 ms away must not spin the loop until it is due.
-                self.poller.poll(math.ceil(self.timers.timeout(1.0) * 1000))
-                for signum in inbox.drain():
+                ready = dict(self.poller.poll(math.ceil(self.timers.timeout(1.0) * 1000)))
+                for signum in inbox.drain() if inbox.fileno() in ready else ():
                     name = signal.Signals(signum).name
                     LOG.info("received %s; shutting down", name)
                     self._shutdown(f"{name} received", exitcodes.OK)
-                self._step()
+                self._step(ready)
             return self.exit_code
         except Exception as exc:
             LOG.exception("worker failed; shutting down")
@@ -133,15 +134,19 @@ class Worker:
                 LOG.exception("clean shutdown failed too")
             return exitcodes.FATAL
 
-    def _step(self) -> None:
-        for msg in self.link.receive():
-            if self.exit_code is None:
-                self._on_message(msg)
-        for event in self.events.drain():
-            if isinstance(event, RegisterDone) and event.superseded and self.signals is not None:
-                self.signals.check_own_socket()  # why it was not sent, before the machine retries
-            self._feed(event)
-        if self.signals is not None and self.exit_code is None:
+    def _step(self, ready: dict[Any, int]) -> None:
+        # Only what poll() said is readable: reading the others costs a failed syscall (and a
+        # ZeroMQ exception) each, on every wake-up of every worker.
+        if self.link.sock in ready:
+            for msg in self.link.receive():
+                if self.exit_code is None:
+                    self._on_message(msg)
+        if self.events.fileno() in ready:
+            for event in self.events.drain():
+                if isinstance(event, RegisterDone) and event.superseded and self.signals:
+                    self.signals.check_own_socket()  # why it was not sent, before a retry
+                self._feed(event)
+        if self.signals is not None and self.exit_code is None and self.signals.ready(ready):
             self.signals.read()
         for due in self.timers.take_due():
             if self.exit_code is None and due.callback is not None:
@@ -255,9 +260,20 @@ class Worker:
             watch, own, self.serving, self.counters, self.poller, self._feed, self.clock
         )
         self.signals = signals
-        self.timers.every("poll", self.t.poll_interval, signals.poll)
-        self.timers.every("rewatch", self.t.rewatch_interval, signals.rewatch)
+        self._poll_every = 0.0
+        self._rewatch()
+        self.timers.every("rewatch", self.t.rewatch_interval, self._rewatch)
         self._feed(fsm.Reset(self.mode, "settings changed"))
+
+    def _rewatch(self) -> None:
+        """Watch what is not watched yet; the stat fallback runs every 50 ms only while a folder
+        cannot be watched (inotify sees everything in the others)."""
+        assert self.signals is not None
+        self.signals.rewatch()
+        every = self.t.watched_poll_interval if self.signals.all_watched() else self.t.poll_interval
+        if every != self._poll_every:
+            self._poll_every = every
+            self.timers.every("poll", every, self.signals.poll)
 
     def _choose_mode(self, settings: WorkerSettings) -> str:
         if settings.registration_mode != "auto":

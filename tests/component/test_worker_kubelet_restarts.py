@@ -123,7 +123,7 @@ def test_a_killed_kubelets_successor_is_found_without_inode_numbers(
     # bring the worker back promptly, whether or not the new kubelet.sock reuses the inode.
     rig = Rig(tmp_path, mode=mode)
     rig.supervisor.worker_env["RDMA_SHARED_DP_WORKER_TIMINGS"] = (
-        "poll_interval=3600,backoff_first=1,backoff_cap=30"
+        "poll_interval=3600,watched_poll_interval=3600,backoff_first=1,backoff_cap=30"
     )
     try:
         rig.start_worker(RESOURCE, DEVICES)
