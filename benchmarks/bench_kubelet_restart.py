@@ -64,7 +64,7 @@ def measure(version: str, image: Path, count: int, restarts: int) -> dict[str, A
     node = rig.Node(workdir, version, image)
     try:
         node.kubelet.start()
-        node.start_plugin(resources(count), "classic")
+        node.start_plugin(resources(count), "classic", log_level="info")
         registered_at(node, count, 60 + count)
         rng = random.Random(14)
         samples = []

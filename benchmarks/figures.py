@@ -5,7 +5,8 @@ calls `record(key, value)` next to what it prints, and `record` merges the figur
 (without the variable it does nothing, so a benchmark run by hand changes no committed file). Then
 `python benchmarks/figures.py --render README.md` rewrites the README's "Measured" table (between
 the `<!-- figures:begin -->` and `<!-- figures:end -->` markers) from the file, and the scale
-block (`<!-- scale:begin -->`) from `results/scale.json`. `tests/static/test_figures.py` fails
+block (`<!-- scale:begin -->`) from `results/scale.json` (and its Python 3.12 twin and the
+real-kubelet restart block from theirs, `generated_blocks`). `tests/static/test_figures.py` fails
 when either is not what the files render, and when a doc quotes its own memory or timing figures
 instead of linking to that table.
 """
@@ -29,6 +30,15 @@ END = "<!-- figures:end -->"
 SCALE = Path(__file__).resolve().parent / "results" / "scale.json"
 SCALE_BEGIN = "<!-- scale:begin -->"
 SCALE_END = "<!-- scale:end -->"
+#: The same benchmark run by the Python of the default image (3.12), where the zygote's objects
+#: are made immortal: `bench_scale.py --output benchmarks/results/scale-py312.json`, run by 3.12.
+SCALE_312 = SCALE.with_name("scale-py312.json")
+SCALE_312_BEGIN = "<!-- scale-py312:begin -->"
+SCALE_312_END = "<!-- scale-py312:end -->"
+#: Kubelet restart -> all re-registered with a real kubelet (`bench_kubelet_restart.py`).
+KUBELET_RESTART = SCALE.with_name("kubelet_restart.json")
+KUBELET_RESTART_BEGIN = "<!-- kubelet-restart:begin -->"
+KUBELET_RESTART_END = "<!-- kubelet-restart:end -->"
 #: (summary key, column, unit, digits) of the scale table.
 SCALE_COLUMNS = (
     ("pss_total_mib", "PSS total", "MiB", 1),
@@ -174,11 +184,11 @@ def scale_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_scale(data: dict[str, Any]) -> str:
+def render_scale(data: dict[str, Any], begin: str = SCALE_BEGIN, end: str = SCALE_END) -> str:
     """The README's scale block, markers included: machine, table, each target's verdict."""
     m = data["machine"]
     lines = [
-        SCALE_BEGIN,
+        begin,
         f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, Linux "
         f"{m['kernel']}, Python {m['python']}; load average {m['load_average'][0]} before the "
         f"run, {m['load_average_after'][0]} after (commit {m['commit']}).",
@@ -192,8 +202,50 @@ def render_scale(data: dict[str, Any]) -> str:
             f"- {v['figure']} at {v['resources']} resources: {v['median']:.2f} {v['unit']} "
             f"(target <= {v['limit']:g} {v['unit']}): {verdict}"
         )
-    lines.append(SCALE_END)
+    lines.append(end)
     return "\n".join(lines)
+
+
+def render_kubelet_restart(data: dict[str, Any]) -> str:
+    """The README's real-kubelet restart block, markers included."""
+    m = data["machine"]
+    lines = [
+        KUBELET_RESTART_BEGIN,
+        f"Kubelet {data['kubelet']}, {data['mode']} mode, {data['restarts']} restarts per size; "
+        f"{m['cpus']} CPUs, Python {m['python']}, load average {m['load_average'][0]:.2f} before "
+        "the run.",
+        "",
+        "| resources | kubelet restart -> all re-registered: median (ms) | p95 (ms) | max (ms) |",
+        "|---|---|---|---|",
+    ]
+    for count, r in data["results"].items():
+        lines.append(f"| {count} | {r['median_ms']:.0f} | {r['p95_ms']:.0f} | {r['max_ms']:.0f} |")
+    lines.append(KUBELET_RESTART_END)
+    return "\n".join(lines)
+
+
+def generated_blocks() -> list[tuple[str, str, str]]:
+    """(begin, end, rendered block) of every generated block whose results file exists."""
+    blocks = [(BEGIN, END, render(load()))]
+    if SCALE.exists():
+        blocks.append((SCALE_BEGIN, SCALE_END, render_scale(load(SCALE))))
+    if SCALE_312.exists():
+        blocks.append(
+            (
+                SCALE_312_BEGIN,
+                SCALE_312_END,
+                render_scale(load(SCALE_312), SCALE_312_BEGIN, SCALE_312_END),
+            )
+        )
+    if KUBELET_RESTART.exists():
+        blocks.append(
+            (
+                KUBELET_RESTART_BEGIN,
+                KUBELET_RESTART_END,
+                render_kubelet_restart(load(KUBELET_RESTART)),
+            )
+        )
+    return blocks
 
 
 def splice(document: str, table: str, begin: str = BEGIN, end: str = END) -> str:
@@ -205,15 +257,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--render", metavar="MARKDOWN", help="rewrite this file's figures table")
     args = parser.parse_args(argv)
-    table = render(load())
     if args.render:
         path = Path(args.render)
-        text = splice(path.read_text(), table)
-        if SCALE.exists() and SCALE_BEGIN in text:
-            text = splice(text, render_scale(load(SCALE)), SCALE_BEGIN, SCALE_END)
+        text = path.read_text()
+        for begin, end, block in generated_blocks():
+            if begin in text:
+                text = splice(text, block, begin, end)
         path.write_text(text)
     else:
-        print(table)
+        print(render(load()))
     return 0
 
 

@@ -45,14 +45,18 @@ def test_readme_scale_block_is_rendered_from_the_scale_results() -> None:
     assert block.count("\n| ") >= 4  # header, rule and rows
 
 
+def test_every_generated_block_is_in_the_readme_as_rendered() -> None:
+    readme = (REPO / "README.md").read_text()
+    for begin, _end, block in _figures().generated_blocks():
+        assert block in readme, f"README's {begin} block differs: run `make bench` (or "
+        "`.venv/bin/python benchmarks/figures.py --render README.md`)"
+
+
 def _outside_the_table(text: str) -> str:
-    figures = _figures()
-    if figures.BEGIN in text:
-        start, end = text.index(figures.BEGIN), text.index(figures.END)
-        text = text[:start] + text[end:]
-    if figures.SCALE_BEGIN in text:
-        start, end = text.index(figures.SCALE_BEGIN), text.index(figures.SCALE_END)
-        text = text[:start] + text[end:]
+    for begin, end, _block in _figures().generated_blocks():
+        if begin in text:
+            start, stop = text.index(begin), text.index(end)
+            text = text[:start] + text[stop:]
     return text
 
 

@@ -768,6 +768,9 @@ class Plugin:
         self.metrics_port = free_port()
         self.log = workdir / "plugin.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        #: Debug for the suite (the logs explain a slow restart); a benchmark uses info, what a
+        #: node runs, since formatting debug lines costs each worker CPU on every restart.
+        self.log_level = "debug"
 
     def write_config(self, resources: Sequence[dict[str, Any]]) -> None:
         entries = [{"resourcePrefix": PREFIX, **r} for r in resources]
@@ -793,7 +796,7 @@ class Plugin:
             f"--pod-resources-socket={self.kubelet.pod_resources_socket or ''}",
             "--uevent-source=off",
             "--pod-resources-interval=0.5",
-            "--log-level=debug",
+            f"--log-level={self.log_level}",
         ]
         if self.use_cdi:
             args.append("--use-cdi")
@@ -977,7 +980,11 @@ class Node:
         return out
 
     def start_plugin(
-        self, resources: Sequence[dict[str, Any]], mode: str = "classic", use_cdi: bool = False
+        self,
+        resources: Sequence[dict[str, Any]],
+        mode: str = "classic",
+        use_cdi: bool = False,
+        log_level: str = "debug",
     ) -> Plugin:
         self.plugin = Plugin(
             self.dir / "plugin",
@@ -987,6 +994,7 @@ class Node:
             use_cdi=use_cdi,
             cdi_dir=self.cdi_dir,
         )
+        self.plugin.log_level = log_level
         self.plugin.dir.mkdir(parents=True, exist_ok=True)
         self.plugin.write_config(resources)
         self.plugin.start()
