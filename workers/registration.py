@@ -22,6 +22,14 @@ from workers.events import EventQueue, RegisterDone, SelfCheckDone
 from workers.servicer import API_VERSION, options
 from workers.serving import socket_answers
 
+#: Our calls' channels: no gRPC retries, transparent ones included. gRPC retries a call whose
+#: stream never left the client (its connection had a GOAWAY, the kubelet stopping) at once and
+#: without limit, each attempt kept in the call's memory until the call ends: a Register picked
+#: onto the connection of a kubelet going down spun a gRPC thread and grew the worker by
+#: gigabytes until its 15 s timeout. Failing at once is right: the machine tries again, on the
+#: next kubelet.
+CHANNEL_OPTIONS = (("grpc.enable_retries", 0),)
+
 #: Status codes that mean nobody (or nobody working) answered, rather than a refusal.
 _ABSENT_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
@@ -37,7 +45,7 @@ def rpc_reason(err: grpc.RpcError) -> str:
 
 def self_check(socket_path: str, timeout: float) -> str:
     """'' when our server answers on `socket_path`, else why not."""
-    channel = grpc.insecure_channel(f"unix:{socket_path}")
+    channel = grpc.insecure_channel(f"unix:{socket_path}", options=CHANNEL_OPTIONS)
     try:
         dp_grpc.DevicePluginStub(channel).GetDevicePluginOptions(
             # Fail fast: a socket that is gone must not hold up the next attempt.
@@ -65,7 +73,7 @@ def register_classic(
         # costs milliseconds of CPU to learn what one connect() says in microseconds, and every
         # worker retries while the kubelet is away.
         return f"no kubelet: nothing listens on {kubelet_socket}", False
-    channel = grpc.insecure_channel(f"unix:{kubelet_socket}")
+    channel = grpc.insecure_channel(f"unix:{kubelet_socket}", options=CHANNEL_OPTIONS)
     try:
         dp_grpc.RegistrationStub(channel).Register(
             dp.RegisterRequest(
