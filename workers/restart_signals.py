@@ -17,10 +17,12 @@ from typing import Any
 import zmq
 
 from common.kubelet_socket import KubeletChange
+from common.loop.timers import Timers
 from workers import registration_io as fsm
 from workers.kubelet_watch import KubeletWatch, Seen
 from workers.servicer import Counters
 from workers.serving import Serving
+from workers.timings import WorkerTimings
 
 LOG = logging.getLogger("workers")
 
@@ -55,6 +57,23 @@ class RestartSignals:
         for fd in fds - self._fds:
             self.poller.register(fd, zmq.POLLIN)
         self._fds = fds
+
+    def schedule(self, timers: Timers, t: WorkerTimings) -> None:
+        """Arm the rewatch timer and the stat fallback on the worker's `timers`: every 50 ms
+        while a folder cannot be watched, when it is the only signal; every second otherwise
+        (inotify sees everything in a watched folder)."""
+        every = 0.0
+
+        def rewatch() -> None:
+            nonlocal every
+            self.rewatch()
+            now = t.watched_poll_interval if self.all_watched() else t.poll_interval
+            if now != every:
+                every = now
+                timers.every("poll", every, self.poll)
+
+        rewatch()
+        timers.every("rewatch", t.rewatch_interval, rewatch)
 
     def ready(self, polled: dict[Any, int]) -> bool:
         """Whether one of our inotify descriptors is among what poll() found readable."""

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from common.config import ResourceConfig
 from common.loop.file_identity import ContentStamp, content_stamp
+from common.messages import WorkerSettings
 from common.private_socket import private_socket
 from workers.events import EventQueue
 from workers.servicer import Counters, StreamHub, add_services
@@ -35,6 +37,24 @@ LOG = logging.getLogger("workers.serving")
 
 #: sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
+
+
+def choose_mode(settings: WorkerSettings) -> str:
+    """Classic or watcher: `auto` is the watcher where the kubelet made its plugins registry."""
+    if settings.registration_mode != "auto":
+        return settings.registration_mode
+    registry = settings.plugins_registry_dir
+    return "watcher" if registry and os.path.isdir(registry) else "classic"
+
+
+def serving_key(settings: WorkerSettings, resource: ResourceConfig) -> tuple[str, ...]:
+    """What decides where our socket lives and what we register as."""
+    return (
+        settings.device_plugin_dir,
+        settings.plugins_registry_dir,
+        settings.registration_mode,
+        resource.full_name,
+    )
 
 
 class SocketInUse(OSError):

@@ -53,20 +53,10 @@ from workers.plan import make_plan
 from workers.registration_fsm import RegistrationMachine
 from workers.restart_signals import RestartSignals
 from workers.servicer import Counters, StreamHub
-from workers.serving import Serving
+from workers.serving import Serving, choose_mode, serving_key
 from workers.timings import WorkerTimings
 
 LOG = logging.getLogger("workers")
-
-
-def _serving_key(settings: WorkerSettings, resource: ResourceConfig) -> tuple[str, ...]:
-    """What decides where our socket lives and what we register as."""
-    return (
-        settings.device_plugin_dir,
-        settings.plugins_registry_dir,
-        settings.registration_mode,
-        resource.full_name,
-    )
 
 
 class Worker:
@@ -92,7 +82,6 @@ class Worker:
         self.devices = DeviceSet(self.hub, self.cdi, self.timers)
         self.machine = RegistrationMachine(self.t, clock)
         self.signals: RestartSignals | None = None
-        self._poll_every = 0.0  # the stat fallback's current period
         self._feed_queue: collections.deque[fsm.Event] = collections.deque()
         self.poller = zmq.Poller()
 
@@ -233,7 +222,7 @@ class Worker:
         reserve = (
             self.settings is not None
             and self.resource is not None
-            and _serving_key(settings, resource) != _serving_key(self.settings, self.resource)
+            and serving_key(settings, resource) != serving_key(self.settings, self.resource)
         )
         if first or settings.heartbeat_interval != self._interval():
             interval = settings.heartbeat_interval
@@ -251,7 +240,7 @@ class Worker:
             self._send_ready("configured")
 
     def _start_serving(self, settings: WorkerSettings) -> None:
-        self.mode = self._choose_mode(settings)
+        self.mode = choose_mode(settings)
         if self.signals is not None:
             self.signals.close()
         own = self._socket_path()
@@ -260,26 +249,8 @@ class Worker:
             watch, own, self.serving, self.counters, self.poller, self._feed, self.clock
         )
         self.signals = signals
-        self._poll_every = 0.0
-        self._rewatch()
-        self.timers.every("rewatch", self.t.rewatch_interval, self._rewatch)
+        signals.schedule(self.timers, self.t)
         self._feed(fsm.Reset(self.mode, "settings changed"))
-
-    def _rewatch(self) -> None:
-        """Watch what is not watched yet; the stat fallback runs every 50 ms only while a folder
-        cannot be watched (inotify sees everything in the others)."""
-        assert self.signals is not None
-        self.signals.rewatch()
-        every = self.t.watched_poll_interval if self.signals.all_watched() else self.t.poll_interval
-        if every != self._poll_every:
-            self._poll_every = every
-            self.timers.every("poll", every, self.signals.poll)
-
-    def _choose_mode(self, settings: WorkerSettings) -> str:
-        if settings.registration_mode != "auto":
-            return settings.registration_mode
-        registry = settings.plugins_registry_dir
-        return "watcher" if registry and os.path.isdir(registry) else "classic"
 
     def _kubelet_socket(self) -> str:
         assert self.settings is not None
