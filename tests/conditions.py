@@ -7,7 +7,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Literal, TypeVar
+from typing import Literal, NoReturn, TypeVar
 
 T = TypeVar("T")
 
@@ -58,3 +58,16 @@ def hard_timeout(seconds: int) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
         if outer:
             signal.alarm(max(1, outer - int(time.monotonic() - started)))
+
+
+def missing(capability: str) -> NoReturn:
+    """Skip: this machine lacks `capability` (the reason names it and how to get it). Under CI
+    (`CI=true`, as `.ci/run` is run) it fails instead: CI must have every capability, so a test
+    cannot pass there by skipping."""
+    import os
+
+    import pytest
+
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must provide this, but: {capability}")
+    pytest.skip(capability)  # raises: pytest's stubs say so

@@ -22,7 +22,7 @@ import pytest
 from common import exitcodes
 from common.messages import WorkerStatus
 from simulator.kubelet import HEALTHY, UNHEALTHY
-from tests.conditions import hard_timeout, wait_until
+from tests.conditions import hard_timeout, missing, wait_until
 from tests.supervisor_rig import REPO, Plant, full, resource_entry, three_resources
 
 HARD_TIMEOUT = 45
@@ -177,7 +177,7 @@ def test_bad_config_is_refused_and_everything_keeps_serving(plant: Plant) -> Non
 def test_device_removed_seen_through_a_real_uevent() -> None:
     uevent = "/sys/class/net/lo/uevent"
     if os.geteuid() != 0 or not os.access(uevent, os.W_OK):
-        pytest.skip("needs root to write /sys/class/net/lo/uevent (a real kernel uevent)")
+        missing("needs root to write /sys/class/net/lo/uevent (a real kernel uevent)")
     rig = Plant(three_resources(interval=0), uevents="kernel")  # no periodic rescan at all
     try:
         rig.start()
@@ -185,7 +185,7 @@ def test_device_removed_seen_through_a_real_uevent() -> None:
         for name in ABC:
             rig.kubelet.wait_for_devices(full(name), lambda ds: len(ds) == 4)
         if "uevent monitor unavailable" in rig.log():
-            pytest.skip("no netlink uevent socket here: " + rig.log()[-300:])
+            missing("no netlink uevent socket here: " + rig.log()[-300:])
         before = {n: len(rig.kubelet.snapshots(full(n))) for n in ABC}
         rig.tree.remove_function("0000:9c:00.0")  # mlx5_2: resource b
         started = time.monotonic()

@@ -20,7 +20,7 @@ import pytest
 
 from supervisor import zygote_client
 from supervisor.zygote_client import ForkedWorker, Zygote
-from tests.conditions import hard_timeout, wait_until
+from tests.conditions import hard_timeout, missing, wait_until
 from tests.standin_supervisor import Rig, WorkerSetup, make_candidate, make_resource
 from tests.supervisor_rig import Plant, full, three_resources
 
@@ -37,7 +37,7 @@ def subreaper() -> Iterator[None]:
     """This test process reaps the workers a zygote forks, as the supervisor does."""
     was = zygote_client.is_subreaper()
     if not zygote_client.set_subreaper(True):
-        pytest.skip("prctl(PR_SET_CHILD_SUBREAPER) refused: not Linux >= 3.4")
+        missing("prctl(PR_SET_CHILD_SUBREAPER) refused: not Linux >= 3.4")
     yield
     if not was:
         zygote_client.set_subreaper(False)

@@ -33,7 +33,7 @@ from proto.deviceplugin.v1beta1 import api_pb2 as dp
 from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from simulator.kubelet import HEALTHY, UNHEALTHY
 from supervisor.cli.status_client import render_text
-from tests.conditions import hard_timeout, wait_until
+from tests.conditions import hard_timeout, missing, wait_until
 from tests.reliability.footprint import Footprint, scale
 from tests.standin_supervisor import Rig, make_candidate, make_resource
 from tests.supervisor_rig import Plant, full, three_resources
@@ -63,7 +63,7 @@ def small_tmpfs(path: Path, size: str) -> Iterator[None]:
     try:
         _mount("-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path))
     except (OSError, subprocess.CalledProcessError) as err:
-        pytest.skip(f"cannot mount a tmpfs (needs root and CAP_SYS_ADMIN): {err}")
+        missing(f"cannot mount a tmpfs (needs root and CAP_SYS_ADMIN): {err}")
     try:
         yield
     finally:

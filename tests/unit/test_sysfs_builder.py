@@ -20,6 +20,7 @@ from simulator.sysfs import (
     e810,
     main,
 )
+from tests.conditions import missing
 
 IB = "0000:3b:00.0"
 
@@ -184,7 +185,7 @@ def test_breaking_helpers(tmp_path: Path) -> None:
 @pytest.mark.root
 def test_mknod_makes_char_nodes(tmp_path: Path) -> None:
     if os.geteuid() != 0:
-        pytest.skip("mknod of a char device needs root")
+        missing("mknod of a char device needs root")
     SysfsTree(tmp_path, mknod=True).add(connectx_ib(IB, rdma="mlx5_0"))
     info = os.stat(tmp_path / "dev/infiniband/uverbs0")
     assert stat.S_ISCHR(info.st_mode)
