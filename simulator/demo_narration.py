@@ -10,7 +10,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from simulator.demo_signals import signals_deferred
 from simulator.kubelet import DeviceState
+
+
+def _line(text: str) -> None:
+    """One whole line: a stop signal waits until it is out (`print` writes the text and the
+    newline separately, and JSON readers must never see two events on one line)."""
+    with signals_deferred():
+        print(text, flush=True)
 
 
 class Narrator:
@@ -27,18 +35,18 @@ class Narrator:
         if self.as_json:
             self.event("step", step=self.step, title=text)
         else:
-            print(f"\n[{self._now():5.2f}s] {self.step}. {text}", flush=True)
+            _line(f"\n[{self._now():5.2f}s] {self.step}. {text}")
 
     def say(self, text: str) -> None:
         if self.as_json:
             self.event("say", text=text)
         else:
-            print(f"         {text}", flush=True)
+            _line(f"         {text}")
 
     def event(self, name: str, **data: Any) -> None:
         """A fact for `--json` readers; prose readers get it through `say`."""
         if self.as_json:
-            print(json.dumps({"event": name, "t": self._now(), **data}), flush=True)
+            _line(json.dumps({"event": name, "t": self._now(), **data}))
 
 
 def summarise(devices: list[DeviceState]) -> str:

@@ -47,5 +47,8 @@ def signals_deferred() -> Iterator[None]:
         yield
     finally:
         _deferred.remove(_DEFERRING)
-        if _deferred:
-            raise Interrupted(_deferred.pop())
+        # Blocks nest (a narrated line inside a deferred block): only the outermost one raises.
+        if _deferred and _DEFERRING not in _deferred:
+            signum = _deferred.pop()
+            _deferred.clear()
+            raise Interrupted(signum)
