@@ -1,7 +1,9 @@
 """Scale: memory, start-up, Allocate and restart figures at 1, 8, 32 and 64 resources (issue 14).
 
 Runs the real supervisor (`rdma-shared-dp run`, tests/supervisor_rig.py) with real workers against
-the kubelet simulator on a simulated node, `rdmaHcaMax` 1000 per resource, and measures per run:
+the kubelet simulator on a simulated node, `rdmaHcaMax` 1000 per resource, with production
+timings (heartbeats, polls: the suites' faster test timings would add their own load), and
+measures per run:
 
 - PSS total: supervisor + zygote + every worker, from /proc/<pid>/smaps_rollup (what the node
   pays; shared pages counted once across the processes), and USS per worker (what one more
@@ -153,7 +155,8 @@ def one_run(
     os.environ["RDMA_SHARED_DP_ZYGOTE"] = "on" if zygote else "off"
     names = [f"r{i}" for i in range(count)]
     timeout = 30.0 + count
-    plant = Plant(config_for(count), log_level="warning")
+    # Production timings (heartbeats, polls): the figures are what a node pays, not a test rig.
+    plant = Plant(config_for(count), log_level="warning", timings=None)
     try:
         started = time.monotonic()
         proc = plant.start()

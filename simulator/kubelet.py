@@ -54,6 +54,7 @@ from types import FrameType
 from typing import Any, Literal
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from proto.deviceplugin.v1beta1 import api_pb2 as dp
 from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
@@ -198,6 +199,12 @@ def _rpc_reason(err: grpc.RpcError) -> str:
     return f"{name}: {err.details()}"
 
 
+#: ListAndWatch as raw bytes: a plugin re-sends the same snapshot on every registration, and
+#: parsing 1000 devices each time would cost this (single-GIL) simulator more CPU than the plugin
+#: spends sending them; identical bytes reuse the parse (`KubeletSimulator._parse_snapshot`).
+_LIST_AND_WATCH = "/v1beta1.DevicePlugin/ListAndWatch"
+
+
 class _Endpoint:
     """The kubelet's connection to one registered plugin and its single ListAndWatch stream."""
 
@@ -264,6 +271,8 @@ class KubeletSimulator:
         self._open: set[_Endpoint] = set()
         self._devices: dict[str, list[DeviceState]] = {}
         self._snapshots: dict[str, list[list[DeviceState]]] = {}
+        #: Per resource: the last snapshot's bytes and their parse (shared, never mutated).
+        self._parsed: dict[str, tuple[bytes, list[DeviceState]]] = {}
         self._streams_opened: dict[str, int] = {}
         self._fail_next = 0
         self._fail_reason = ""
@@ -888,14 +897,18 @@ class KubeletSimulator:
         resource = endpoint.resource
         reason = "plugin ended the stream"
         try:
-            call = endpoint.stub.ListAndWatch(dp.Empty())
+            call = endpoint.channel.unary_stream(
+                _LIST_AND_WATCH,
+                request_serializer=dp.Empty.SerializeToString,
+                response_deserializer=None,  # bytes: see _parse_snapshot
+            )(dp.Empty())
             with self._changed:
                 endpoint.call = call
                 endpoint.stream_open = not endpoint.closed
                 self._streams_opened[resource] = self._streams_opened.get(resource, 0) + 1
                 self._changed.notify_all()
-            for response in call:
-                snapshot = [DeviceState.from_proto(d) for d in response.devices]
+            for raw in call:
+                snapshot = self._parse_snapshot(resource, raw)
                 with self._changed:
                     if endpoint.closed or (
                         # The legacy kubelet keys snapshots by resource name only.
@@ -912,6 +925,9 @@ class KubeletSimulator:
                 )
         except grpc.RpcError as err:
             reason = _rpc_reason(err)
+        except DecodeError as err:
+            call.cancel()
+            reason = f"unparseable ListAndWatchResponse: {err}"
         except ValueError as err:
             # The channel was closed before the stream could start.
             reason = str(err)
@@ -945,6 +961,16 @@ class KubeletSimulator:
                 resource,
                 reason,
             )
+
+    def _parse_snapshot(self, resource: str, raw: bytes) -> list[DeviceState]:
+        """A ListAndWatch response's devices; the same bytes as last time give the same list."""
+        last = self._parsed.get(resource)
+        if last is not None and last[0] == raw:
+            return last[1]
+        response = dp.ListAndWatchResponse.FromString(raw)
+        snapshot = [DeviceState.from_proto(d) for d in response.devices]
+        self._parsed[resource] = (raw, snapshot)
+        return snapshot
 
     def _register_classic(
         self, request: dp.RegisterRequest, stopping: threading.Event

@@ -63,6 +63,7 @@ class Plant:
         hcas: int = len(HCAS),
         log_level: str = "info",
         mode: str = "classic",
+        timings: dict[str, float] | None = E2E_TIMINGS,
     ) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="sv-", dir="/tmp"))
         self.node = self.root / "node"
@@ -79,6 +80,9 @@ class Plant:
             self.tree.add(connectx_ib(address, rdma=rdma, netdev=netdev, numa_node=numa))
         self.write_config(config)
         self.mode = mode
+        #: `supervisor.timings.Timings` overrides; None: production timings (benchmarks measure
+        #: what a node runs, heartbeats and polls included).
+        self.timings = timings
         # auto and watcher: the kubelet simulator also runs the plugin watcher on the registry.
         self.kubelet = KubeletSimulator(
             self.dp_dir, self.root / "registry" if mode != "classic" else None
@@ -124,9 +128,9 @@ class Plant:
             self.command(),
             cwd=REPO,
             env={
-                **os.environ,
+                **{k: v for k, v in os.environ.items() if k != TIMINGS_ENV},
                 "RDMA_SHARED_DP_UEVENT_SOURCE": self.uevents,
-                TIMINGS_ENV: json.dumps(E2E_TIMINGS),
+                **({} if self.timings is None else {TIMINGS_ENV: json.dumps(self.timings)}),
             },
             stdout=self._log_file,
             stderr=self._log_file,

@@ -424,6 +424,64 @@ def test_every_snapshot_is_recorded(kubelet: KubeletSimulator, plugins: list[Fak
     ]
 
 
+def test_a_resent_snapshot_is_recorded_each_time(
+    kubelet: KubeletSimulator, plugins: list[FakePlugin]
+) -> None:
+    # The simulator reuses the parse of bytes it has just seen (a plugin re-sends the same
+    # snapshot on every registration): a repeat, and a change back, are snapshots of their own.
+    plugin = _serve(plugins, kubelet.device_plugin_dir / "a.sock")
+    _register(kubelet, "a.sock")
+    kubelet.wait_for_devices(RESOURCE, _all_healthy)
+    first = plugin.devices
+    for devices in (first, [_device("0", "Unhealthy")], first):
+        plugin.push(devices)
+    wait_until(lambda: len(kubelet.snapshots(RESOURCE)) == 4, what="four snapshots")
+    both = [("0", "Healthy"), ("1", "Healthy")]
+    assert [[(d.id, d.health) for d in s] for s in kubelet.snapshots(RESOURCE)] == [
+        both,
+        both,
+        [("0", "Unhealthy")],
+        both,
+    ]
+    assert [(d.id, d.health) for d in kubelet.devices(RESOURCE) or []] == both
+
+
+def test_an_unparseable_snapshot_ends_the_stream(
+    kubelet: KubeletSimulator, short_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A plugin answering ListAndWatch with bytes that are no ListAndWatchResponse: the kubelet
+    # drops the stream and marks nothing healthy; the simulator goes on serving.
+    def list_and_watch(request: bytes, context: Any) -> Iterator[bytes]:
+        yield b"\xff\xff\xff"
+        while context.is_active():
+            time.sleep(0.05)
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    handlers = {
+        "GetDevicePluginOptions": grpc.unary_unary_rpc_method_handler(
+            lambda request, context: dp.DevicePluginOptions().SerializeToString()
+        ),
+        "ListAndWatch": grpc.unary_stream_rpc_method_handler(list_and_watch),
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("v1beta1.DevicePlugin", handlers),)
+    )
+    server.add_insecure_port(f"unix:{kubelet.device_plugin_dir / 'bad.sock'}")
+    server.start()
+    try:
+        with caplog.at_level("WARNING", logger="simulator.kubelet"):
+            _register(kubelet, "bad.sock")
+            wait_until(
+                lambda: kubelet.streams_opened(RESOURCE) == 1 and not kubelet.stream_open(RESOURCE),
+                what="the stream opened and ended",
+            )
+        assert kubelet.devices(RESOURCE) is None
+        assert "unparseable ListAndWatchResponse" in caplog.text
+        assert kubelet.kubelet_socket.exists()
+    finally:
+        server.stop(grace=None).wait()
+
+
 def test_broken_stream_is_never_reopened(
     kubelet: KubeletSimulator, plugins: list[FakePlugin]
 ) -> None:
