@@ -73,6 +73,13 @@ ROWS: tuple[tuple[str, str, str], ...] = (
         "< 200 ms (the Go plugin polls every 5 s)",
     ),
     (
+        "gRPC alone, CPU per re-registration in Python, no plugin code (`bench_grpc_floor.py`)",
+        "plugin side {grpc_floor_plugin_ms:.2f} ms, a Python kubelet's {grpc_floor_kubelet_ms:.2f} "
+        "ms: 32 resources on these cores need >= {grpc_floor_restart32_go_ms:.0f} ms with a Go "
+        "kubelet, >= {grpc_floor_restart32_sim_ms:.0f} ms with the simulator",
+        "the floor under issue 14's 50 ms",
+    ),
+    (
         "start -> all of 8 resources registered (`bench_supervisor.py`)",
         "median {start_all_registered_s:.2f} s",
         "< 3 s",
