@@ -204,6 +204,14 @@ def _serve(
     return plugin
 
 
+def _serve_registered(kubelet: KubeletSimulator, plugins: list[FakePlugin]) -> FakePlugin:
+    """A plugin on a.sock, registered, its devices seen healthy by the kubelet."""
+    plugin = _serve(plugins, kubelet.device_plugin_dir / "a.sock")
+    _register(kubelet, "a.sock")
+    kubelet.wait_for_devices(RESOURCE, _all_healthy)
+    return plugin
+
+
 def _make_stale_socket(path: Path) -> None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(str(path))
@@ -410,9 +418,7 @@ def test_wait_for_registration_times_out_with_reasons(kubelet: KubeletSimulator)
 
 
 def test_every_snapshot_is_recorded(kubelet: KubeletSimulator, plugins: list[FakePlugin]) -> None:
-    plugin = _serve(plugins, kubelet.device_plugin_dir / "a.sock")
-    _register(kubelet, "a.sock")
-    kubelet.wait_for_devices(RESOURCE, _all_healthy)
+    plugin = _serve_registered(kubelet, plugins)
     plugin.push([_device("0", "Unhealthy"), _device("1")])
     kubelet.wait_for_devices(RESOURCE, lambda d: d[0].health == "Unhealthy")
     plugin.push([])
@@ -429,9 +435,7 @@ def test_a_resent_snapshot_is_recorded_each_time(
 ) -> None:
     # The simulator reuses the parse of bytes it has just seen (a plugin re-sends the same
     # snapshot on every registration): a repeat, and a change back, are snapshots of their own.
-    plugin = _serve(plugins, kubelet.device_plugin_dir / "a.sock")
-    _register(kubelet, "a.sock")
-    kubelet.wait_for_devices(RESOURCE, _all_healthy)
+    plugin = _serve_registered(kubelet, plugins)
     first = plugin.devices
     for devices in (first, [_device("0", "Unhealthy")], first):
         plugin.push(devices)
@@ -485,9 +489,7 @@ def test_an_unparseable_snapshot_ends_the_stream(
 def test_broken_stream_is_never_reopened(
     kubelet: KubeletSimulator, plugins: list[FakePlugin]
 ) -> None:
-    plugin = _serve(plugins, kubelet.device_plugin_dir / "a.sock")
-    _register(kubelet, "a.sock")
-    kubelet.wait_for_devices(RESOURCE, _all_healthy)
+    plugin = _serve_registered(kubelet, plugins)
 
     kubelet.break_stream(RESOURCE)
 
@@ -511,9 +513,7 @@ def test_broken_stream_is_never_reopened(
 def test_stream_ended_by_plugin_marks_devices_unhealthy(
     kubelet: KubeletSimulator, plugins: list[FakePlugin]
 ) -> None:
-    plugin = _serve(plugins, kubelet.device_plugin_dir / "a.sock")
-    _register(kubelet, "a.sock")
-    kubelet.wait_for_devices(RESOURCE, _all_healthy)
+    plugin = _serve_registered(kubelet, plugins)
     plugin.end_streams()
     kubelet.wait_for_devices(RESOURCE, _all_unhealthy)
     wait_until(lambda: not kubelet.stream_open(RESOURCE), what="stream closed")
