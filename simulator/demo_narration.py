@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from simulator.kubelet import DeviceState
 def _line(text: str) -> None:
     """One whole line: a stop signal waits until it is out (`print` writes the text and the
     newline separately, and JSON readers must never see two events on one line)."""
+    if threading.current_thread() is not threading.main_thread():
+        print(text, flush=True)  # signals interrupt the main thread only
+        return
     with signals_deferred():
         print(text, flush=True)
 
