@@ -39,9 +39,8 @@ from figures import record  # noqa: E402 (benchmarks/figures.py)
 
 from proto.deviceplugin.v1beta1 import api_pb2 as dp  # noqa: E402
 from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc  # noqa: E402
+from workers.registration import CHANNEL_OPTIONS  # noqa: E402 (as the worker's calls)
 
-#: As the worker's call channels (workers.registration_io).
-CHANNEL_OPTIONS = (("grpc.enable_retries", 0),)
 RESOURCES = 32
 
 
