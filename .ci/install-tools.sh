@@ -37,11 +37,11 @@ fi
 
 # helm, built from its Go module once and cached outside the repo (a cold build takes minutes);
 # the venv gets a link to it. No Go: the chart tests skip and say so.
-HELM_VERSION=v3.22.0
+HELM_VERSION=v4.3.2
 helm_cache="${XDG_CACHE_HOME:-$HOME/.cache}/rdma-shared-dp/tools/helm-$HELM_VERSION"
 if [ ! -x "$helm_cache/helm" ] && command -v go >/dev/null 2>&1; then
     mkdir -p "$helm_cache"
-    (cd /tmp && GOBIN="$helm_cache" CGO_ENABLED=0 go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION") \
+    (cd /tmp && GOBIN="$helm_cache" CGO_ENABLED=0 go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION") \
         >/dev/null 2>&1 || { echo "install-tools: building helm $HELM_VERSION failed" >&2; exit 1; }
 fi
 if [ -x "$helm_cache/helm" ]; then
