@@ -48,7 +48,8 @@ Messages (type: direction, body)
                 DEALER of its own on the same control socket (any routing id).
     status      supervisor -> CLI     {pid, started, config_file, config_loaded, grpc_loaded,
                 workers: [WorkerStatus, ...], last_reload: ReloadStatus | null,
-                rdma_netns_mode, use_cdi (optional, false)}
+                rdma_netns_mode, use_cdi (optional, false), metrics_endpoint (optional, ""),
+                node_problem (optional, "")}
                 The answer to status_request (`parent` is the request's id).
 
 Value shapes
@@ -236,6 +237,8 @@ class Status(_Envelope):
     last_reload: ReloadStatus | None = None  # None until a changed file was read
     rdma_netns_mode: str = ""  # shared, exclusive, unknown (common.rdma_netns); "" not read yet
     use_cdi: bool = False  # CDI mode: `status` reminds what the runtime must support
+    metrics_endpoint: str = ""  # where /metrics serves, or why not yet ("" when turned off)
+    node_problem: str = ""  # why this node serves no device at all ("" when it does)
 
 
 Message = (

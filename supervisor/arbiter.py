@@ -136,10 +136,6 @@ class Arbiter:
     # ---- what tests and observers read -------------------------------------------------------
 
     @property
-    def clock(self) -> Callable[[], float]:
-        return self.loop.clock
-
-    @property
     def stopping(self) -> bool:
         return self.lifecycle.stopping
 
@@ -368,6 +364,8 @@ class Arbiter:
             use_cdi=self.settings.use_cdi,
             last_reload=self.reloader.last_reload,
             rdma_netns_mode=self.sync.netns_mode,
+            metrics_endpoint=self.observer.endpoint_status(),  # a raise costs this answer only
+            node_problem=self.sync.node_problem,
             parent=parent,
         )
 

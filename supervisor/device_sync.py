@@ -21,6 +21,7 @@ from common.messages import Devices
 from common.rdma_netns import EXCLUSIVE, EXCLUSIVE_WARNING, read_netns_mode
 from supervisor.device_state import DeviceState, healthy_count
 from supervisor.lifecycle import Lifecycle
+from supervisor.node_health import NodeProblem, node_problem
 from supervisor.worker_table import WorkerState
 
 LOG = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class DeviceSync:
         self.uevents: Any = None  # the monitor (supervisor.watch.uevents), when one is open
         self.problems: set[ScanProblem] = set()
         self.netns_mode = ""  # common.rdma_netns: read after every scan
+        self.node: NodeProblem | None = None  # why the node serves no device (node_health)
 
     # ---- triggers ----------------------------------------------------------------------------
 
@@ -106,6 +108,7 @@ class DeviceSync:
         self._observe(self.observer.scan_finished, trigger, result, seconds, selections)
         LOG.debug("device scan trigger=%s took %.1fms changed=%s", trigger, seconds * 1000, changed)
         self._log_problems(result)
+        self._check_node(node_problem(result, selections, self.host_root))
         self._check_netns_mode()
         full_names = {r.resource_name: r.full_name for r in resources}
         for name in sorted(changed):
@@ -118,6 +121,20 @@ class DeviceSync:
                 trigger,
             )
         self.push(changed)
+
+    @property
+    def node_problem(self) -> str:
+        return "" if self.node is None else self.node.text
+
+    def _check_node(self, problem: NodeProblem | None) -> None:
+        if problem == self.node:
+            return
+        if problem is not None:
+            LOG.error("node serves no RDMA device reason=%s: %s", problem.reason, problem.text)
+        else:
+            LOG.info("node serves RDMA devices again")
+        self.node = problem
+        self._observe(self.observer.node_problem_changed, problem)
 
     def _check_netns_mode(self) -> None:
         """Exclusive RDMA netns mode breaks sharing: warn with the fix, keep serving (issue 13)."""

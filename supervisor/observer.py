@@ -22,6 +22,7 @@ from common.devices import Candidate, Scan
 from common.messages import WorkerCounters, WorkerStatus
 from supervisor.children import ChildSpec
 from supervisor.metrics.pod_resources import PodAllocation
+from supervisor.node_health import NodeProblem
 
 
 class StatusSource(Protocol):
@@ -43,6 +44,9 @@ class Observer:
     ) -> None:
         """A sysfs scan ran. `trigger`: start, uevent, periodic, config. `selections` maps each
         configured resource's full name to its matched devices."""
+
+    def node_problem_changed(self, problem: NodeProblem | None) -> None:
+        """After a scan: the whole node serves no device and why (None: it serves some again)."""
 
     def worker_state_changed(self, resource: str, state: str, previous: str, reason: str) -> None:
         """A worker moved in the state machine (starting, running, backoff, stopping, exited,
@@ -94,6 +98,10 @@ class Observer:
     def poll_timeout(self) -> float | None:
         """Seconds until `loop_turned` must run again at the latest (None: no wish)."""
         return None
+
+    def endpoint_status(self) -> str:
+        """One line for `status` about the metrics endpoint ("" when there is none)."""
+        return ""
 
     def pod_rows(self) -> Sequence[PodAllocation] | None:
         """The latest PodResources snapshot, or None when unknown (no reader, kubelet away)."""

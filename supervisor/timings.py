@@ -51,6 +51,9 @@ class Timings:
     #: Handler errors within `loop_error_window` seconds that make the supervisor stop.
     max_loop_errors: int = 20
     loop_error_window: float = 10.0
+    #: A metrics address that cannot be bound is retried after this, doubling up to the cap.
+    metrics_bind_initial: float = 1.0
+    metrics_bind_cap: float = 30.0
     #: Worker restarts.
     restart: RestartPolicy = field(default_factory=RestartPolicy)
 
@@ -70,6 +73,8 @@ class Timings:
             orphan_wait=2.0,
             max_poll_wait=0.2,
             runtime_check_interval=0.1,
+            metrics_bind_initial=0.05,
+            metrics_bind_cap=0.5,
             restart=RestartPolicy(initial_delay=0.02, max_delay=0.5, stable_after=5.0),
         )
         return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from common.logs import setup_logging
 
 if TYPE_CHECKING:
     from supervisor.observer import Observer
+    from supervisor.timings import Timings
 
 
 def _print_config_errors(err: ConfigError, path: str) -> None:
@@ -154,28 +155,28 @@ def _run(args: argparse.Namespace) -> int:
         log_format=args.log_format,
         uevent_source=args.uevent_source,
     )
+    timings = Timings.from_env(os.environ)  # production timings unless a test asks
     try:
-        observer = _observer(args)
+        observer = _observer(args, timings)
     except ValueError as err:  # --metrics-address does not parse: say so before starting
         print(f"--metrics-address: {err}", file=sys.stderr)
         return exitcodes.USAGE
-    except OSError as err:  # ... or cannot be bound (busy port, no such address here)
-        print(f"--metrics-address: {err}", file=sys.stderr)
-        return exitcodes.FATAL
     try:
-        timings = Timings.from_env(os.environ)  # production timings unless a test asks
         return Arbiter(options, config, data, observer=observer, timings=timings).run()
     finally:
         if observer is not None:
             observer.stopped()  # idempotent; covers a loop that never started
 
 
-def _observer(args: argparse.Namespace) -> Observer | None:
-    """The metrics hook (issue 5): the HTTP endpoint and the PodResources poller, or None when
-    `--metrics-address` is empty (then neither prometheus_client nor psutil is loaded)."""
+def _observer(args: argparse.Namespace, timings: Timings) -> Observer | None:
+    """The metrics hook: the HTTP endpoint and the PodResources poller, or None when
+    `--metrics-address` is empty (then neither prometheus_client nor psutil is loaded).
+    A busy port is retried with backoff; only an address that does not parse raises."""
     if not args.metrics_address.strip():
         return None
+    from common.loop.backoff import Backoff
     from supervisor.metrics.observer import start_metrics_observer
 
     interval = getattr(args, "pod_resources_interval", 10.0)
-    return start_metrics_observer(args.metrics_address, args.pod_resources_socket, interval)
+    retry = Backoff(initial=timings.metrics_bind_initial, cap=timings.metrics_bind_cap, jitter=0.2)
+    return start_metrics_observer(args.metrics_address, args.pod_resources_socket, interval, retry)

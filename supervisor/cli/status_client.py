@@ -116,6 +116,10 @@ def render_text(status: Status) -> str:
     ]
     if status.rdma_netns_mode == EXCLUSIVE:
         lines.append(f"warning: {EXCLUSIVE_WARNING}")
+    if status.metrics_endpoint:
+        lines.append(f"metrics endpoint: {status.metrics_endpoint}")
+    if status.node_problem:
+        lines.append(f"node serves no device: {status.node_problem}")
     lines.append("")
     lines += ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in rows]
     notes = [

@@ -58,6 +58,7 @@ from supervisor.metrics.worker_totals import (
     ProcessTotals,
     counters_vector,
 )
+from supervisor.node_health import REASONS as NODE_REASONS
 
 LOG = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class Metrics:
         self._last_reload_success: float | None = None
         self._last_reload_ok: bool | None = None  # None until the config is first loaded
         self._netns_exclusive: bool | None = None  # None while the mode is unknown
+        self._node_problem = ""  # supervisor.node_health reason; "" when the node serves
         self._scans: dict[str, int] = {}
         self._scan_errors: dict[str, int] = {}
         self._scan_duration = Histogram.empty(SCAN_BUCKETS)
@@ -238,6 +240,11 @@ class Metrics:
         with self._lock:
             self._netns_exclusive = {"shared": False, "exclusive": True}.get(mode)
 
+    def node_problem(self, reason: str) -> None:
+        """Why the node serves no device (a `supervisor.node_health.REASONS` label), "" if fine."""
+        with self._lock:
+            self._node_problem = reason
+
     def set_pod_allocations(self, rows: Sequence[PodAllocation]) -> None:
         """The PodResources snapshot, already filtered to this plugin's resources (replaces all)."""
         # The kubelet lists a device once per NUMA node of its topology, in one entry per node:
@@ -297,19 +304,25 @@ class Metrics:
             add("config_last_reload_successful", [], 1 if self._last_reload_ok else 0)
         if self._netns_exclusive is not None:
             add("rdma_netns_exclusive", [], 1 if self._netns_exclusive else 0)
-        for trigger, n in sorted(self._scans.items()):
-            add("device_scans_total", [trigger], n)
-        for reason, n in sorted(self._scan_errors.items()):
-            add("device_scan_errors_total", [reason], n)
-        scan = fam["device_scan_duration_seconds"]
-        assert isinstance(scan, HistogramMetricFamily)
-        scan.add_metric([], self._scan_duration.samples(), self._scan_duration.total)
+        self._collect_scans(add, fam)
         for (rdma, port), up in sorted(self._ports.items()):
             add("hca_port_up", [rdma, port], 1 if up else 0)
         for key, count in sorted(self._pods.items()):
             add("pod_allocations", key, count)
         for name, n in sorted(self._retained.items()):
             add("retained_device_ids", [name], n)
+
+    def _collect_scans(self, add: _Add, fam: dict[str, Metric]) -> None:
+        for trigger, n in sorted(self._scans.items()):
+            add("device_scans_total", [trigger], n)
+        if self._scans:  # a verdict needs a scan
+            for reason in NODE_REASONS:
+                add("node_problem", [reason], 1 if reason == self._node_problem else 0)
+        for reason, n in sorted(self._scan_errors.items()):
+            add("device_scan_errors_total", [reason], n)
+        scan = fam["device_scan_duration_seconds"]
+        assert isinstance(scan, HistogramMetricFamily)
+        scan.add_metric([], self._scan_duration.samples(), self._scan_duration.total)
 
     def _collect_resource(self, name: str, r: _Resource, add: _Add, fam: dict[str, Metric]) -> None:
         if r.inventory is not None:

@@ -122,6 +122,12 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         "1 when the RDMA subsystem is in exclusive network-namespace mode (pods cannot share "
         "devices), 0 in shared mode; absent while unknown.",
     ),
+    "node_problem": (
+        "gauge",
+        ("reason",),
+        "1 for the reason this node serves no RDMA device at all (no_pci_bus, sysfs_unreadable, "
+        "no_devices), else 0; absent before the first device scan. /readyz names the cause.",
+    ),
     "retained_device_ids": (
         "gauge",
         ("resource",),

@@ -8,8 +8,10 @@ the loop last stored (a timestamp, a tuple), never walk the loop's live structur
 - `/metrics`: the Prometheus text format.
 - `/healthz`: 200 while `health()` says the loop is alive, else 503; the body is its message.
 - `/readyz`: 200 when `ready()` says every configured resource is registered, else 503 with the
-  body naming which are not and why. Notes (a refused config reload, exclusive RDMA netns mode)
-  follow as `note: ...` lines without changing the status: the running config still serves.
+  body naming which are not and why; also 503 when the node serves no device at all
+  (`supervisor.node_health`: no PCI bus, unreadable sysfs, nothing matched). Notes (a refused
+  config reload, exclusive RDMA netns mode) follow as `note: ...` lines without changing the
+  status: the running config still serves.
 
 Addresses: `":9478"` (all interfaces: IPv6 and IPv4 when the host has IPv6, IPv4 otherwise),
 `"0.0.0.0:9478"`, `"127.0.0.1:0"` (a free port, for tests), `"[::1]:9478"`, `"localhost:9478"`.
@@ -170,6 +172,11 @@ class Probes:
         self._last_turn = clock()
         self._resources: tuple[tuple[str, str | None], ...] | None = None
         self._notes: tuple[tuple[str, str], ...] = ()
+        self._node = ""
+
+    def set_node_problem(self, text: str) -> None:
+        """Why the whole node serves no device ("" when it serves): /readyz fails with it."""
+        self._node = text
 
     def loop_turned(self) -> None:
         self._last_turn = self._clock()
@@ -202,6 +209,8 @@ class Probes:
         return ok, text + notes
 
     def _verdict(self) -> tuple[bool, str]:
+        if self._node:
+            return False, f"node: {self._node}"
         resources = self._resources
         if resources is None:
             return False, "starting: no resource has been configured yet"
@@ -212,7 +221,11 @@ class Probes:
 
 
 class MetricsServer:
-    """The HTTP endpoint; `start()` binds (raising on a bad or busy address), `stop()` ends it."""
+    """The HTTP endpoint; `start()` binds (raising on a bad or busy address), `stop()` ends it.
+
+    The supervisor does not start it directly: `endpoint_binder.EndpointBinder` retries a bind
+    that fails, so a busy port never stops the plugin.
+    """
 
     def __init__(self, address: str, metrics: Metrics, health: Check, ready: Check) -> None:
         self.address = address
@@ -222,6 +235,14 @@ class MetricsServer:
         self._ready = ready
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def resolve(self) -> None:
+        """Raise AddressError when the host does not resolve (a typo: no retry fixes it)."""
+        _bind_target(self._host, self._port)
 
     @property
     def bound(self) -> tuple[str, int]:

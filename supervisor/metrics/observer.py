@@ -1,11 +1,12 @@
 """The metrics hook of the supervisor loop: Observer events -> Metrics and probes (supervisor
 process).
 
-`start_metrics_observer()` binds the HTTP endpoint (so a bad or busy `--metrics-address` fails
-before the loop starts) and returns a `MetricsObserver`; the arbiter then calls its hooks on the
-loop's thread. Everything here is cheap and never blocks: `Metrics` setters take one lock, the
-probes store one value, the PodResources reader only drains a non-blocking pipe, and psutil reads
-a worker's /proc entry at most every `SAMPLE_EVERY` seconds per worker.
+`start_metrics_observer()` checks the `--metrics-address` (one that does not parse fails before
+the loop starts), tries to bind it, and returns a `MetricsObserver`; a bind that fails is retried
+from `loop_turned` with backoff (`endpoint_binder`) while the workers serve. The arbiter calls
+the hooks on the loop's thread. Everything here is cheap and never blocks: `Metrics` setters take
+one lock, the probes store one value, the PodResources reader only drains a non-blocking pipe,
+and psutil reads a worker's /proc entry at most every `SAMPLE_EVERY` seconds per worker.
 
 This module, prometheus_client and psutil are imported only when the metrics address is not
 empty (`supervisor.cli.commands._observer`), so a supervisor without metrics does not pay for them.
@@ -24,13 +25,16 @@ import psutil
 from common.config import Config
 from common.defaults import VERSION
 from common.devices import Candidate, Scan
+from common.loop.backoff import Backoff
 from common.messages import WorkerCounters, WorkerStatus
 from common.rdma_netns import EXCLUSIVE, EXCLUSIVE_WARNING
 from supervisor.children import ChildSpec
 from supervisor.held_ids import retained
+from supervisor.metrics.endpoint_binder import EndpointBinder
 from supervisor.metrics.exporter import Metrics
-from supervisor.metrics.http_server import MetricsServer, Probes, start_metrics_server
+from supervisor.metrics.http_server import MetricsServer, Probes
 from supervisor.metrics.pod_resources import PodAllocation, PodResourcesReader
+from supervisor.node_health import NodeProblem
 from supervisor.observer import Observer, StatusSource
 from supervisor.restart_policy import RestartPolicy
 
@@ -51,12 +55,12 @@ class MetricsObserver(Observer):
         self,
         metrics: Metrics,
         probes: Probes,
-        server: MetricsServer | None = None,
+        binder: EndpointBinder | None = None,
         pod_resources: PodResourcesReader | None = None,
     ) -> None:
         self.metrics = metrics
         self.probes = probes
-        self.server = server
+        self.binder = binder
         self.pod_resources = pod_resources
         self._source: StatusSource | None = None
         #: The running config's resources (full name -> rdmaHcaMax), in config order.
@@ -117,6 +121,10 @@ class MetricsObserver(Observer):
         self._selections = dict(selections)
         self._publish_resources()
 
+    def node_problem_changed(self, problem: NodeProblem | None) -> None:
+        self.metrics.node_problem("" if problem is None else problem.reason)
+        self.probes.set_node_problem("" if problem is None else problem.text)
+
     def resource_removed(self, resource: str) -> None:
         self._forget(resource)
         self._publish_readiness()
@@ -164,10 +172,23 @@ class MetricsObserver(Observer):
         return () if self.pod_resources is None else (self.pod_resources.fileno(),)
 
     def poll_timeout(self) -> float | None:
-        return None if self.pod_resources is None else self.pod_resources.timeout()
+        waits = [
+            w
+            for w in (
+                None if self.pod_resources is None else self.pod_resources.timeout(),
+                None if self.binder is None else self.binder.timeout(),
+            )
+            if w is not None
+        ]
+        return min(waits) if waits else None
+
+    def endpoint_status(self) -> str:
+        return "" if self.binder is None else self.binder.describe()
 
     def loop_turned(self, readable: Collection[int]) -> None:
         self.probes.loop_turned()
+        if self.binder is not None:
+            self.binder.due()
         if self.pod_resources is None:
             return
         # read() also restarts a dead poller when its backoff is over, so it runs every turn,
@@ -186,8 +207,8 @@ class MetricsObserver(Observer):
 
     def stopped(self) -> None:
         """Idempotent: `run` calls it again in case the loop never started."""
-        if self.server is not None:
-            self.server.stop()
+        if self.binder is not None:
+            self.binder.server.stop()
         if self.pod_resources is not None:
             self.pod_resources.stop()
 
@@ -264,16 +285,23 @@ def _not_ready(status: WorkerStatus | None) -> str | None:
 
 
 def start_metrics_observer(
-    address: str, pod_resources_socket: str, pod_resources_interval: float = 10.0
+    address: str,
+    pod_resources_socket: str,
+    pod_resources_interval: float = 10.0,
+    bind_retry: Backoff | None = None,
 ) -> MetricsObserver:
     """Serve /metrics, /healthz and /readyz on `address` and poll the PodResources API.
 
-    Raises `AddressError` (a ValueError) for an address that does not parse and OSError when it
-    cannot be bound. An empty `pod_resources_socket` turns the pod series off.
+    Raises `AddressError` (a ValueError) for an address that does not parse or whose host does
+    not resolve; a bind that fails is retried with `bind_retry` while the plugin runs. An empty
+    `pod_resources_socket` turns the pod series off.
     """
     metrics = Metrics(VERSION)
     probes = Probes(stall_after=STALL_AFTER)
-    server = start_metrics_server(address, metrics, probes.health, probes.ready)
+    server = MetricsServer(address, metrics, probes.health, probes.ready)
+    server.resolve()
+    binder = EndpointBinder(server, bind_retry or Backoff(initial=1.0, cap=30.0, jitter=0.2))
+    binder.attempt()
     reader: PodResourcesReader | None = None
     if pod_resources_socket.strip():
         try:
@@ -286,4 +314,4 @@ def start_metrics_observer(
             ValueError,
         ) as err:  # no pipe: metrics without pod series beat no supervisor
             LOG.error("cannot start the PodResources poller: %s; no pod series", err)
-    return MetricsObserver(metrics, probes, server, reader)
+    return MetricsObserver(metrics, probes, binder, reader)

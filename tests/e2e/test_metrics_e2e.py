@@ -38,7 +38,7 @@ from supervisor.metrics.pod_resources import PodAllocation
 from tests.component.test_metrics_prometheus import PROMETHEUS, PROMTOOL, Prometheus, free_port, hca
 from tests.conditions import hard_timeout, wait_until
 from tests.podresources_simulator import PodDevices, PodResourcesSimulator
-from tests.supervisor_rig import REPO, Plant, full, resource_entry, three_resources
+from tests.supervisor_rig import E2E_TIMINGS, REPO, Plant, full, resource_entry, three_resources
 
 HARD_TIMEOUT = 40
 ABC = ["a", "b", "c"]
@@ -384,26 +384,65 @@ def test_readyz_is_503_until_every_resource_registers() -> None:
         rig.close()
 
 
-def test_bad_or_busy_metrics_address_is_a_clear_error_before_starting() -> None:
+def test_unparseable_metrics_address_is_a_usage_error_before_starting() -> None:
     rig = Plant(three_resources())
     try:
-        with socket.socket() as busy:
-            busy.bind(("127.0.0.1", 0))
-            busy.listen()
-            port = busy.getsockname()[1]
-            for address, code, words in (
-                ("no-port-here", exitcodes.USAGE, "must be [host]:port"),
-                ("127.0.0.1:99999", exitcodes.USAGE, "port must be 0-65535"),
-                (f"127.0.0.1:{port}", exitcodes.FATAL, "cannot serve metrics"),
-            ):
-                args = rig.command()
-                args[args.index("--metrics-address") + 1] = address
-                done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=20)
-                assert done.returncode == code, done.stderr
-                assert words in done.stderr and "--metrics-address" in done.stderr
-                assert not rig.kubelet.registrations()  # nothing started
-                assert rig.worker_processes() == []
+        for address, words in (
+            ("no-port-here", "must be [host]:port"),
+            ("127.0.0.1:99999", "port must be 0-65535"),
+            ("no-such-host.invalid:9478", "does not resolve"),
+        ):
+            args = rig.command()
+            args[args.index("--metrics-address") + 1] = address
+            done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=20)
+            assert done.returncode == exitcodes.USAGE, done.stderr
+            assert words in done.stderr and "--metrics-address" in done.stderr
+            assert not rig.kubelet.registrations()  # nothing started
+            assert rig.worker_processes() == []
     finally:
+        rig.close()
+
+
+def test_taken_metrics_port_fails_soft_and_binds_once_freed() -> None:
+    """Something else holds the port: the plugin serves the kubelet anyway, `status` says why,
+    and the endpoint comes up within the bind backoff once the port is free."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    rig = MetricsPlant(three_resources())
+    rig.port, rig.url = port, f"http://127.0.0.1:{port}"
+    # Retries every second at most, so the test waits on the bind, not on a 30 s production cap.
+    rig.timings = {**E2E_TIMINGS, "metrics_bind_initial": 0.2, "metrics_bind_cap": 1.0}
+    try:
+        rig.start()
+        rig.wait_registered(ABC)  # the workers serve the kubelet without the endpoint
+        status = until(
+            lambda: (s := rig.status()).metrics_endpoint.startswith("not serving") and s,
+            what="status saying the endpoint is not serving",
+        )
+        assert "Address already in use" in status.metrics_endpoint, status.metrics_endpoint
+        assert f"127.0.0.1:{port}" in status.metrics_endpoint
+        text = subprocess.run(
+            [sys.executable, "-m", "supervisor", "status", "--runtime-dir", str(rig.runtime_dir)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout
+        assert "metrics endpoint: not serving" in text and "Address already in use" in text
+        assert rig.proc is not None and rig.proc.poll() is None
+        busy.close()
+        until(rig.answers, what="the endpoint bound once the port is free")
+        assert rig.get("/healthz")[0] == 200
+        until(lambda: rig.get("/readyz")[0] == 200, what="/readyz 200")
+        assert rig.status().metrics_endpoint == f"serving on {rig.url}"
+        log = rig.log()
+        assert log.count("Address already in use") == 1, log  # once per run of failures
+        assert "metrics endpoint bound" in log
+    finally:
+        busy.close()
+        print(rig.log()[-8000:])
         rig.close()
 
 
@@ -477,7 +516,9 @@ def test_metrics_off_loads_neither_prometheus_client_nor_psutil() -> None:
     # commands module must not pull in the metrics stack.
     code = (
         "import sys; from supervisor.cli.commands import _observer; import argparse;"
-        "o = _observer(argparse.Namespace(metrics_address='', pod_resources_socket='x'));"
+        "from supervisor.timings import Timings;"
+        "o = _observer(argparse.Namespace(metrics_address='', pod_resources_socket='x'),"
+        " Timings());"
         "print(o, 'prometheus_client' in sys.modules, 'psutil' in sys.modules)"
     )
     done = subprocess.run(

@@ -95,3 +95,26 @@ def test_exclusive_netns_mode_warns_everywhere_and_keeps_serving(plant: MetricsP
         )["rdma_netns_mode"]
         == "shared"
     )
+
+
+def test_a_node_without_pci_bus_is_not_ready_and_says_why(plant: MetricsPlant) -> None:
+    """The host's /sys goes missing under --host-root: workers keep running, but /readyz, status
+    and the node_problem metric say the node serves no device (1 s rescans notice it)."""
+    assert plant.value("node_problem", reason="no_pci_bus") == 0
+    assert plant.status().node_problem == ""
+    bus = plant.node / "sys" / "bus" / "pci"
+    bus.rename(bus.with_name("pci.away"))
+    try:
+        wait_until(lambda: plant.get("/readyz")[0] == 503, 10, what="/readyz 503 without a bus")
+        body = plant.get("/readyz")[1]
+        assert body.startswith("not ok\nnode: no PCI bus at ") and "--host-root" in body
+        assert plant.value("node_problem", reason="no_pci_bus") == 1
+        assert plant.value("node_problem", reason="no_devices") == 0
+        assert "no PCI bus" in plant.status().node_problem
+        assert "node serves no device: no PCI bus" in _status_text(plant)
+        assert plant.log().count("node serves no RDMA device reason=no_pci_bus") == 1
+    finally:
+        bus.with_name("pci.away").rename(bus)
+    wait_until(lambda: plant.get("/readyz")[0] == 200, 10, what="/readyz 200 with the bus back")
+    assert plant.value("node_problem", reason="no_pci_bus") == 0
+    assert plant.status().node_problem == ""

@@ -287,6 +287,42 @@ def test_runbook_check_can_fail() -> None:
     assert "rdmashareddpdown" not in _anchors("# Something else\n## RdmaSharedDpDownx\n")
 
 
+ALERTS_TABLE_HEADER = "| alert | fires when | severity |"
+
+
+def documented_alerts(text: str) -> dict[str, str]:
+    """alert -> severity, from the operator docs' alerts table (wherever it lives)."""
+    start = text.index(ALERTS_TABLE_HEADER)
+    rows = []
+    for line in text[start:].splitlines()[2:]:
+        if not line.strip().startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return {row[0].strip("`"): row[-1] for row in rows}
+
+
+def alerts_table_text() -> str:
+    folder = Path(__file__).resolve().parents[2]
+    found = [
+        p.read_text()
+        for p in sorted([folder / "README.md", *(folder / "docs").glob("*.md")])
+        if ALERTS_TABLE_HEADER in p.read_text()
+    ]
+    assert len(found) == 1, f"expected one alerts table, found {len(found)}"
+    return found[0]
+
+
+def test_the_alerts_table_lists_every_alert_with_its_severity() -> None:
+    shipped = {r["alert"]: r["labels"]["severity"] for r in rules()}
+    assert documented_alerts(alerts_table_text()) == shipped
+
+
+def test_alerts_table_check_can_fail() -> None:
+    text = f"{ALERTS_TABLE_HEADER}\n|---|---|---|\n| `A` | x | warning |\n\nafter\n"
+    assert documented_alerts(text) == {"A": "warning"}
+    assert documented_alerts(text) != {r["alert"]: r["labels"]["severity"] for r in rules()}
+
+
 def test_rules_use_only_exported_metrics() -> None:
     for rule in rules():
         used = metric_names(rule["expr"])
@@ -516,6 +552,23 @@ SCENARIOS: list[tuple[str, str, list[tuple[str, str]], str, list[dict[str, str]]
         ],
         "65m",
         [{"severity": "warning"}],
+    ),
+    (
+        "the node serves no device",
+        "RdmaSharedDpNodeServesNoDevice",
+        [
+            ('rdma_shared_dp_node_problem{reason="no_pci_bus"}', "1x15"),
+            ('rdma_shared_dp_node_problem{reason="no_devices"}', "0x15"),
+        ],
+        "12m",
+        [{"severity": "warning", "reason": "no_pci_bus"}],
+    ),
+    (
+        "the node's bus came back within the grace",
+        "RdmaSharedDpNodeServesNoDevice",
+        [('rdma_shared_dp_node_problem{reason="no_pci_bus"}', "1 1 1 0x12")],
+        "12m",
+        [],
     ),
     (
         "refused, then a good file",

@@ -122,6 +122,8 @@ ADDED = {
     "rdma_shared_dp_rdma_netns_exclusive": (),
     # Issue 9: IDs above a shrunk rdmaHcaMax kept because running pods hold them.
     "rdma_shared_dp_retained_device_ids": ("resource",),
+    # Issue 21: a node that serves no device at all (no PCI bus, unreadable sysfs, no match).
+    "rdma_shared_dp_node_problem": ("reason",),
 }
 
 
