@@ -13,6 +13,7 @@ Tools come from `.ci/install-tools.sh`; a test skips, saying which tool, only wh
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import json
 import os
@@ -162,6 +163,7 @@ def test_the_expected_overlays_exist() -> None:
     for wanted in ("base", "overlays/cdi", "overlays/monitoring", "overlays/nfd"):
         assert wanted in names
     assert "overlays/kubelet-root" in names
+    assert "overlays/metrics-port" in names
 
 
 @pytest.mark.parametrize("folder", ALL_KUSTOMIZATIONS, ids=KUSTOMIZATION_IDS)
@@ -262,22 +264,63 @@ def test_parser_check_can_fail() -> None:
         parse_run_args(["--config-flie=/x"])
 
 
-@pytest.mark.parametrize("folder", OUR_KUSTOMIZATIONS, ids=OUR_IDS)
-def test_probes_match_the_plugin_defaults(folder: Path) -> None:
-    _, container = daemonset_container(render(folder))
+def wanted_metrics_port(folder: Path) -> int:
+    """The overlay's own port (its local-config `rdma-shared-dp-metrics-port`), else the default."""
+    source = folder / "metrics-port.yaml"
+    if source.exists():
+        return int(yaml.safe_load(source.read_text())["data"]["port"])
+    return cli.DEFAULT_METRICS_PORT
+
+
+def metrics_ports(docs: list[Doc]) -> dict[str, int]:
+    """Every place of a rendering that names the metrics port -> the port it names."""
+    _, container = daemonset_container(docs)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    found = {"containerPort": ports["metrics"]}
+    for probe in ("livenessProbe", "startupProbe", "readinessProbe"):
+        port = container[probe]["httpGet"]["port"]
+        found[probe] = ports[port] if isinstance(port, str) else port
+    address = parse_container(container).metrics_address
+    found["--metrics-address"] = int(address.rsplit(":", 1)[1])
+    for service in (d for d in docs if d["kind"] == "Service"):
+        (port,) = [p for p in service["spec"]["ports"] if p["name"] == "metrics"]
+        assert port["targetPort"] == "metrics"  # the pod's port by name: follows containerPort
+        found["Service"] = port["port"]
+    for monitor in (d for d in docs if d["kind"] == "ServiceMonitor"):
+        assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]  # by name
+    return found
+
+
+@pytest.mark.parametrize("folder", OUR_KUSTOMIZATIONS, ids=OUR_IDS)
+def test_one_metrics_port_drives_flag_container_port_probes_and_service(folder: Path) -> None:
+    docs = render(folder)
+    _, container = daemonset_container(docs)
     expected = {
         "livenessProbe": cli.HEALTHZ_PATH,
         "startupProbe": cli.HEALTHZ_PATH,
         "readinessProbe": cli.READYZ_PATH,
     }
     for probe, path in expected.items():
-        get = container[probe]["httpGet"]
-        assert get["path"] == path, probe
-        port = get["port"]
-        assert (ports[port] if isinstance(port, str) else port) == cli.DEFAULT_METRICS_PORT
-    address = parse_container(container).metrics_address
-    assert address.rsplit(":", 1)[1] == str(cli.DEFAULT_METRICS_PORT)
+        assert container[probe]["httpGet"]["path"] == path, probe
+    found = metrics_ports(docs)
+    port = wanted_metrics_port(folder)
+    assert found == dict.fromkeys(found, port), found
+
+
+def test_the_metrics_port_overlay_moves_the_port() -> None:
+    folder = K8S / "overlays" / "metrics-port"
+    assert wanted_metrics_port(folder) != cli.DEFAULT_METRICS_PORT
+    found = metrics_ports(render(folder))
+    assert {"Service", "--metrics-address", "containerPort"} <= found.keys()
+    assert "rdma-shared-dp-metrics-port" not in render_text(folder)  # local-config: not applied
+
+
+def test_metrics_port_check_can_fail() -> None:
+    docs = copy.deepcopy(render(K8S / "overlays" / "monitoring"))
+    _, container = daemonset_container(docs)
+    container["ports"][0]["containerPort"] = 9999
+    found = metrics_ports(docs)
+    assert found != dict.fromkeys(found, cli.DEFAULT_METRICS_PORT)
 
 
 def test_config_file_path_is_the_plugin_default() -> None:
