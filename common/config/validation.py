@@ -34,6 +34,7 @@ from common.config.shapes import (
     _q,
     _string,
 )
+from common.config.sizing import MAX_RESOURCES, needed_mib
 from common.config.values import (
     _EXAMPLES,
     _device_id,
@@ -107,6 +108,17 @@ def _config_list(ctx: _Context, fields: Fields) -> list[ResourceConfig]:
     entries = _list(ctx, path, value, "a list of resource objects")
     if entries is not None and not entries:
         ctx.error(path, "must not be empty: add at least one resource")
+    if entries is not None and len(entries) > MAX_RESOURCES:
+        # Checked first and alone: thousands of entries would bury it under their own problems.
+        ctx.error(
+            path,
+            f"has {len(entries)} resources; at most {MAX_RESOURCES} are accepted: each runs its "
+            f"own worker process, {MAX_RESOURCES} already need about "
+            f"{needed_mib(MAX_RESOURCES)} MiB and {len(entries)} would need about "
+            f'{needed_mib(len(entries))} MiB (docs/configuration.md, "How many resources"); '
+            "group devices into fewer resources",
+        )
+        return resources
     owners: dict[str, int] = {}
     for i, entry in enumerate(entries or ()):
         entry_path = f"{path}[{i}]"

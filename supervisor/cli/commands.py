@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from common import exitcodes
 from common.config import Config, ConfigError, load_config_bytes, load_config_file
+from common.config.sizing import DEFAULT_MEMORY_LIMIT_MIB, memory_warning
 from common.logs import setup_logging
 
 if TYPE_CHECKING:
@@ -23,21 +24,35 @@ def _print_config_errors(err: ConfigError, path: str) -> None:
         print(f"  - {problem}", file=sys.stderr)
 
 
-def validate_config(path: str, strict: bool = False) -> int:
+#: Up to this many resource names go on the `ok` line; more are listed one per line below it.
+INLINE_NAMES = 8
+
+
+def validate_config(
+    path: str, strict: bool = False, memory_limit_mib: int = DEFAULT_MEMORY_LIMIT_MIB
+) -> int:
     """Exit 0 for a good config (warnings printed too), 3 when refused, 6 with `--strict` when
-    the only problems are warnings."""
+    the only problems are warnings. Warns when the resources would not fit `memory_limit_mib`."""
     try:
         config = load_config_file(path)
     except ConfigError as err:
         _print_config_errors(err, path)
         return exitcodes.CONFIG_INVALID
-    names = ", ".join(r.full_name for r in config.resources)
-    warned = f", {len(config.warnings)} warning(s)" if config.warnings else ""
-    print(f"{path}: ok ({len(config.resources)} resource(s): {names}){warned}")
+    warnings = [str(w) for w in config.warnings]
+    memory = memory_warning(len(config.resources), memory_limit_mib)
+    if memory is not None:
+        warnings.append(f"configList: {memory}")
+    names = [r.full_name for r in config.resources]
+    warned = f", {len(warnings)} warning(s)" if warnings else ""
+    if len(names) <= INLINE_NAMES:
+        print(f"{path}: ok ({len(names)} resource(s): {', '.join(names)}){warned}")
+    else:
+        print(f"{path}: ok ({len(names)} resource(s)){warned}:")
+        print("".join(f"  - {name}\n" for name in names), end="")
     sys.stdout.flush()  # the ok line first, then the warnings, also when both go to one pipe
-    for warning in config.warnings:
+    for warning in warnings:
         print(f"  warning: {warning}", file=sys.stderr)
-    if strict and config.warnings:
+    if strict and warnings:
         print(f"{path}: refused under --strict: fix the warning(s) above", file=sys.stderr)
         return exitcodes.CONFIG_WARNINGS
     return exitcodes.OK

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from common import exitcodes
+from common.config.sizing import DEFAULT_MEMORY_LIMIT_MIB
 from common.defaults import (  # re-exported: tests and tools read them from here too
     DEFAULT_CDI_DIR,
     DEFAULT_CONFIG_FILE,
@@ -50,6 +51,16 @@ KUBELET_PATHS = {
 }
 #: What the Go binary (and so the Network Operator) spells `--version`.
 VERSION_FLAGS = ("-v", "-version", "--version")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
 
 
 def _env(name: str, default: str) -> str:
@@ -253,6 +264,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="treat warnings (missing rdmaHcaMax, deprecated devices, ...) as failures: exit 6",
     )
+    validate.add_argument(
+        "--memory-limit-mib",
+        type=_positive_int,
+        default=DEFAULT_MEMORY_LIMIT_MIB,
+        help="the container's memory limit to check the resource count against, in MiB "
+        f"(default: {DEFAULT_MEMORY_LIMIT_MIB}, the shipped DaemonSet's)",
+    )
 
     demo = sub.add_parser(
         "demo", help="run on a built-in simulated node with a kubelet simulator", allow_abbrev=False
@@ -311,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "validate-config":
         from supervisor.cli.commands import validate_config
 
-        return validate_config(args.path, strict=args.strict)
+        return validate_config(args.path, args.strict, args.memory_limit_mib)
     if args.command == "discover":
         from supervisor.cli.commands import discover
 

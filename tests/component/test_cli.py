@@ -109,6 +109,42 @@ def test_validate_config_ok_and_refused(tmp_path: Path) -> None:
     assert "configList[1].rdmaHcaMax" in out.stderr
 
 
+def _many(count: int) -> dict[str, object]:
+    entry = {"rdmaHcaMax": 1, "selectors": {"vendors": ["15b3"]}}
+    return {"configList": [{"resourceName": f"r{i}", **entry} for i in range(count)]}
+
+
+def test_validate_config_warns_when_the_resources_would_not_fit_the_memory_limit(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "many.json"
+    path.write_text(json.dumps(_many(30)))
+    out = _cli("validate-config", str(path))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()  # one name per line, not one long line
+    assert lines[0] == f"{path}: ok (30 resource(s)), 1 warning(s):"
+    assert lines[1:] == [f"  - rdma/r{i}" for i in range(30)]
+    assert "30 resources need about 630 MiB" in out.stderr
+    assert "container memory limit of 512 MiB, which fits 23" in out.stderr
+    assert _cli("validate-config", "--strict", str(path)).returncode == 6
+    roomy = _cli("validate-config", "--strict", "--memory-limit-mib", "1024", str(path))
+    assert roomy.returncode == 0 and "warning" not in roomy.stderr, roomy.stderr
+    path.write_text(json.dumps(_many(23)))  # exactly what fits
+    assert _cli("validate-config", "--strict", str(path)).returncode == 0
+
+
+def test_validate_config_refuses_an_absurd_resource_count_with_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps(_many(10_000)))
+    out = _cli("validate-config", str(path))
+    assert out.returncode == 3
+    assert "has 10000 resources; at most 256 are accepted" in out.stderr
+    assert "would need about 190060 MiB" in out.stderr
+    assert len(out.stderr.splitlines()) == 2  # the count alone, not 10 000 entry problems
+    path.write_text(json.dumps(_many(256)))
+    assert _cli("validate-config", str(path)).returncode == 0
+
+
 def test_validate_config_missing_file(tmp_path: Path) -> None:
     out = _cli("validate-config", str(tmp_path / "nope.json"))
     assert out.returncode == 3

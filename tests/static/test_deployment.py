@@ -26,6 +26,7 @@ from unittest import mock
 
 import pytest
 
+from common.config.sizing import DEFAULT_MEMORY_LIMIT_MIB
 from supervisor.cli import parser as cli
 from tests.conditions import missing
 
@@ -328,9 +329,9 @@ def test_config_file_path_is_the_plugin_default() -> None:
     assert parse_container(container).config_file == cli.DEFAULT_CONFIG_FILE
 
 
-def validate_config(path: Path) -> subprocess.CompletedProcess[str]:
+def validate_config(path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "supervisor", "validate-config", str(path)],
+        [sys.executable, "-m", "supervisor", "validate-config", *flags, str(path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -348,8 +349,27 @@ def test_configmap_config_passes_validate_config(folder: Path, tmp_path: Path) -
     assert configmap["metadata"]["namespace"] == "kube-system"
     config = tmp_path / "config.json"
     config.write_text(configmap["data"]["config.json"])
-    proc = validate_config(config)
+    _, container = daemonset_container(docs)
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi"), limit
+    # Our own strictest check, against the pod's own memory limit: no warning at all.
+    proc = validate_config(config, "--strict", "--memory-limit-mib", limit.removesuffix("Mi"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "warning" not in proc.stderr, proc.stderr
+
+
+def test_the_sizing_default_is_the_shipped_memory_limit() -> None:
+    _, container = daemonset_container(render(K8S / "base"))
+    assert container["resources"]["limits"]["memory"] == f"{DEFAULT_MEMORY_LIMIT_MIB}Mi"
+
+
+def test_strict_check_of_the_shipped_config_can_fail(tmp_path: Path) -> None:
+    warned = json.loads(BASE_CONFIG.read_text())
+    del warned["configList"][0]["rdmaHcaMax"]  # works, with a warning
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(warned))
+    assert validate_config(path).returncode == 0
+    assert validate_config(path, "--strict").returncode != 0
 
 
 def test_validate_config_check_can_fail(tmp_path: Path) -> None:
