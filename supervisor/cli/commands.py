@@ -14,6 +14,7 @@ from common.config.sizing import DEFAULT_MEMORY_LIMIT_MIB, memory_warning
 from common.logs import setup_logging
 
 if TYPE_CHECKING:
+    from supervisor.metrics.tls import TlsContext
     from supervisor.observer import Observer
     from supervisor.timings import Timings
 
@@ -173,8 +174,9 @@ def _run(args: argparse.Namespace) -> int:
     timings = Timings.from_env(os.environ)  # production timings unless a test asks
     try:
         observer = _observer(args, timings)
-    except ValueError as err:  # --metrics-address does not parse: say so before starting
-        print(f"--metrics-address: {err}", file=sys.stderr)
+    except ValueError as err:  # a metrics flag that cannot work: say so before starting
+        flag = str(err.args[1]) if len(err.args) > 1 else "--metrics-address"
+        print(f"{flag}: {err.args[0]}", file=sys.stderr)
         return exitcodes.USAGE
     try:
         return Arbiter(options, config, data, observer=observer, timings=timings).run()
@@ -194,4 +196,32 @@ def _observer(args: argparse.Namespace, timings: Timings) -> Observer | None:
 
     interval = getattr(args, "pod_resources_interval", 10.0)
     retry = Backoff(initial=timings.metrics_bind_initial, cap=timings.metrics_bind_cap, jitter=0.2)
-    return start_metrics_observer(args.metrics_address, args.pod_resources_socket, interval, retry)
+    return start_metrics_observer(
+        args.metrics_address,
+        args.pod_resources_socket,
+        interval,
+        retry,
+        tls=_tls(args),
+        pod_series=getattr(args, "pod_metrics", "on") == "on",
+    )
+
+
+def _tls(args: argparse.Namespace) -> TlsContext | None:
+    """The metrics TLS context of the flags, None without a certificate.
+
+    Raises ValueError(message, flag) for flags that cannot work together or files that do not
+    load: refused before anything starts, like an address that does not parse."""
+    from supervisor.metrics.tls import TlsContext, TlsError, TlsFiles
+
+    cert = getattr(args, "metrics_tls_cert_file", "").strip()
+    key = getattr(args, "metrics_tls_key_file", "").strip()
+    ca = getattr(args, "metrics_tls_client_ca_file", "").strip()
+    if not cert:
+        for flag, given in (("--metrics-tls-key-file", key), ("--metrics-tls-client-ca-file", ca)):
+            if given:
+                raise ValueError("needs --metrics-tls-cert-file (TLS) as well", flag)
+        return None
+    try:
+        return TlsContext(TlsFiles(cert, key, ca))
+    except TlsError as err:
+        raise ValueError(str(err), "--metrics-tls-cert-file") from None

@@ -177,6 +177,22 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
             DEFAULT_METRICS_ADDRESS,
         ),
     )
+    for flag, what in (
+        ("metrics-tls-cert-file", "PEM certificate (chain) for the metrics address: turns TLS on"),
+        ("metrics-tls-key-file", "PEM private key of that certificate, unless it is in the file"),
+        (
+            "metrics-tls-client-ca-file",
+            "PEM CA bundle: /metrics then answers only clients with a certificate it signed "
+            "(/healthz and /readyz answer any client)",
+        ),
+    ):
+        p.add_argument(f"--{flag}", default=_env(flag, ""), help=_h(flag, what, ""))
+    p.add_argument(
+        "--pod-metrics",
+        choices=("on", "off"),
+        default=_env("pod-metrics", "on"),
+        help=_h("pod-metrics", "per-pod series (rdma_shared_dp_pod_allocations)", "on"),
+    )
     p.add_argument(
         "--pod-resources-socket",
         default=_env_or_none("pod-resources-socket"),

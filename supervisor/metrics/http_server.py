@@ -24,6 +24,7 @@ import contextlib
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from common.defaults import HEALTHZ_PATH, READYZ_PATH
 from supervisor.metrics.exporter import Metrics
+from supervisor.metrics.tls import TlsContext
 
 LOG = logging.getLogger(__name__)
 
@@ -89,12 +91,33 @@ class _Server(ThreadingHTTPServer):
         metrics: Metrics,
         health: Check,
         ready: Check,
+        tls: TlsContext | None = None,
     ) -> None:
         self.address_family = family
         self.metrics = metrics
         self.health = health
         self.ready = ready
+        self.tls = tls
         super().__init__(address, _Handler)
+
+    def finish_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client: object
+    ) -> None:
+        """Runs in the connection's own thread: the TLS handshake happens here, so a slow or
+        silent client holds only its thread, never the accept loop."""
+        if self.tls is None or not isinstance(request, socket.socket):
+            super().finish_request(request, client)
+            return
+        try:
+            request.settimeout(CLIENT_TIMEOUT)
+            secure = self.tls.context().wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError) as err:  # plain HTTP, a bad certificate, a port scan
+            LOG.debug("metrics TLS handshake failed client=%s: %s", client, err)
+            return
+        try:
+            super().finish_request(secure, client)
+        finally:
+            secure.close()
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
@@ -122,7 +145,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, send_body: bool) -> None:
         path = self.path.split("?", 1)[0]
         try:
-            if path == METRICS_PATH:
+            if path == METRICS_PATH and not self._client_allowed():
+                status, ctype = 403, "text/plain; charset=utf-8"
+                body = b"/metrics needs a client certificate signed by the configured CA\n"
+            elif path == METRICS_PATH:
                 status, ctype, body = 200, METRICS_CONTENT_TYPE, self.server.metrics.render()
             elif path in (HEALTHZ_PATH, READYZ_PATH):
                 check = self.server.health if path == HEALTHZ_PATH else self.server.ready
@@ -141,6 +167,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if send_body:
             self.wfile.write(body)
+
+    def _client_allowed(self) -> bool:
+        tls = self.server.tls
+        if tls is None or not tls.client_auth:
+            return True
+        # CERT_OPTIONAL: a presented certificate was verified in the handshake; none is {}/None.
+        conn = self.connection
+        return isinstance(conn, ssl.SSLSocket) and bool(conn.getpeercert())
 
     def log_message(self, format: str, *args: object) -> None:
         # Probes every few seconds would flood the log; keep them for debugging only.
@@ -227,8 +261,16 @@ class MetricsServer:
     that fails, so a busy port never stops the plugin.
     """
 
-    def __init__(self, address: str, metrics: Metrics, health: Check, ready: Check) -> None:
+    def __init__(
+        self,
+        address: str,
+        metrics: Metrics,
+        health: Check,
+        ready: Check,
+        tls: TlsContext | None = None,
+    ) -> None:
         self.address = address
+        self.tls = tls
         self._host, self._port = parse_address(address)
         self._metrics = metrics
         self._health = health
@@ -257,14 +299,17 @@ class MetricsServer:
         host, port = self.bound
         if host in ("::", "0.0.0.0"):
             host = "::1" if host == "::" else "127.0.0.1"
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
     def start(self) -> None:
         if self._server is not None:
             return
         family, host = _bind_target(self._host, self._port)
         try:
-            server = _Server(family, (host, self._port), self._metrics, self._health, self._ready)
+            server = _Server(
+                family, (host, self._port), self._metrics, self._health, self._ready, self.tls
+            )
         except OSError as exc:
             if self._host == "" and family == socket.AF_INET6:
                 # A host with IPv6 compiled in but disabled: all interfaces means IPv4 only.
@@ -282,12 +327,23 @@ class MetricsServer:
         )
         self._thread.daemon = True
         self._thread.start()
-        LOG.info("serving /metrics /healthz /readyz address=%s port=%d", host, self.bound[1])
+        LOG.info(
+            "serving /metrics /healthz /readyz address=%s port=%d tls=%s client_certs=%s",
+            host,
+            self.bound[1],
+            "on" if self.tls is not None else "off",
+            "required for /metrics" if self.tls is not None and self.tls.client_auth else "no",
+        )
 
     def _bind_ipv4_fallback(self, host: str, first: OSError) -> _Server:
         try:
             return _Server(
-                socket.AF_INET, (host, self._port), self._metrics, self._health, self._ready
+                socket.AF_INET,
+                (host, self._port),
+                self._metrics,
+                self._health,
+                self._ready,
+                self.tls,
             )
         except OSError as exc:
             raise OSError(

@@ -34,6 +34,7 @@ from supervisor.metrics.endpoint_binder import EndpointBinder
 from supervisor.metrics.exporter import Metrics
 from supervisor.metrics.http_server import MetricsServer, Probes
 from supervisor.metrics.pod_resources import PodAllocation, PodResourcesReader
+from supervisor.metrics.tls import TlsContext
 from supervisor.node_health import NodeProblem
 from supervisor.observer import Observer, StatusSource
 from supervisor.restart_policy import RestartPolicy
@@ -57,10 +58,12 @@ class MetricsObserver(Observer):
         probes: Probes,
         binder: EndpointBinder | None = None,
         pod_resources: PodResourcesReader | None = None,
+        pod_series: bool = True,
     ) -> None:
         self.metrics = metrics
         self.probes = probes
         self.binder = binder
+        self.pod_series = pod_series  # off: the poller still feeds the held IDs, no pod series
         self.pod_resources = pod_resources
         self._source: StatusSource | None = None
         #: The running config's resources (full name -> rdmaHcaMax), in config order.
@@ -228,7 +231,8 @@ class MetricsObserver(Observer):
 
     def _publish_pods(self) -> None:
         mine = self._hca_max.keys()
-        self.metrics.set_pod_allocations([r for r in self._pod_rows if r.resource in mine])
+        if self.pod_series:
+            self.metrics.set_pod_allocations([r for r in self._pod_rows if r.resource in mine])
         if self.pod_resources is not None and self.pod_resources.available:
             self.metrics.set_retained(
                 {n: retained(n, m, self._pod_rows).ids for n, m in self._hca_max.items()}
@@ -289,16 +293,20 @@ def start_metrics_observer(
     pod_resources_socket: str,
     pod_resources_interval: float = 10.0,
     bind_retry: Backoff | None = None,
+    tls: TlsContext | None = None,
+    pod_series: bool = True,
 ) -> MetricsObserver:
     """Serve /metrics, /healthz and /readyz on `address` and poll the PodResources API.
 
     Raises `AddressError` (a ValueError) for an address that does not parse or whose host does
-    not resolve; a bind that fails is retried with `bind_retry` while the plugin runs. An empty
-    `pod_resources_socket` turns the pod series off.
+    not resolve; a bind that fails is retried with `bind_retry` while the plugin runs. `tls`
+    serves HTTPS. An empty `pod_resources_socket` turns the pod series off and also the
+    protection of device IDs pods hold above a shrunk rdmaHcaMax; `pod_series=False` turns only
+    the series off.
     """
     metrics = Metrics(VERSION)
     probes = Probes(stall_after=STALL_AFTER)
-    server = MetricsServer(address, metrics, probes.health, probes.ready)
+    server = MetricsServer(address, metrics, probes.health, probes.ready, tls)
     server.resolve()
     binder = EndpointBinder(server, bind_retry or Backoff(initial=1.0, cap=30.0, jitter=0.2))
     binder.attempt()
@@ -314,4 +322,4 @@ def start_metrics_observer(
             ValueError,
         ) as err:  # no pipe: metrics without pod series beat no supervisor
             LOG.error("cannot start the PodResources poller: %s; no pod series", err)
-    return MetricsObserver(metrics, probes, binder, reader)
+    return MetricsObserver(metrics, probes, binder, reader, pod_series)

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -30,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from common import exitcodes
 from common.config import Config, load_config_bytes
 from common.devices import Scan
-from common.messages import WorkerCounters, WorkerStatus
+from common.messages import Status, WorkerCounters, WorkerStatus
 from supervisor.metrics.exporter import Metrics
 from supervisor.metrics.http_server import Probes
 from supervisor.metrics.observer import MetricsObserver
@@ -39,6 +40,7 @@ from tests.component.test_metrics_prometheus import PROMETHEUS, PROMTOOL, Promet
 from tests.conditions import hard_timeout, wait_until
 from tests.podresources_simulator import PodDevices, PodResourcesSimulator
 from tests.supervisor_rig import E2E_TIMINGS, REPO, Plant, full, resource_entry, three_resources
+from tests.tls_certs import make_pki
 
 HARD_TIMEOUT = 40
 ABC = ["a", "b", "c"]
@@ -417,10 +419,13 @@ def test_taken_metrics_port_fails_soft_and_binds_once_freed() -> None:
     try:
         rig.start()
         rig.wait_registered(ABC)  # the workers serve the kubelet without the endpoint
-        status = until(
-            lambda: (s := rig.status()).metrics_endpoint.startswith("not serving") and s,
-            what="status saying the endpoint is not serving",
-        )
+
+        def not_serving() -> Status | None:
+            status = rig.status()
+            return status if status.metrics_endpoint.startswith("not serving") else None
+
+        status = until(not_serving, what="status saying the endpoint is not serving")
+        assert status is not None
         assert "Address already in use" in status.metrics_endpoint, status.metrics_endpoint
         assert f"127.0.0.1:{port}" in status.metrics_endpoint
         text = subprocess.run(
@@ -582,3 +587,73 @@ def test_observer_drops_removed_and_renamed_resources_for_good() -> None:
     assert b'pod="p"' in metrics.render()
     obs.config_applied(_config(("c", "y.io", 4)))
     assert b'pod="p"' not in metrics.render()
+
+
+def _https_get(url: str, context: ssl.SSLContext) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=3, context=context) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_tls_with_client_certificates_and_pod_series_off(tmp_path: Path) -> None:
+    """The real CLI with the TLS flags and `--pod-metrics off`: plain HTTP gets nothing, a client
+    without a certificate only the probes, one with a certificate /metrics without pod series
+    (while the poller still runs: the held-ID gauge shows it answered)."""
+    pki = make_pki(tmp_path)
+    rig = MetricsPlant(three_resources())
+    tls_flags = [
+        *("--metrics-tls-cert-file", str(pki.server_cert)),
+        *("--metrics-tls-key-file", str(pki.server_key)),
+        *("--metrics-tls-client-ca-file", str(pki.ca)),
+        *("--pod-metrics", "off"),
+    ]
+    plain_command = rig.command
+    rig.command = lambda: [*plain_command(), *tls_flags]  # type: ignore[method-assign]
+    url = f"https://127.0.0.1:{rig.port}"
+    anonymous = ssl.create_default_context(cafile=str(pki.ca))
+    known = ssl.create_default_context(cafile=str(pki.ca))
+    known.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+    try:
+        rig.pods.set_pods(_pods())
+        rig.start()
+        rig.wait_registered(ABC)
+        until(lambda: _https_get(url + "/readyz", anonymous)[0] == 200, what="/readyz over TLS")
+        with pytest.raises(OSError):  # urllib's URLError, a connection reset: no HTTP answer
+            urllib.request.urlopen(rig.url + "/healthz", timeout=3)
+        assert _https_get(url + "/metrics", anonymous)[0] == 403
+        assert rig.status().metrics_endpoint == f"serving on {url}"
+
+        def scraped() -> str | None:
+            status, body = _https_get(url + "/metrics", known)
+            assert status == 200
+            held = f'{P}retained_device_ids{{resource="{full("a")}"}} 0.0'
+            return body if held in body else None
+
+        body = until(scraped, what="the poller's first answer in /metrics")
+        assert body is not None
+        assert P + "resource_devices" in body
+        assert P + "pod_allocations{" not in body
+    finally:
+        print(rig.log()[-8000:])
+        rig.close()
+
+
+def test_unusable_tls_files_are_a_usage_error_before_starting(tmp_path: Path) -> None:
+    rig = Plant(three_resources())
+    try:
+        for flags, words in (
+            (["--metrics-tls-cert-file", str(tmp_path / "nope.pem")], "nope.pem"),
+            (["--metrics-tls-client-ca-file", str(tmp_path / "ca.pem")], "needs --metrics-tls"),
+        ):
+            args = rig.command()
+            args[args.index("--metrics-address") + 1] = "127.0.0.1:0"
+            done = subprocess.run(
+                [*args, *flags], cwd=REPO, capture_output=True, text=True, timeout=20
+            )
+            assert done.returncode == exitcodes.USAGE, done.stderr
+            assert words in done.stderr and "--metrics-tls-" in done.stderr
+            assert not rig.kubelet.registrations()
+    finally:
+        rig.close()

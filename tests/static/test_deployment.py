@@ -531,3 +531,30 @@ def test_network_attachment_definitions(net: str, cni_type: str) -> None:
     # The application pod attaches exactly this network.
     pod = yaml.safe_load((folder / "rdma-app-pod.yaml").read_text())
     assert pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] == nad["metadata"]["name"]
+
+
+def test_metrics_tls_overlay_wires_files_probes_and_servicemonitor() -> None:
+    docs = render(K8S / "overlays" / "metrics-tls")
+    pod, container = daemonset_container(docs)
+    args = parse_container(container)
+    for path in (
+        args.metrics_tls_cert_file,
+        args.metrics_tls_key_file,
+        args.metrics_tls_client_ca_file,
+    ):
+        mount, volume = mount_holding(path, pod, container)
+        assert mount.get("readOnly") is True
+        assert volume["secret"]["secretName"] == "rdma-shared-dp-metrics-tls"
+    for probe in ("livenessProbe", "startupProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS", probe
+    (endpoint,) = only(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    tls = endpoint["tlsConfig"]
+    assert {tls["ca"]["secret"]["name"], tls["cert"]["secret"]["name"]} == {
+        tls["keySecret"]["name"]
+    }
+    assert tls["serverName"] == "rdma-shared-dp-metrics.kube-system.svc"
+    # Without the component nothing of it: plain HTTP, as the Go plugin's operators expect.
+    _, plain = daemonset_container(render(K8S / "overlays" / "monitoring"))
+    assert parse_container(plain).metrics_tls_cert_file == ""
+    assert "scheme" not in plain["readinessProbe"]["httpGet"]
