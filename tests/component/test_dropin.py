@@ -113,6 +113,9 @@ def test_the_base_would_crash_loop_the_go_binary_without_the_env_split() -> None
 def test_go_rollback_overlay_runs_the_go_image_with_what_it_needs() -> None:
     pod, container = daemonset_container(render(K8S / "overlays" / "go-rollback"))
     assert "rdma-shared-dp" not in container["image"].split("/")[-1].split(":")[0]
+    # Fully qualified: a bare name resolves to docker.io/library and fails to pull mid-incident.
+    registry = container["image"].split("/")[0]
+    assert "/" in container["image"] and ("." in registry or ":" in registry), container["image"]
     # The Go binary serves no HTTP: no probe may point at it.
     assert not {"startupProbe", "livenessProbe", "readinessProbe"} & set(container)
     assert go_flags_accept(container["args"]) == ""
