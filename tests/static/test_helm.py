@@ -178,7 +178,7 @@ def test_chart_rollback_to_the_go_image_matches_the_go_rollback_overlay() -> Non
     """`helm upgrade --set image...,probes.enabled=false` is the Helm path back to Go."""
     chart = normalised(
         template(
-            "image.repository=k8s-rdma-shared-dev-plugin",
+            "image.repository=ghcr.io/mellanox/k8s-rdma-shared-dev-plugin",
             "image.tag=v1.5.2",
             "probes.enabled=false",
         )
