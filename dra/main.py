@@ -38,6 +38,8 @@ from dra.names import DEFAULT_DRIVER_NAME, DeviceNameError, check_driver_name
 from dra.publisher import Publisher
 
 LOG = logging.getLogger("dra")
+#: Environment variables that set a flag's default: RDMA_SHARED_DP_DRA_API_SERVER, ...
+ENV = "RDMA_SHARED_DP_DRA_"
 DEFAULT_PLUGINS_DIR = "/var/lib/kubelet/plugins"
 #: How often the loop wakes at the latest (parent check, status line).
 TICK = 0.5
@@ -47,17 +49,17 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dra", description=__doc__)
     env = os.environ.get
     p.add_argument("--node-name", default=env("NODE_NAME", ""))
-    p.add_argument("--driver-name", default=DEFAULT_DRIVER_NAME)
+    p.add_argument("--driver-name", default=env(f"{ENV}DRIVER_NAME", DEFAULT_DRIVER_NAME))
     p.add_argument("--plugins-dir", default=DEFAULT_PLUGINS_DIR)
     p.add_argument("--plugins-registry-dir", default=DEFAULT_PLUGINS_REGISTRY_DIR)
     p.add_argument("--cdi-dir", default="/var/run/cdi")
     p.add_argument("--state-dir", default="/run/rdma-shared-dp/dra")
     p.add_argument("--host-root", default="/")
-    p.add_argument("--api-server", default="", help="default: in-cluster")
-    p.add_argument("--token-file", default="")
-    p.add_argument("--ca-file", default="")
-    p.add_argument("--client-cert", default="")
-    p.add_argument("--client-key", default="")
+    p.add_argument("--api-server", default=env(f"{ENV}API_SERVER", ""), help="default: in-cluster")
+    p.add_argument("--token-file", default=env(f"{ENV}TOKEN_FILE", ""))
+    p.add_argument("--ca-file", default=env(f"{ENV}CA_FILE", ""))
+    p.add_argument("--client-cert", default=env(f"{ENV}CLIENT_CERT", ""))
+    p.add_argument("--client-key", default=env(f"{ENV}CLIENT_KEY", ""))
     p.add_argument("--api-qps", type=float, default=5.0)
     p.add_argument("--api-burst", type=int, default=10)
     p.add_argument("--resync", type=float, default=30.0, help="seconds between slice checks")

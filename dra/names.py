@@ -10,28 +10,18 @@ something else.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+
+from common.dra_modes import DeviceNameError, is_label, label, resource_device_name
+
+__all__ = ["DeviceNameError", "is_label", "resource_device_name"]
 
 DEFAULT_DRIVER_NAME = "rdma.shared-dp.io"
-#: Prefix of a device that stands for a whole config resource (the drop-in way).
-RESOURCE_DEVICE_PREFIX = "res-"
 #: Prefix of a device that is one HCA (the DRA way).
 HCA_DEVICE_PREFIX = "hca-"
 #: Spec files of prepared claims; never starting with the workers' CDI tag ("rdma-shared-dp"),
 #: whose stale files the supervisor removes.
 CLAIM_SPEC_PREFIX = "rdma-dra-claim_"
-DNS_LABEL_MAX = 63
-
-_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 _SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
-
-
-class DeviceNameError(ValueError):
-    """A name that cannot become a DRA device name."""
-
-
-def is_label(name: str) -> bool:
-    return len(name) <= DNS_LABEL_MAX and bool(_LABEL.match(name))
 
 
 def check_driver_name(name: str) -> str:
@@ -43,42 +33,12 @@ def check_driver_name(name: str) -> str:
     return name
 
 
-def _label(text: str) -> str:
-    return re.sub(r"[_.:]", "-", text.lower())
-
-
-def resource_device_name(resource_name: str) -> str:
-    """`hca_shared_devices_a` -> `res-hca-shared-devices-a`; refused when not a label."""
-    name = RESOURCE_DEVICE_PREFIX + _label(resource_name)
-    if not is_label(name):
-        raise DeviceNameError(
-            f"resource name {resource_name!r} gives DRA device name {name!r}, which is no DNS "
-            f"label (letters, digits, '-', '_', '.', at most {DNS_LABEL_MAX - 4} characters); "
-            "rename the resource or serve it with the device plugin"
-        )
-    return name
-
-
 def hca_device_name(candidate_name: str) -> str:
     """`0000:3b:00.0` -> `hca-0000-3b-00-0`, `mlx5_core.sf.2` -> `hca-mlx5-core-sf-2`."""
-    name = HCA_DEVICE_PREFIX + _label(candidate_name)
+    name = HCA_DEVICE_PREFIX + label(candidate_name)
     if not is_label(name):
         raise DeviceNameError(f"device {candidate_name!r} gives no DNS label ({name!r})")
     return name
-
-
-def check_unique(pairs: Iterable[tuple[str, str]]) -> list[str]:
-    """Problems for (source, label) pairs where two sources map onto one label."""
-    owners: dict[str, str] = {}
-    problems = []
-    for source, label in pairs:
-        other = owners.setdefault(label, source)
-        if other != source:
-            problems.append(
-                f"{source!r} and {other!r} both map onto DRA device name {label!r}; "
-                "rename one of them"
-            )
-    return problems
 
 
 def claim_spec_file(claim_uid: str) -> str:

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from common import dra_modes as modes
 from common.config import Config, ResourceConfig
-from dra import modes, slices
+from dra import slices
 from dra.devices import DEFAULT_HCA_SHARES, PCIE_ROOT_ATTRIBUTE, HostFacts, build
 from dra.names import (
     DeviceNameError,

@@ -1,4 +1,4 @@
-"""Which config resources a node serves through DRA, and which through device-plugin workers.
+"""Which config resources a node serves through DRA, which through workers (supervisor, DRA).
 
 `--dra` (env `RDMA_SHARED_DP_DRA`) takes:
 
@@ -17,12 +17,56 @@ resources on one label).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from common.config import Config, ResourceConfig
-from dra.names import DeviceNameError, check_unique, resource_device_name
 
 OFF, ALL, HCAS = "off", "all", "hcas"
+#: Prefix of a device that stands for a whole config resource (the drop-in way).
+RESOURCE_DEVICE_PREFIX = "res-"
+DNS_LABEL_MAX = 63
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+
+
+class DeviceNameError(ValueError):
+    """A name that cannot become a DRA device name (a DNS label)."""
+
+
+def is_label(name: str) -> bool:
+    return len(name) <= DNS_LABEL_MAX and bool(_LABEL.match(name))
+
+
+def label(text: str) -> str:
+    """Lower case, `_`, `.` and `:` as `-`: the mapping of every name onto a device name."""
+    return re.sub(r"[_.:]", "-", text.lower())
+
+
+def resource_device_name(resource_name: str) -> str:
+    """`hca_shared_devices_a` -> `res-hca-shared-devices-a`; refused when not a label."""
+    name = RESOURCE_DEVICE_PREFIX + label(resource_name)
+    if not is_label(name):
+        raise DeviceNameError(
+            f"resource name {resource_name!r} gives DRA device name {name!r}, which is no DNS "
+            f"label (letters, digits, '-', '_', '.', at most {DNS_LABEL_MAX - 4} characters, "
+            "starting and ending with a letter or digit); rename the resource or serve it with "
+            "the device plugin"
+        )
+    return name
+
+
+def check_unique(pairs: list[tuple[str, str]]) -> list[str]:
+    """Problems for (source, label) pairs where two sources map onto one label."""
+    owners: dict[str, str] = {}
+    problems = []
+    for source, name in pairs:
+        other = owners.setdefault(name, source)
+        if other != source:
+            problems.append(
+                f"{source!r} and {other!r} both map onto DRA device name {name!r}; "
+                "rename one of them"
+            )
+    return problems
 
 
 class ModeError(ValueError):
@@ -70,8 +114,8 @@ def split(config: Config, setting: str) -> Split:
                 f"(resources: {', '.join(r.full_name for r in resources) or 'none'})"
             )
         chosen = tuple(r for r in resources if r.resource_name in wanted or r.full_name in wanted)
-    problems = []
-    labels = []
+    problems: list[str] = []
+    labels: list[tuple[str, str]] = []
     for resource in chosen:
         try:
             labels.append((resource.full_name, resource_device_name(resource.resource_name)))
@@ -81,3 +125,10 @@ def split(config: Config, setting: str) -> Split:
     if problems:
         raise ModeError("cannot serve these resources through DRA: " + "; ".join(problems))
     return Split(True, tuple(r for r in resources if r not in chosen), chosen)
+
+
+def workers_config(config: Config, setting: str) -> Config:
+    """`config` with only the resources device-plugin workers serve; raises ModeError."""
+    return Config(
+        config.periodic_update_interval, split(config, setting).device_plugin, config.warnings
+    )
