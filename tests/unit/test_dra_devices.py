@@ -192,3 +192,19 @@ def test_plan_deletes_surplus_and_foreign_index_slices() -> None:
     writes = slices.plan(small, [*_existing(small, 3), stray])
     assert [(w.verb, w.name) for w in writes] == [("update", "s0"), ("delete", "x")]
     assert writes[0].body is not None and writes[0].body["spec"]["pool"]["generation"] == 10
+
+
+def test_device_classes_select_what_the_driver_publishes() -> None:
+    from dra.device_classes import device_classes, render
+
+    resource = make_resource("hca_shared_devices_a", "rdma")
+    drop_in, hca = device_classes([resource], DRIVER)
+    assert drop_in["metadata"]["name"] == "hca-shared-devices-a.rdma.shared-dp.io"
+    assert drop_in["spec"]["extendedResourceName"] == "rdma/hca_shared_devices_a"
+    (device,) = build([resource], [resource], [make_candidate(0)])[:1]
+    published = device.to_api(DRIVER)["attributes"]
+    # The CEL compares the attribute the drop-in device carries.
+    assert published["resourceName"] == {"string": "rdma/hca_shared_devices_a"}
+    assert '.resourceName == "rdma/hca_shared_devices_a"' in str(drop_in["spec"])
+    assert hca["metadata"]["name"] == DRIVER and "extendedResourceName" not in hca["spec"]
+    assert render([hca]).startswith("---\n{")
