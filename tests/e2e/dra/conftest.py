@@ -1,4 +1,5 @@
-"""Fixtures of the DRA suite: one real control plane and node per module (control_plane.py).
+"""Fixtures of the DRA suite: one real control plane and node for the suite (control_plane.py);
+each test leaves it as it found it.
 
 It skips only where this machine lacks a capability, naming it; with RDMA_E2E_REQUIRE=1 (set by
 `make e2e-dra` and CI) a missing capability fails instead, so CI cannot pass by skipping.
@@ -27,7 +28,7 @@ def _unavailable(reason: str) -> None:
     missing(reason)  # a skip with its reason; a failure under CI=true
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def cluster() -> Iterator[ControlPlane]:
     reason = control_plane.missing_capability()
     if reason:
