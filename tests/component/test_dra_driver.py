@@ -4,14 +4,9 @@ stand-in API server over real HTTP (tests/dra_api.py)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,59 +23,11 @@ from proto.pluginregistration.v1 import api_pb2 as reg
 from proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from tests.conditions import wait_until
 from tests.dra_api import FakeApiServer
+from tests.dra_rig import DRIVER, DriverProcess
 from tests.factories import make_candidate, make_resource
 
-DRIVER = "rdma.shared-dp.io"
 NODE = "node-1"
 REPO = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class DriverProcess:
-    tmp: Path
-    api: FakeApiServer
-    proc: subprocess.Popen[bytes] | None = None
-    statuses: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def dra_sock(self) -> str:
-        return str(self.tmp / "plugins" / DRIVER / "dra.sock")
-
-    @property
-    def reg_sock(self) -> str:
-        return str(self.tmp / "registry" / f"{DRIVER}-reg.sock")
-
-    def start(self) -> None:
-        argv = [
-            sys.executable, "-m", "dra", "--node-name", NODE,
-            "--plugins-dir", str(self.tmp / "plugins"),
-            "--plugins-registry-dir", str(self.tmp / "registry"),
-            "--cdi-dir", str(self.tmp / "cdi"), "--state-dir", str(self.tmp / "state"),
-            "--host-root", str(self.tmp / "host"), "--api-server", self.api.url,
-            "--resync", "0.3", "--status-interval", "0.2",
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=REPO)
-        out = self.proc.stdout
-        assert out is not None
-        threading.Thread(target=self._read, args=(out,), daemon=True).start()
-        wait_until(lambda: os.path.exists(self.reg_sock), 20, what="registration socket")
-
-    def _read(self, out: Any) -> None:
-        for line in out:
-            self.statuses.append(json.loads(line))
-
-    def feed(self, state: NodeState) -> None:
-        assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(state.to_line())
-        self.proc.stdin.flush()
-
-    def last(self) -> dict[str, Any]:
-        return self.statuses[-1] if self.statuses else {}
-
-    def kill(self, sig: int = signal.SIGKILL) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return self.proc.wait(10)
 
 
 RESOURCE = make_resource("hca_a", "rdma", count=4)
@@ -97,7 +44,7 @@ def api() -> Iterator[FakeApiServer]:
 
 @pytest.fixture
 def driver(short_tmp: Path, api: FakeApiServer) -> Iterator[DriverProcess]:
-    process = DriverProcess(short_tmp, api)
+    process = DriverProcess(short_tmp, api.url, NODE, extra=["--resync", "0.3"])
     process.start()
     yield process
     if process.proc is not None and process.proc.poll() is None:
