@@ -4,7 +4,7 @@ Reads the node's state from stdin (dra/feed.py), serves `DRAPlugin` v1 and v1bet
 plugin-watcher registration over gRPC, publishes the node's ResourceSlices, and writes one JSON
 status line to stdout whenever its state changes and every `--status-interval` seconds:
 
-    {"registered", "registration_error", "published", "generation", "devices",
+    {"pid", "registered", "registration_error", "published", "generation", "devices",
      "publish_error", "prepared_claims", "counters"}
 
 It exits 0 at end of input or when its parent dies (the supervisor is gone; prepared claims and
@@ -164,6 +164,7 @@ class Process:
             st = self.publisher.state()
             published, generation, count, error = st.published, st.generation, st.devices, st.error
         return {
+            "pid": os.getpid(),
             "registered": registered,
             "registration_error": reg_error,
             "published": published,

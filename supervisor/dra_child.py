@@ -138,6 +138,16 @@ class DraObserver(Observer):
     def __init__(self, inner: Observer, child: DraChild) -> None:
         self.inner = inner
         self.child = child
+        # With metrics on, the DRA figures join /metrics and /readyz (supervisor/metrics/dra.py).
+        self.totals: Any = None
+        self.probes: Any = getattr(inner, "probes", None)
+        metrics = getattr(inner, "metrics", None)
+        if metrics is not None:
+            from supervisor.metrics.dra import DraTotals
+
+            self.totals = DraTotals()
+            metrics.registry.register(self.totals)
+        self._publish_readiness()
         for name in dir(Observer):
             if not name.startswith("_") and name not in type(self).__dict__:
                 setattr(self, name, getattr(inner, name))
@@ -165,8 +175,17 @@ class DraObserver(Observer):
     def loop_turned(self, readable: Collection[int]) -> None:
         if self.child.status_fd in readable:
             self.child.read_status()
+            if self.totals is not None and self.child.status:
+                self.totals.update(self.child.status)
+            self._publish_readiness()
         self.child.flush()
         self.inner.loop_turned(readable)
+
+    def _publish_readiness(self) -> None:
+        if self.probes is not None:
+            from supervisor.metrics.dra import not_ready
+
+            self.probes.set_part("dra", not_ready(self.child.status))
 
 
 def dra_argv(

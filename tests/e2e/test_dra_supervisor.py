@@ -125,3 +125,42 @@ def test_a_dra_setting_that_does_not_fit_the_config_is_refused(
         assert "--dra: needs NODE_NAME" in out.stderr
     finally:
         rig.close()
+
+
+def test_metrics_and_readyz_show_the_dra_side(
+    monkeypatch: pytest.MonkeyPatch, api: FakeApiServer
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    from tests.e2e.kubelet.rig import free_port
+
+    port = free_port()
+    rig = _plant(monkeypatch, api, "all")
+    monkeypatch.setattr(
+        rig, "command", lambda: [*Plant.command(rig), "--metrics-address", f"127.0.0.1:{port}"]
+    )
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return int(r.status), r.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+        except OSError:
+            return 0, ""
+
+    try:
+        rig.start()
+        wait_until(
+            lambda: "rdma_shared_dp_dra_slices_published 1.0" in get("/metrics")[1], 30, what="m"
+        )
+        published = f"rdma_shared_dp_dra_devices {len(api.devices())}.0"
+        text = wait_until(lambda: (t := get("/metrics")[1]) and published in t and t, 30)
+        assert 'rdma_shared_dp_dra_slice_writes_total{verb="create"} 1.0' in text
+        # The simulated kubelet runs no plugin watcher here: not ready, and /readyz says why.
+        code, body = get("/readyz")
+        assert code == 503 and "DRA driver: not registered" in body
+    finally:
+        print(rig.log()[-6000:])
+        rig.close()
