@@ -1,8 +1,9 @@
 """Preparing and unpreparing claims: the state the kubelet's calls act on (DRA process).
 
-Called from gRPC threads (v1 and v1beta1 alike). Claims are read from the API server outside
-the lock, so many claims are fetched at once; checking, the CDI spec and the checkpoint are done
-under one lock, so two calls for one claim never interleave. Both calls are idempotent: a claim
+Called from gRPC threads (v1 and v1beta1 alike). Claims are read from the API server and their
+CDI specs written outside the lock, so many claims are served at once; checking and recording
+are done under one lock, and the checkpoint is saved before the answer leaves, with concurrent
+calls sharing one save. Both calls are idempotent: a claim
 prepared before is answered from the checkpoint without another API read, and unpreparing a
 claim this driver does not know succeeds after removing any spec of its UID.
 
@@ -32,6 +33,8 @@ from dra.names import claim_uid_of_spec
 LOG = logging.getLogger(__name__)
 
 GetClaim = Callable[[str, str], Mapping[str, Any]]
+#: A claim to prepare: its reference, CDI spec and the answer for the kubelet.
+_Planned = tuple[ClaimRef, dict[str, Any], tuple[PreparedDevice, ...]]
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ class Driver:
         self._lock = threading.Lock()
         self._devices: dict[str, DraDevice] = {}
         self.prepared: dict[str, PreparedClaim] = checkpoint.load()
+        self._save_lock = threading.Lock()
+        self._version = 0  # bumped under _lock at each change of `prepared`
+        self._saved = 0  # the version the checkpoint on disk holds
 
     def set_devices(self, devices: Sequence[DraDevice]) -> None:
         with self._lock:
@@ -89,35 +95,77 @@ class Driver:
 
     def prepare(self, refs: Sequence[ClaimRef]) -> dict[str, Outcome]:
         started = time.monotonic()
-        out: dict[str, Outcome] = {}
-        fetched: dict[str, Mapping[str, Any] | str] = {}
         with self._lock:
             todo = [r for r in refs if r.uid not in self.prepared]
+        fetched = self._fetch(todo)
+        out: dict[str, Outcome] = {}
+        specs = self._plan(refs, fetched, out)
+        self._write_specs(specs, out)
+        version = self._record(specs, out)
+        if version:
+            self._persist(version)  # before the kubelet hears of it
+        results_by = Counter("error" if o.error else "ok" for o in out.values())
+        self.counters.call("prepare", time.monotonic() - started, results_by)
+        return out
+
+    def _fetch(self, todo: Sequence[ClaimRef]) -> dict[str, Mapping[str, Any] | str]:
+        fetched: dict[str, Mapping[str, Any] | str] = {}
         for ref in todo:
             try:
                 fetched[ref.uid] = self._get_claim(ref.namespace, ref.name)
             except ApiError as err:
                 self.counters.api_error("get_claim")
                 fetched[ref.uid] = f"cannot read claim {ref} from the API server: {err}"
-        results_by: Counter[str] = Counter()
+        return fetched
+
+    def _plan(
+        self,
+        refs: Sequence[ClaimRef],
+        fetched: Mapping[str, Mapping[str, Any] | str],
+        out: dict[str, Outcome],
+    ) -> dict[str, _Planned]:
+        """Answers for claims prepared before; checks (against the devices we publish now)
+        and CDI specs for the others."""
+        specs: dict[str, _Planned] = {}
         with self._lock:
-            changed = False
             for ref in refs:
                 known = self.prepared.get(ref.uid)
                 if known is not None:
                     out[ref.uid] = Outcome(known.devices)
-                    results_by["ok"] += 1
                     continue
-                outcome = self._prepare_one(ref, fetched.get(ref.uid, "not fetched"))
-                out[ref.uid] = outcome
-                results_by["error" if outcome.error else "ok"] += 1
-                changed |= not outcome.error
-            if changed:
-                self.checkpoint.save(self.prepared)
-        self.counters.call("prepare", time.monotonic() - started, results_by)
-        return out
+                checked = self._check(ref, fetched.get(ref.uid, "not fetched"))
+                if isinstance(checked, Outcome):
+                    out[ref.uid] = checked
+                else:
+                    specs[ref.uid] = (ref, *checked)
+        return specs
 
-    def _prepare_one(self, ref: ClaimRef, claim: Mapping[str, Any] | str) -> Outcome:
+    def _write_specs(self, specs: Mapping[str, _Planned], out: dict[str, Outcome]) -> None:
+        for uid, (ref, spec, devices) in specs.items():  # one file each: no lock needed
+            try:
+                claim_cdi.write(self.cdi_dir, uid, spec)
+                out[uid] = Outcome(devices)
+            except OSError as err:
+                text = f"cannot write the CDI spec of claim {ref} in {self.cdi_dir}: {err}"
+                LOG.error("%s", text)
+                out[uid] = Outcome(error=text)
+
+    def _record(self, specs: Mapping[str, _Planned], out: Mapping[str, Outcome]) -> int:
+        """Record the prepared claims; the new version to persist (0: nothing changed)."""
+        with self._lock:
+            for uid, (ref, _, devices) in specs.items():
+                if not out[uid].error:
+                    self.prepared[uid] = PreparedClaim(ref.namespace, ref.name, devices)
+                    LOG.info("prepared claim=%s uid=%s", ref, uid)
+            if not specs:
+                return 0
+            self._version += 1
+            return self._version
+
+    def _check(
+        self, ref: ClaimRef, claim: Mapping[str, Any] | str
+    ) -> Outcome | tuple[dict[str, Any], tuple[PreparedDevice, ...]]:
+        """The claim's CDI spec and answer, or an Outcome with the error (under the lock)."""
         if isinstance(claim, str):
             LOG.warning("prepare failed claim=%s uid=%s: %s", ref, ref.uid, claim)
             return Outcome(error=claim)
@@ -127,12 +175,6 @@ class Driver:
             LOG.warning("prepare refused claim=%s uid=%s: %s", ref, ref.uid, err)
             return Outcome(error=str(err))
         spec = claim_cdi.build(self.driver, ref.uid, [self._devices[a.device] for a in assigned])
-        try:
-            claim_cdi.write(self.cdi_dir, ref.uid, spec)
-        except OSError as err:
-            text = f"cannot write the CDI spec of claim {ref} in {self.cdi_dir}: {err}"
-            LOG.error("%s", text)
-            return Outcome(error=text)
         devices = tuple(
             PreparedDevice(
                 request=a.request,
@@ -143,9 +185,18 @@ class Driver:
             )
             for a in assigned
         )
-        self.prepared[ref.uid] = PreparedClaim(ref.namespace, ref.name, devices)
-        LOG.info("prepared claim=%s uid=%s devices=%s", ref, ref.uid, [a.device for a in assigned])
-        return Outcome(devices)
+        return spec, devices
+
+    def _persist(self, version: int) -> None:
+        """Save the checkpoint at least as new as `version`: calls that arrive while a save is
+        under way share the next one (one fsync for a burst of claims, not one each)."""
+        with self._save_lock:
+            if self._saved >= version:
+                return
+            with self._lock:
+                snapshot, current = dict(self.prepared), self._version
+            self.checkpoint.save(snapshot)
+            self._saved = current
 
     # ---- NodeUnprepareResources -----------------------------------------------------------
 
@@ -167,7 +218,11 @@ class Driver:
                     LOG.info("unprepared claim=%s uid=%s", ref, ref.uid)
                 out[ref.uid] = ""
                 results_by["ok"] += 1
+            version = 0
             if changed:
-                self.checkpoint.save(self.prepared)
+                self._version += 1
+                version = self._version
+        if version:
+            self._persist(version)
         self.counters.call("unprepare", time.monotonic() - started, results_by)
         return out

@@ -41,6 +41,8 @@ LOG = logging.getLogger("dra")
 #: Environment variables that set a flag's default: RDMA_SHARED_DP_DRA_API_SERVER, ...
 ENV = "RDMA_SHARED_DP_DRA_"
 DEFAULT_PLUGINS_DIR = "/var/lib/kubelet/plugins"
+#: gRPC threads: the kubelet may prepare many pods' claims at once; each mostly waits on I/O.
+WORKERS = 16
 #: How often the loop wakes at the latest (parent check, status line).
 TICK = 0.5
 
@@ -131,7 +133,7 @@ class Process:
 
         from dra.servicer import Registration, add_services
 
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS))
         self.registration = Registration(self.args.driver_name, self.dra_sock)
         add_services(server, self.driver, self.registration)
         _bind(server, self.dra_sock)
