@@ -70,6 +70,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def api_config(args: argparse.Namespace) -> ApiConfig | None:
+    if args.api_server.startswith("https:") and not args.ca_file:
+        LOG.warning(
+            "no --ca-file for %s: the API server's certificate is not verified; give the "
+            "cluster CA (in a pod the in-cluster config does)",
+            args.api_server,
+        )
     if args.api_server:
         return ApiConfig(
             server=args.api_server,

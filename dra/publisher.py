@@ -90,11 +90,17 @@ class Publisher:
         self.next_at = now + self.resync
 
     def _sync_once(self) -> int:
-        owner = self._owner_ref()
-        wanted = slices.desired(self.driver, owner, self._devices)
         for attempt in range(CONFLICT_RETRIES + 1):
             existing = self._call("list_slices", self.api.list_slices, self.driver, self.node)
-            writes = slices.plan(wanted, existing)
+            writes = slices.plan(
+                slices.desired(self.driver, self._owner_ref(), self._devices), existing
+            )
+            if any(w.verb == "create" for w in writes) and self._owner_changed():
+                # A Node made again under the same name has a new UID: slices owned by the old
+                # one would be garbage-collected as soon as they are made.
+                writes = slices.plan(
+                    slices.desired(self.driver, self._owner_ref(), self._devices), existing
+                )
             if not writes:
                 return max((slices.generation(o) for o in existing), default=0)
             try:
@@ -125,6 +131,12 @@ class Publisher:
             ",".join(w.verb for w in writes),
         )
         return generation
+
+    def _owner_changed(self) -> bool:
+        """Read the Node again; True when its UID is not the one cached."""
+        before = self._owner
+        self._owner = None
+        return self._owner_ref() != before
 
     def _owner_ref(self) -> slices.Owner:
         if self._owner is None:

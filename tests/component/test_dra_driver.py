@@ -179,3 +179,20 @@ def test_end_of_input_stops_the_driver_and_removes_its_sockets(driver: DriverPro
     driver.proc.stdin.close()
     assert driver.proc.wait(10) == 0
     assert not os.path.exists(driver.reg_sock) and not os.path.exists(driver.dra_sock)
+
+
+def test_a_node_made_again_owns_the_slices_made_after(
+    driver: DriverProcess, api: FakeApiServer
+) -> None:
+    driver.feed(STATE)
+    wait_until(lambda: api.devices(), 10, what="devices published")
+    with api.lock:  # the Node deleted (its slices garbage-collected) and made again
+        api.nodes[NODE] = {"metadata": {"name": NODE, "uid": "node-uid-2"}}
+        api.slices.clear()
+
+    def owner() -> str:
+        with api.lock:
+            found = [s["metadata"]["ownerReferences"][0]["uid"] for s in api.slices.values()]
+        return found[0] if found else ""
+
+    assert wait_until(owner, 10, what="slices published again") == "node-uid-2"
