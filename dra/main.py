@@ -129,6 +129,9 @@ class Process:
             lambda pci: host_facts.pcie_root(facts_root, pci),
             lambda rdma: host_facts.gid_table_size(facts_root, rdma),
         )
+        from dra.health import HealthHub
+
+        self.health = HealthHub(args.node_name)
         self.devices_error = ""
         self.stopping = False
         self._last_status = ""
@@ -137,11 +140,13 @@ class Process:
     def serve(self) -> Any:
         import grpc  # only here: `--help` costs no gRPC start-up
 
+        from dra.health import add_service
         from dra.servicer import Registration, add_services
 
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS))
         self.registration = Registration(self.args.driver_name, self.dra_sock)
         add_services(server, self.driver, self.registration)
+        add_service(server, self.health)
         _bind(server, self.dra_sock)
         server.start()
         # The registration socket last: the kubelet dials dra.sock as soon as it sees it.
@@ -162,6 +167,7 @@ class Process:
             return
         self.devices_error = ""
         self.driver.set_devices(built)
+        self.health.publish(built)
         if self.publisher is not None:
             self.publisher.set_devices(built)
 
@@ -233,6 +239,7 @@ class Process:
                     self._take(lines[-1])  # each line is the full state: the last one wins
             return 0
         finally:
+            self.health.stop()  # ends the kubelet's health stream, so the server stops at once
             for server in servers:
                 server.stop(grace=1.0)
             for path in (self.reg_sock, self.dra_sock):

@@ -196,3 +196,29 @@ def test_a_node_made_again_owns_the_slices_made_after(
         return found[0] if found else ""
 
     assert wait_until(owner, 10, what="slices published again") == "node-uid-2"
+
+
+def test_health_stream_follows_the_ports(driver: DriverProcess) -> None:
+    from proto.drahealth.v1alpha1 import api_pb2 as health
+    from proto.drahealth.v1alpha1 import api_pb2_grpc as health_grpc
+
+    driver.feed(STATE)
+    with grpc.insecure_channel(f"unix://{driver.dra_sock}") as channel:
+        stream = health_grpc.DRAResourceHealthStub(channel).NodeWatchResources(
+            health.NodeWatchResourcesRequest(), timeout=20
+        )
+        first = next(stream)
+        states = {d.device.device_name: d.health for d in first.devices}
+        assert states == {
+            "res-hca-a": health.HEALTHY,
+            "hca-0000-03-00-0": health.HEALTHY,
+            "hca-0000-04-00-0": health.HEALTHY,
+        }
+        assert {d.device.pool_name for d in first.devices} == {NODE}
+        down = (make_candidate(0), make_candidate(1, port_state="DOWN"))
+        driver.feed(NodeState((RESOURCE,), (RESOURCE,), down))
+        second = next(stream)
+        states = {d.device.device_name: d.health for d in second.devices}
+        assert states["hca-0000-04-00-0"] == health.UNHEALTHY
+        assert states["res-hca-a"] == health.HEALTHY  # one of its HCAs still carries traffic
+        stream.cancel()
