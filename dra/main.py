@@ -43,6 +43,9 @@ ENV = "RDMA_SHARED_DP_DRA_"
 DEFAULT_PLUGINS_DIR = "/var/lib/kubelet/plugins"
 #: gRPC threads: the kubelet may prepare many pods' claims at once; each mostly waits on I/O.
 WORKERS = 16
+#: Seconds after the kubelet registers us until the slices are checked (it deletes them at its
+#: start, around when it registers its plugins).
+AFTER_REGISTRATION = 3.0
 #: How often the loop wakes at the latest (parent check, status line).
 TICK = 0.5
 
@@ -218,14 +221,9 @@ class Process:
         buffer = b""
         try:
             while not self.stopping and os.getppid() == parent:
-                now = time.monotonic()
-                if self.publisher is not None and self.publisher.due(now):
-                    self.publisher.sync(now)
-                if not self.report(time.monotonic()):
+                wait = self._turn()
+                if wait is None:
                     return 0
-                wait = TICK
-                if self.publisher is not None and self.publisher.next_at:
-                    wait = max(0.0, min(TICK, self.publisher.next_at - time.monotonic()))
                 readable, _, _ = select.select([stdin], [], [], wait)
                 if not readable:
                     continue
@@ -245,6 +243,28 @@ class Process:
             for path in (self.reg_sock, self.dra_sock):
                 with contextlib.suppress(OSError):
                     os.unlink(path)
+
+    def _turn(self) -> float | None:
+        """Registration news, a due slice sync, the status line; seconds to wait for input
+        (None: nobody reads our status any more)."""
+        now = time.monotonic()
+        if self.registration.changed.is_set():
+            self.registration.changed.clear()
+            self._kubelet_registered(now)
+        if self.publisher is not None and self.publisher.due(now):
+            self.publisher.sync(now)
+        if not self.report(time.monotonic()):
+            return None
+        if self.publisher is not None and self.publisher.next_at:
+            return max(0.0, min(TICK, self.publisher.next_at - time.monotonic()))
+        return TICK
+
+    def _kubelet_registered(self, now: float) -> None:
+        """A (re)started kubelet registered us; it deletes the node's slices at its start, so
+        check them soon rather than at the next resync."""
+        registered, _ = self.registration.state()
+        if registered and self.publisher is not None:
+            self.publisher.next_at = min(self.publisher.next_at, now + AFTER_REGISTRATION)
 
     def _take(self, line: bytes) -> None:
         try:

@@ -222,3 +222,22 @@ def test_health_stream_follows_the_ports(driver: DriverProcess) -> None:
         assert states["hca-0000-04-00-0"] == health.UNHEALTHY
         assert states["res-hca-a"] == health.HEALTHY  # one of its HCAs still carries traffic
         stream.cancel()
+
+
+def test_a_kubelet_registration_brings_deleted_slices_back_before_the_resync(
+    short_tmp: Path, api: FakeApiServer
+) -> None:
+    process = DriverProcess(short_tmp, api.url, NODE, extra=["--resync", "600"])
+    process.start()
+    try:
+        process.feed(STATE)
+        wait_until(lambda: api.devices(), 10, what="devices published")
+        with api.lock:  # a kubelet starting deletes the node's slices, then registers plugins
+            api.slices.clear()
+        with grpc.insecure_channel(f"unix://{process.reg_sock}") as channel:
+            reg_grpc.RegistrationStub(channel).NotifyRegistrationStatus(
+                reg.RegistrationStatus(plugin_registered=True), timeout=5
+            )
+        wait_until(lambda: api.devices(), 15, what="published again, long before the resync")
+    finally:
+        process.kill(signal.SIGTERM)
