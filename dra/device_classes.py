@@ -31,9 +31,12 @@ def class_name(resource: ResourceConfig, driver: str) -> str:
 
 
 def drop_in_class(resource: ResourceConfig, driver: str) -> dict[str, Any]:
+    # has(): per-HCA devices carry no resourceName, and a missing key is a CEL runtime error
+    # that fails the scheduling of the whole pod (seen on a real scheduler), not a false.
+    attrs = f'device.attributes["{driver}"]'
     expression = (
-        f'device.driver == "{driver}" && '
-        f'device.attributes["{driver}"].resourceName == "{resource.full_name}"'
+        f'device.driver == "{driver}" && has({attrs}.resourceName) && '
+        f'{attrs}.resourceName == "{resource.full_name}"'
     )
     return {
         "apiVersion": "resource.k8s.io/v1",

@@ -61,6 +61,11 @@ def cp() -> Iterator[ControlPlane]:
     workdir = Path(tempfile.mkdtemp(prefix="drad-", dir="/tmp"))
     with ControlPlane(workdir, node=False) as plane:
         plane.register_node(NODE)
+        # Admission taints a new Node not-ready until a node lifecycle controller or kubelet
+        # clears it; there is neither here.
+        plane.kubectl(
+            "taint", "nodes", NODE, "node.kubernetes.io/not-ready:NoSchedule-", check=False
+        )
         plane.apply(device_classes([RESOURCE], DRIVER))
         yield plane
 
