@@ -143,3 +143,33 @@ def test_unchanged_pod_spec_runs_with_the_char_devices_and_deletion_cleans_up(
     cp.kubectl("delete", "pod", "p1", "--wait=false")
     cp.wait_for(lambda: spec not in claim_specs(cp), TIMEOUT, f"the CDI spec gone\n{agent.tail()}")
     cp.wait_for(lambda: cp.get("pods", "p1", "default") is None, TIMEOUT, "p1 gone")
+
+
+def ours(cp: ControlPlane) -> list[dict[str, Any]]:
+    return [s for s in cp.items("resourceslices") if s["spec"]["driver"] == DEFAULT_DRIVER_NAME]
+
+
+def test_kubelet_restart_with_a_pod_running_then_deletion_cleans_up(
+    cluster: ControlPlane, agent: Agent
+) -> None:
+    cp = cluster
+    assert cp.node is not None
+    cp.wait_for(lambda: ours(cp), TIMEOUT, f"the agent's slices\n{agent.tail()}")
+    out = agent.dir / "k1-out"
+    cp.create(pod_manifest("k1", {RESOURCE.resource_name: 1}, out))
+    cp.wait_for(lambda: running(cp, "k1"), TIMEOUT, f"k1 running\n{agent.tail()}")
+    (spec,) = claim_specs(cp)
+    before = {s["metadata"]["uid"] for s in ours(cp)}
+    kubelet = cp.node.kubelet
+    kubelet.stop()
+    kubelet.start()
+    cp.wait_for(cp.node_ready, TIMEOUT, "the node Ready again")
+    # The new kubelet deletes the node's slices at its start; the driver publishes them again.
+    cp.wait_for(
+        lambda: (now := {s["metadata"]["uid"] for s in ours(cp)}) and now != before,
+        TIMEOUT,
+        f"slices published again after the kubelet's restart\n{agent.tail()}",
+    )
+    assert running(cp, "k1") is not None
+    cp.kubectl("delete", "pod", "k1", "--wait=false")
+    cp.wait_for(lambda: spec not in claim_specs(cp), TIMEOUT, f"the CDI spec gone\n{agent.tail()}")
