@@ -35,14 +35,14 @@ RESOURCE = ResourceConfig("hca_dra", PREFIX, 2, Selectors(vendors=("15b3",)))
 class Agent:
     """`rdma-shared-dp run --dra all` against the suite's kubelet, API server and host tree."""
 
-    def __init__(self, cp: ControlPlane) -> None:
+    def __init__(self, cp: ControlPlane, rescan: int = 300) -> None:
         assert cp.node is not None
         self.cp = cp
         self.node = cp.node
         self.dir = Path(tempfile.mkdtemp(prefix="agent-", dir="/tmp"))
         self.config = self.dir / "config.json"
         self.config.write_text(
-            json.dumps({"periodicUpdateInterval": 300, "configList": [RESOURCE.to_json()]})
+            json.dumps({"periodicUpdateInterval": rescan, "configList": [RESOURCE.to_json()]})
         )
         self.token = self.dir / "token"
         self.token.write_text(AGENT_TOKEN)
@@ -94,7 +94,7 @@ class Agent:
 @pytest.fixture
 def agent(cluster: ControlPlane) -> Iterator[Agent]:
     cluster.apply(device_classes([RESOURCE], DEFAULT_DRIVER_NAME))
-    running = Agent(cluster)
+    running = Agent(cluster, rescan=1)  # device changes seen by the periodic rescan
     running.start()
     try:
         yield running
@@ -173,3 +173,28 @@ def test_kubelet_restart_with_a_pod_running_then_deletion_cleans_up(
     assert running(cp, "k1") is not None
     cp.kubectl("delete", "pod", "k1", "--wait=false")
     cp.wait_for(lambda: spec not in claim_specs(cp), TIMEOUT, f"the CDI spec gone\n{agent.tail()}")
+
+
+def test_a_port_going_down_on_the_node_reaches_the_slice(
+    cluster: ControlPlane, agent: Agent
+) -> None:
+    cp = cluster
+    assert cp.node is not None
+    name = "hca-0000-3c-00-0"  # mlx5_1 of the suite's node
+
+    def device() -> dict[str, Any]:
+        for s in ours(cp):
+            for d in s["spec"]["devices"]:
+                if d["name"] == name:
+                    return dict(d)
+        return {}
+
+    cp.wait_for(lambda: device(), TIMEOUT, f"{name} published\n{agent.tail()}")
+    assert "taints" not in device()
+    cp.node.tree.set_port_state("mlx5_1", 1, "DOWN")
+    try:
+        tainted = cp.wait_for(lambda: device().get("taints"), TIMEOUT, f"{name} tainted")
+        assert tainted[0]["effect"] == "NoSchedule"
+    finally:
+        cp.node.tree.set_port_state("mlx5_1", 1, "ACTIVE")
+    cp.wait_for(lambda: device() and "taints" not in device(), TIMEOUT, f"{name} untainted")
