@@ -62,6 +62,17 @@ def unschedulable(cp: ControlPlane, name: str) -> str:
     return result
 
 
+def kubelet_warning(cp: ControlPlane, name: str, reason: str) -> str:
+    def message() -> str | None:
+        for e in cp.events(name=name):
+            if e["reason"] == reason:
+                return str(e["message"])
+        return None
+
+    result: str = cp.wait_for(message, timeout=TIMEOUT, what=f"{reason} event of pod {name}")
+    return result
+
+
 def extended_claim(cp: ControlPlane, p: dict[str, Any]) -> dict[str, Any]:
     """The claim the scheduler made for the pod's extended resources, once allocated."""
     status = (p.get("status") or {}).get("extendedResourceClaimStatus") or {}
@@ -119,6 +130,12 @@ def test_an_unchanged_pod_gets_one_share_per_extended_resource_unit(cp: ControlP
         claims.append(claim)
     share_ids = {results(c)[0]["shareID"] for c in claims}
     assert len(share_ids) == 2, "two pods on one device get distinct shares"
+    if cp.node is not None:
+        # The kubelet takes the claim to the driver before the sandbox; with no driver, it says so.
+        why = kubelet_warning(cp, "p1", "FailedPrepareDynamicResources")
+        FIGURES.append(f"kubelet, no driver registered: {why}")
+        assert f"DRA driver {o.DRIVER} is not registered" in why, why
+        assert pod(cp, "p1")["status"]["phase"] == "Pending"
 
     # The third unit does not fit: Pending, with the scheduler's reason.
     cp.create(cp.pod("p3", limits=limits))
