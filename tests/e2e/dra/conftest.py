@@ -28,14 +28,21 @@ def _unavailable(reason: str) -> None:
     missing(reason)  # a skip with its reason; a failure under CI=true
 
 
+#: RDMA_E2E_DRA_FAKE_NODE=1: the Node is an object with no kubelet behind it (what the scheduler
+#: does can be seen without root, containerd or a kubelet; pods are bound, never started).
+FAKE_NODE = os.environ.get("RDMA_E2E_DRA_FAKE_NODE") == "1"
+
+
 @pytest.fixture(scope="package")
 def cluster() -> Iterator[ControlPlane]:
-    reason = control_plane.missing_capability()
+    reason = control_plane.missing_capability(node=not FAKE_NODE)
     if reason:
         _unavailable(reason)
     # Short and under /tmp: unix socket paths are limited to 107 bytes.
     workdir = Path(tempfile.mkdtemp(prefix="dra-", dir="/tmp"))
-    with ControlPlane(workdir) as cp:
+    with ControlPlane(workdir, node=not FAKE_NODE) as cp:
+        if FAKE_NODE:
+            cp.register_node()
         FIGURES.append(f"control plane and node ready in {cp.start_seconds:.1f} s")
         yield cp
 

@@ -80,8 +80,8 @@ def binaries_dir() -> Path:
     return CACHE / f"dra-{kubernetes_version()}"
 
 
-def missing_capability() -> str | None:
-    """Why this machine cannot run the DRA suite, or None."""
+def missing_capability(node: bool = True) -> str | None:
+    """Why this machine cannot run the DRA suite (with a real `node`), or None."""
     for cmd in ("etcd", "kube-apiserver", "kube-scheduler", "kube-controller-manager"):
         if not (binaries_dir() / cmd).exists():
             return f"{binaries_dir() / cmd} not built (bash .ci/install-dra-e2e.sh)"
@@ -89,6 +89,8 @@ def missing_capability() -> str | None:
         return f"no kubectl at {KUBECTL} (bash .ci/install-tools.sh)"
     if shutil.which("openssl") is None:
         return "openssl not installed (the service-account signing key)"
+    if not node:
+        return None
     reason = rig.missing_capability()
     if reason:
         return reason
@@ -467,6 +469,9 @@ class ControlPlane:
         self.kubectl(
             "apply", "--server-side", "--subresource=status", "-f", "-", input=json.dumps(status)
         )
+        # The API server's TaintNodesByCondition admission taints a new Node not-ready; the node
+        # lifecycle controller would lift it once Ready, but there is none for this one.
+        self.kubectl("taint", "node", name, "node.kubernetes.io/not-ready:NoSchedule-", check=False)
 
     def node_ready(self) -> bool:
         node = self.get("nodes", NODE_NAME)

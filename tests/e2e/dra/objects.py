@@ -71,8 +71,11 @@ def device_classes() -> list[dict[str, Any]]:
                 "selectors": [
                     {
                         "cel": {
+                            # Guarded: a device without the attribute (an HCA of the DRA
+                            # way) is a CEL runtime error otherwise, and fails the pod.
                             "expression": f'device.driver == "{DRIVER}" && '
-                            f'device.attributes["{DRIVER}"].resourceName == "hca_shared_devices_a"'
+                            f'device.attributes["{DRIVER}"].?resourceName.orValue("") == '
+                            '"hca_shared_devices_a"'
                         }
                     }
                 ],

@@ -117,8 +117,10 @@ def test_a_nodes_agent_writes_only_its_own_nodes_slices(agents: Agents) -> None:
     refused = agents.write(a, "create", slice_for(b))
     assert f"the rdma-shared-dp agent on node {a} may not write node {b}'s" in refused, refused
     assert agents.cp.get("resourceslices", f"{b}-{DRIVER}") is None
+    theirs = slice_for(a)
+    theirs["spec"]["pool"]["generation"] = 3  # type: ignore[index]
     for verb in ("apply", "delete"):
-        refused = agents.write(b, verb, mine)
+        refused = agents.write(b, verb, theirs)
         assert f"on node {b} may not write node {a}'s" in refused, (verb, refused)
     # A token bound to no pod names no node: no slice at all.
     refused = agents.write("unbound", "create", slice_for(b, "unbound-slice"))
