@@ -30,6 +30,7 @@ from typing import Any
 from common import dra_modes
 from common.config import Config, ResourceConfig
 from common.devices import Candidate, Scan
+from common.messages import DraStatus
 from supervisor.children import ChildSpec
 from supervisor.observer import Observer
 
@@ -180,6 +181,20 @@ class DraObserver(Observer):
             self._publish_readiness()
         self.child.flush()
         self.inner.loop_turned(readable)
+
+    def dra_status(self) -> DraStatus:
+        """For `rdma-shared-dp status`: the child's last status line."""
+        st = self.child.status
+        return DraStatus(
+            pid=int(st.get("pid") or 0),
+            registered=bool(st.get("registered")),
+            registration_error=str(st.get("registration_error") or ""),
+            published=bool(st.get("published")),
+            generation=int(st.get("generation") or 0),
+            devices=int(st.get("devices") or 0),
+            publish_error=str(st.get("publish_error") or ""),
+            prepared_claims=int(st.get("prepared_claims") or 0),
+        )
 
     def _publish_readiness(self) -> None:
         if self.probes is not None:

@@ -4,9 +4,11 @@ server of tests/dra_api.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +16,8 @@ import psutil
 import pytest
 
 from common import exitcodes
+from common.messages import DraStatus
+from supervisor.cli.status_client import StatusError
 from tests.conditions import wait_until
 from tests.dra_api import FakeApiServer
 from tests.supervisor_rig import REPO, Plant, full, resource_entry, three_resources
@@ -161,6 +165,33 @@ def test_metrics_and_readyz_show_the_dra_side(
         # The simulated kubelet runs no plugin watcher here: not ready, and /readyz says why.
         code, body = get("/readyz")
         assert code == 503 and "DRA driver: not registered" in body
+    finally:
+        print(rig.log()[-6000:])
+        rig.close()
+
+
+def test_status_shows_the_dra_driver(monkeypatch: pytest.MonkeyPatch, api: FakeApiServer) -> None:
+    rig = _plant(monkeypatch, api, "all")
+    try:
+        rig.start()
+
+        def published() -> DraStatus | None:
+            with contextlib.suppress(StatusError):
+                dra = rig.status().dra
+                return dra if dra is not None and dra.published else None
+            return None
+
+        dra = wait_until(published, 30, what="the DRA driver in the status, published")
+        assert dra.devices == len(api.devices()) and dra.prepared_claims == 0
+        assert not dra.registered  # the simulated kubelet runs no plugin watcher here
+        out = subprocess.run(
+            [sys.executable, "-m", "supervisor", "status", "--runtime-dir", str(rig.runtime_dir)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert "DRA driver pid" in out.stdout and "slices published (generation 1" in out.stdout
     finally:
         print(rig.log()[-6000:])
         rig.close()
