@@ -207,9 +207,13 @@ def _dra_observer(
         return exitcodes.USAGE
     if setting == dra_modes.OFF:
         return None
-    node = os.environ.get("NODE_NAME", "")
+    # Our own variable in manifests (they pass only RDMA_SHARED_DP_*), NODE_NAME as usual too.
+    node = os.environ.get("RDMA_SHARED_DP_NODE_NAME") or os.environ.get("NODE_NAME", "")
     if not node:
-        print("--dra: needs NODE_NAME (the downward API's spec.nodeName)", file=sys.stderr)
+        print(
+            "--dra: needs RDMA_SHARED_DP_NODE_NAME or NODE_NAME (the downward API's spec.nodeName)",
+            file=sys.stderr,
+        )
         return exitcodes.USAGE
     argv = dra_child.dra_argv(
         node, options.plugins_registry_dir, options.cdi_dir, options.runtime_dir, options.host_root

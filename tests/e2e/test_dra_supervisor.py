@@ -126,7 +126,7 @@ def test_a_dra_setting_that_does_not_fit_the_config_is_refused(
         monkeypatch.setenv("RDMA_SHARED_DP_DRA", "all")
         out = run()
         assert out.returncode == exitcodes.USAGE
-        assert "--dra: needs NODE_NAME" in out.stderr
+        assert "--dra: needs RDMA_SHARED_DP_NODE_NAME or NODE_NAME" in out.stderr
     finally:
         rig.close()
 
