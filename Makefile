@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PY312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12) python3.12)
 VENV312 := .venv-py312
 
-.PHONY: demo tools test test-fast lint typecheck bench bench-quick clean image e2e-kubelet
+.PHONY: demo tools test test-fast lint typecheck bench bench-quick clean image e2e-kubelet e2e-dra
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,13 +24,20 @@ tools: $(STAMP)
 	bash .ci/install-tools.sh
 
 test: tools
-	$(BIN)/pytest -q -m "not kubelet"
+	$(BIN)/pytest -q -m "not kubelet and not dra"
 
 # The real-kubelet suite (docs/e2e-kubelet.md): builds kubelets and containerd 2 from Go modules
 # once (cached by version), then runs upstream kubelets against the plugin. Needs root.
 e2e-kubelet: $(STAMP)
 	bash .ci/install-kubelet-e2e.sh
 	RDMA_E2E_REQUIRE=1 $(BIN)/pytest -q -m kubelet tests/e2e/kubelet
+
+# The DRA suite (tests/e2e/dra): a real control plane (etcd, kube-apiserver, kube-scheduler,
+# kube-controller-manager: one binary built from Go modules, cached by version) and a kubelet +
+# containerd 2 node from the real-kubelet suite's tools, all on loopback. Needs root.
+e2e-dra: $(STAMP)
+	bash .ci/install-dra-e2e.sh
+	RDMA_E2E_REQUIRE=1 $(BIN)/pytest -q -m dra tests/e2e/dra
 
 # The unit tests without the property tests: pure code, no processes (under 20 s).
 test-fast: $(STAMP)
@@ -41,7 +48,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict common/ supervisor/ workers/ podresources/ zygote/ simulator/ benchmarks/ tests/
+	$(BIN)/mypy --strict common/ supervisor/ workers/ podresources/ dra/ zygote/ simulator/ benchmarks/ tests/
 
 bench: $(STAMP)
 	@rc=0; for b in benchmarks/bench_*.py; do echo "== $$b"; \

@@ -49,7 +49,7 @@ Messages (type: direction, body)
     status      supervisor -> CLI     {pid, started, config_file, config_loaded, grpc_loaded,
                 workers: [WorkerStatus, ...], last_reload: ReloadStatus | null,
                 rdma_netns_mode, use_cdi (optional, false), metrics_endpoint (optional, ""),
-                node_problem (optional, "")}
+                node_problem (optional, ""), dra: DraStatus | null (optional; with `run --dra`)}
                 The answer to status_request (`parent` is the request's id).
 
 Value shapes
@@ -60,6 +60,7 @@ Value shapes
     WorkerSettings  see the dataclass below.
     WorkerStatus    see the dataclass below.
     ReloadStatus    see the dataclass below.
+    DraStatus       see the dataclass below.
     WorkerCounters  see the dataclass below; the histogram buckets are cumulative counts per upper
                     bound in `ALLOCATE_BUCKETS` (seconds), Prometheus style; `+Inf` is
                     `allocate_count`. `cdi_spec_current` is null outside CDI mode, else whether
@@ -227,6 +228,20 @@ class ReloadStatus:
 
 
 @dataclass(frozen=True)
+class DraStatus:
+    """The DRA driver child (`run --dra`), as its last status line said."""
+
+    pid: int = 0  # 0: no line yet
+    registered: bool = False  # the kubelet accepted its registration
+    registration_error: str = ""
+    published: bool = False  # the node's ResourceSlices say what it publishes
+    generation: int = 0
+    devices: int = 0
+    publish_error: str = ""
+    prepared_claims: int = 0
+
+
+@dataclass(frozen=True)
 class Status(_Envelope):
     pid: int
     started: float  # Unix time
@@ -239,6 +254,7 @@ class Status(_Envelope):
     use_cdi: bool = False  # CDI mode: `status` reminds what the runtime must support
     metrics_endpoint: str = ""  # where /metrics serves, or why not yet ("" when turned off)
     node_problem: str = ""  # why this node serves no device at all ("" when it does)
+    dra: DraStatus | None = None  # with `run --dra` only
 
 
 Message = (

@@ -20,6 +20,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Relative to REPO_ROOT; this path (not the absolute one) is what ends up inside the modules.
 PROTO_FILES: tuple[str, ...] = (
     "proto/deviceplugin/v1beta1/api.proto",
+    "proto/dra/v1/api.proto",
+    "proto/dra/v1beta1/api.proto",
+    "proto/drahealth/v1alpha1/api.proto",
     "proto/pluginregistration/v1/api.proto",
     "proto/podresources/v1/api.proto",
 )

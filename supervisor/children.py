@@ -30,6 +30,7 @@ class ChildSpec:
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     stdout: int | None = None  # a descriptor every incarnation writes to
+    stdin: int | None = None  # a descriptor every incarnation reads (None: /dev/null)
     restart_first: float = 0.5
     restart_cap: float = 30.0
     stable_after: float = 60.0  # a run this long resets the backoff
@@ -70,7 +71,7 @@ class HelperChild:
         try:
             self.proc = self._popen(
                 list(self.spec.argv),
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL if self.spec.stdin is None else self.spec.stdin,
                 stdout=self.spec.stdout,
                 start_new_session=True,
                 close_fds=True,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, assert_never
 
 from common.messages import (
@@ -75,7 +76,9 @@ class Peers:
     def dispatch(self, peer: bytes, msg: Inbound) -> None:
         match msg:
             case StatusRequest():
-                self._send(peer, self._status(msg.id))
+                status = self._status(msg.id)
+                dra = getattr(self.observer, "dra_status", None)  # with `run --dra` only
+                self._send(peer, replace(status, dra=dra()) if dra is not None else status)
             case Hello():
                 self._on_hello(peer, msg)
             case Heartbeat() | Ready() | Error():

@@ -18,6 +18,7 @@ from enum import Enum
 from typing import Any
 
 from common.config import Config, ConfigError, ResourceConfig, load_config_bytes
+from common.dra_modes import ModeError
 from common.messages import Configure, ReloadStatus
 from supervisor.config_diff import ConfigDiff, diff_configs
 from supervisor.device_sync import DeviceSync
@@ -133,6 +134,8 @@ class Reloader:
         self.observer = observer
         self.loaded_at = time.time()
         self.last_reload: ReloadStatus | None = None  # shown by `status` (issue 13)
+        #: The part of a loaded config the workers serve (all of it unless --dra takes some).
+        self.served: Callable[[Config], Config] = lambda config: config
 
     def poll(self, watch: ConfigWatch, source: str, forced: bool) -> None:
         """Read the config file (timer or SIGHUP); a changed, valid config is applied."""
@@ -145,9 +148,9 @@ class Reloader:
                 LOG.info("config unchanged%s", f" ({why})" if why else "")
             return
         try:
-            config = load_config_bytes(data, source)
-        except ConfigError as err:
-            problems = [str(p) for p in err.problems]
+            config = self.served(load_config_bytes(data, source))
+        except (ConfigError, ModeError) as err:
+            problems = [str(p) for p in getattr(err, "problems", [err])]
             LOG.error(
                 "config %s refused (%d problem(s)); the running config stays: %s",
                 source,

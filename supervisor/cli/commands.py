@@ -8,12 +8,15 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from common import exitcodes
+from common import dra_modes, exitcodes
 from common.config import Config, ConfigError, load_config_bytes, load_config_file
 from common.config.sizing import DEFAULT_MEMORY_LIMIT_MIB, memory_warning
+from common.dra_modes import ModeError
 from common.logs import setup_logging
 
 if TYPE_CHECKING:
+    from supervisor.arbiter import Options
+    from supervisor.dra_child import DraObserver
     from supervisor.metrics.tls import TlsContext
     from supervisor.observer import Observer
     from supervisor.timings import Timings
@@ -179,10 +182,59 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{flag}: {err.args[0]}", file=sys.stderr)
         return exitcodes.USAGE
     try:
-        return Arbiter(options, config, data, observer=observer, timings=timings).run()
+        dra = _dra_observer(args, options, observer)
+        if isinstance(dra, int):
+            return dra
+        served = _workers_config(dra, config)
+        if served is None:
+            return exitcodes.CONFIG_INVALID
+        arbiter = Arbiter(options, served, data, observer=dra or observer, timings=timings)
+        if dra is not None:
+            arbiter.reloader.served = dra.child.workers
+        return arbiter.run()
     finally:
         if observer is not None:
             observer.stopped()  # idempotent; covers a loop that never started
+
+
+def _workers_config(dra: DraObserver | None, config: Config) -> Config | None:
+    """The part of `config` the workers serve; None (after saying why) when --dra cannot be."""
+    if dra is None:
+        return config
+    try:
+        return dra.child.workers(config)
+    except ModeError as err:
+        print(f"--dra: {err}", file=sys.stderr)
+        return None
+
+
+def _dra_observer(
+    args: argparse.Namespace, options: Options, inner: Observer | None
+) -> DraObserver | int | None:
+    """The DRA child's observer around `inner` (None when --dra is off), or an exit code."""
+    from supervisor import dra_child
+    from supervisor.observer import Observer
+
+    try:
+        setting = dra_modes.parse(getattr(args, "dra", "off"))
+    except ModeError as err:
+        print(f"--dra: {err}", file=sys.stderr)
+        return exitcodes.USAGE
+    if setting == dra_modes.OFF:
+        return None
+    # Our own variable in manifests (they pass only RDMA_SHARED_DP_*), NODE_NAME as usual too.
+    node = os.environ.get("RDMA_SHARED_DP_NODE_NAME") or os.environ.get("NODE_NAME", "")
+    if not node:
+        print(
+            "--dra: needs RDMA_SHARED_DP_NODE_NAME or NODE_NAME (the downward API's spec.nodeName)",
+            file=sys.stderr,
+        )
+        return exitcodes.USAGE
+    argv = dra_child.dra_argv(
+        node, options.plugins_registry_dir, options.cdi_dir, options.runtime_dir, options.host_root
+    )
+    child = dra_child.DraChild(argv, dict(os.environ), setting)
+    return dra_child.DraObserver(inner or Observer(), child)
 
 
 def _observer(args: argparse.Namespace, timings: Timings) -> Observer | None:

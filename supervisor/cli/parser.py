@@ -213,6 +213,16 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         ),
     )
     p.add_argument(
+        "--dra",
+        default=_env("dra", "off"),
+        help=_h(
+            "dra",
+            "serve through DRA too (docs/dra.md): off, or hcas (one DRA device per HCA beside "
+            "the workers; needs NODE_NAME)",
+            "off",
+        ),
+    )
+    p.add_argument(
         "--uevent-source",
         choices=("kernel", "udev", "off"),
         default=_env("uevent-source", "kernel"),

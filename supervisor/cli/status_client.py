@@ -15,7 +15,15 @@ from dataclasses import asdict
 
 import zmq
 
-from common.messages import ProtocolError, ReloadStatus, Status, StatusRequest, decode, encode
+from common.messages import (
+    DraStatus,
+    ProtocolError,
+    ReloadStatus,
+    Status,
+    StatusRequest,
+    decode,
+    encode,
+)
 from common.rdma_netns import EXCLUSIVE, EXCLUSIVE_WARNING
 from supervisor.cdi_runtime import CDI_RUNTIME_REQUIREMENT
 from supervisor.control import SOCKET_NAME, endpoint_for
@@ -120,6 +128,8 @@ def render_text(status: Status) -> str:
         lines.append(f"metrics endpoint: {status.metrics_endpoint}")
     if status.node_problem:
         lines.append(f"node serves no device: {status.node_problem}")
+    if status.dra is not None:
+        lines.append(_dra(status.dra))
     lines.append("")
     lines += ["  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in rows]
     notes = [
@@ -157,6 +167,23 @@ def _reload(reload: ReloadStatus | None) -> str:
         f"{_when(reload.at)} refused ({reload.problems} problem(s)), the running config stays; "
         f"first: {reload.first_problem}"
     )
+
+
+def _dra(dra: DraStatus) -> str:
+    if not dra.pid:
+        return "DRA driver: starting"
+    registered = (
+        "registered"
+        if dra.registered
+        else (f"not registered ({dra.registration_error or 'waiting for the kubelet'})")
+    )
+    published = (
+        f"slices published (generation {dra.generation}, {dra.devices} devices)"
+        if dra.published
+        else f"slices not published ({dra.publish_error or '?'})"
+    )
+    claims = f"{dra.prepared_claims} prepared claims"
+    return f"DRA driver pid {dra.pid}: {registered}, {published}, {claims}"
 
 
 def render_json(status: Status) -> str:

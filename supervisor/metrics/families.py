@@ -160,6 +160,35 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
 }
 
 
+#: The DRA driver's families (supervisor/metrics/dra.py renders them; only with `run --dra`).
+DRA_FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "dra_registered": ("gauge", (), "1 while the kubelet has the DRA driver registered."),
+    "dra_slices_published": (
+        "gauge",
+        (),
+        "1 while the node's ResourceSlices say what the DRA driver publishes.",
+    ),
+    "dra_devices": ("gauge", (), "Devices in the node's DRA pool."),
+    "dra_prepared_claims": ("gauge", (), "ResourceClaims prepared on this node."),
+    "dra_claims_total": (
+        "counter",
+        ("call", "result"),
+        "Claims in NodePrepareResources (call=prepare) and NodeUnprepareResources (unprepare).",
+    ),
+    "dra_call_duration_seconds": (
+        "histogram",
+        ("call",),
+        "Seconds one NodePrepareResources or NodeUnprepareResources call took.",
+    ),
+    "dra_slice_writes_total": (
+        "counter",
+        ("verb",),
+        "ResourceSlice writes (create, update, delete).",
+    ),
+    "dra_api_errors_total": ("counter", ("call",), "Failed calls to the API server, by call."),
+}
+
+
 def build_families() -> dict[str, Metric]:
     out: dict[str, Metric] = {}
     for short, (kind, labels, doc) in FAMILIES.items():
@@ -179,5 +208,7 @@ def metric_names() -> list[str]:
 
 
 def exported_metrics() -> dict[str, str]:
-    """Exported metric name -> Prometheus type ("gauge", "counter" or "histogram")."""
-    return {PREFIX + short: kind for short, (kind, _, _) in FAMILIES.items()}
+    """Exported metric name -> Prometheus type ("gauge", "counter" or "histogram"), the DRA
+    driver's (`run --dra` only) included."""
+    every = {**FAMILIES, **DRA_FAMILIES}
+    return {PREFIX + short: kind for short, (kind, _, _) in every.items()}

@@ -207,6 +207,7 @@ class Probes:
         self._resources: tuple[tuple[str, str | None], ...] | None = None
         self._notes: tuple[tuple[str, str], ...] = ()
         self._node = ""
+        self._extra: tuple[tuple[str, str], ...] = ()  # other parts not ready: key -> why
 
     def set_node_problem(self, text: str) -> None:
         """Why the whole node serves no device ("" when it serves): /readyz fails with it."""
@@ -227,6 +228,15 @@ class Probes:
         else:
             notes[key] = text
         self._notes = tuple(sorted(notes.items()))
+
+    def set_part(self, key: str, why: str | None) -> None:
+        """A part besides the workers (the DRA driver): None when ready, else why not."""
+        parts = dict(self._extra)
+        if why is None:
+            parts.pop(key, None)
+        else:
+            parts[key] = why
+        self._extra = tuple(sorted(parts.items()))
 
     def health(self) -> tuple[bool, str]:
         idle = self._clock() - self._last_turn
@@ -249,6 +259,7 @@ class Probes:
         if resources is None:
             return False, "starting: no resource has been configured yet"
         waiting = [f"{name}: {why}" for name, why in resources if why is not None]
+        waiting += [why for _, why in self._extra]
         if waiting:
             return False, "\n".join(waiting)
         return True, f"{len(resources)} resources registered"

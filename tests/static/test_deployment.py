@@ -121,6 +121,10 @@ def parse_run_args(args: list[str], env: dict[str, str] | None = None) -> argpar
 def container_env(container: Doc) -> dict[str, str]:
     env = {}
     for item in container.get("env", []):
+        field = item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        if field is not None and set(item) == {"name", "valueFrom"}:  # the downward API
+            env[item["name"]] = f"<{field}>"
+            continue
         assert set(item) == {"name", "value"}, f"env from a source the test cannot see: {item}"
         env[item["name"]] = item["value"]
     return env

@@ -14,6 +14,7 @@ PACKAGES = (
     "supervisor",
     "workers",
     "podresources",
+    "dra",
     "zygote",
     "simulator",
     "benchmarks",
@@ -30,6 +31,7 @@ MAY_IMPORT = {
     "common": set(),
     "supervisor": {"common"},
     "podresources": {"common", "proto"},
+    "dra": {"common", "proto"},
     "workers": {"common", "proto"},
     # The fork server preloads the worker's modules, so forked workers share their pages.
     "zygote": {"common", "workers", "proto"},
@@ -40,6 +42,7 @@ MAY_IMPORT = {
         "workers",
         "simulator",
         "podresources",
+        "dra",
         "zygote",
         "proto",
         "tests",

@@ -200,3 +200,55 @@ def test_podresources_list_shape() -> None:
         ("namespace", 2, _T.TYPE_STRING, False),
         ("containers", 3, "v1.ContainerResources", True),
     ]
+
+
+def test_dra_plugin_paths_and_fields() -> None:
+    """The kubelet dials `/k8s.io.kubelet.pkg.apis.dra.<version>.DRAPlugin/...` on dra.sock."""
+    from proto.dra.v1 import api_pb2 as dra_v1
+    from proto.dra.v1beta1 import api_pb2 as dra_v1beta1
+
+    for module, version in ((dra_v1, "v1"), (dra_v1beta1, "v1beta1")):
+        service = f"k8s.io.kubelet.pkg.apis.dra.{version}.DRAPlugin"
+        assert _method_paths(module.DESCRIPTOR, "DRAPlugin") == [
+            f"/{service}/NodePrepareResources",
+            f"/{service}/NodeUnprepareResources",
+        ]
+        messages = module.DESCRIPTOR.message_types_by_name
+        package = f"k8s.io.kubelet.pkg.apis.dra.{version}"
+        assert _fields(messages["Claim"]) == [
+            ("namespace", 1, _T.TYPE_STRING, False),
+            ("uid", 2, _T.TYPE_STRING, False),
+            ("name", 3, _T.TYPE_STRING, False),
+        ]
+        device = [
+            ("request_names", 1, _T.TYPE_STRING, True),
+            ("pool_name", 2, _T.TYPE_STRING, False),
+            ("device_name", 3, _T.TYPE_STRING, False),
+            ("cdi_device_ids", 4, _T.TYPE_STRING, True),
+        ]
+        if version == "v1":
+            device.append(("share_id", 5, _T.TYPE_STRING, False))
+        assert _fields(messages["Device"]) == device
+        assert _fields(messages["NodePrepareResourceResponse"]) == [
+            ("devices", 1, f"{package}.Device", True),
+            ("error", 2, _T.TYPE_STRING, False),
+        ]
+        assert _fields(messages["NodeUnprepareResourceResponse"]) == [
+            ("error", 1, _T.TYPE_STRING, False)
+        ]
+        for request in ("NodePrepareResourcesRequest", "NodeUnprepareResourcesRequest"):
+            assert _fields(messages[request]) == [("claims", 1, f"{package}.Claim", True)]
+
+
+def test_dra_health_stream() -> None:
+    from proto.drahealth.v1alpha1 import api_pb2 as health
+
+    assert _method_paths(health.DESCRIPTOR, "DRAResourceHealth") == [
+        "/v1alpha1.DRAResourceHealth/NodeWatchResources"
+    ]
+    assert _fields(health.DESCRIPTOR.message_types_by_name["DeviceHealth"]) == [
+        ("device", 1, "v1alpha1.DeviceIdentifier", False),
+        ("health", 2, _T.TYPE_ENUM, False),
+        ("last_updated_time", 3, _T.TYPE_INT64, False),
+    ]
+    assert dict(health.HealthStatus.items()) == {"UNKNOWN": 0, "HEALTHY": 1, "UNHEALTHY": 2}

@@ -237,10 +237,20 @@ def _stop_pid(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: f
 class Containerd:
     """One containerd on private sockets and folders under `workdir`."""
 
-    def __init__(self, workdir: Path, *, v2: bool = False, cdi_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        v2: bool = False,
+        cdi_dir: Path | None = None,
+        network_ready: bool = False,
+    ) -> None:
         self.dir = workdir
         self.v2 = v2
         self.cdi_dir = cdi_dir
+        #: A CNI network config (never used: pods are hostNetwork) makes the CRI report the
+        #: network ready, which a kubelet registered with an API server needs for a Ready node.
+        self.network_ready = network_ready
         self.address = workdir / "c.sock"
         self.binary = containerd2_dir() / "containerd" if v2 else Path("/usr/bin/containerd")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -324,6 +334,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         self.dir.mkdir(parents=True, exist_ok=True)
         cfg = self.dir / "config.toml"
         cfg.write_text(self._config())
+        if self.network_ready:
+            conf = self.dir / "cni-conf"
+            conf.mkdir(exist_ok=True)
+            (conf / "10-loopback.conflist").write_text(
+                json.dumps(
+                    {"cniVersion": "1.0.0", "name": "e2e", "plugins": [{"type": "loopback"}]}
+                )
+            )
         env = dict(os.environ)
         if self.v2:  # its own runc shim first
             env["PATH"] = f"{containerd2_dir()}:{env.get('PATH', '/usr/sbin:/usr/bin')}"
@@ -478,10 +496,14 @@ class Incarnation:
 
 
 class Kubelet:
-    """A standalone kubelet: static pods from `manifests`, no API server, everything on loopback."""
+    """A kubelet on loopback: standalone (static pods from `manifests`, no API server), or, with
+    a `kubeconfig`, registered as a Node with an API server (static pods still work)."""
 
-    def __init__(self, binary: Path, workdir: Path, runtime: Containerd) -> None:
+    def __init__(
+        self, binary: Path, workdir: Path, runtime: Containerd, kubeconfig: Path | None = None
+    ) -> None:
         self.binary = binary
+        self.kubeconfig = kubeconfig
         self.dir = workdir
         self.root = workdir / "root"
         self.manifests = workdir / "manifests"
@@ -542,7 +564,7 @@ podLogsDir: {d}/pod-logs
 volumePluginDir: {d}/volume-plugins
 resolvConf: ""
 shutdownGracePeriod: 0s
-registerNode: false
+registerNode: {"true" if self.kubeconfig else "false"}
 """
 
     def start(self) -> Incarnation:
@@ -561,6 +583,11 @@ registerNode: false
                     f"--cert-dir={self.dir}/pki",
                     f"--hostname-override={NODE_NAME}",
                     "--v=2",
+                    *(
+                        [f"--kubeconfig={self.kubeconfig}", "--node-ip=127.0.0.1"]
+                        if self.kubeconfig
+                        else []
+                    ),
                 ],
                 stdout=out,
                 stderr=out,
@@ -937,6 +964,7 @@ class Node:
         *,
         containerd2: bool = False,
         hcas: int = 2,
+        kubeconfig: Path | None = None,
     ) -> None:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -964,10 +992,15 @@ class Node:
         self.devices.add_from(self.host_root)
         self.cdi_dir = workdir / "cdi"
         self.cdi_dir.mkdir(exist_ok=True)
-        self.containerd = Containerd(workdir / "ctd", v2=containerd2, cdi_dir=self.cdi_dir)
+        self.containerd = Containerd(
+            workdir / "ctd",
+            v2=containerd2,
+            cdi_dir=self.cdi_dir,
+            network_ready=kubeconfig is not None,
+        )
         self.containerd.start(image_archive)
         self.kubelet = Kubelet(
-            kubelet_binary(kubelet_version), workdir / "kubelet", self.containerd
+            kubelet_binary(kubelet_version), workdir / "kubelet", self.containerd, kubeconfig
         )
         self.plugin: Plugin | None = None
 

@@ -1,0 +1,1 @@
+"""DRA plugin API v1: `api.proto` and its generated modules."""

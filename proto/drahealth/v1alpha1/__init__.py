@@ -1,0 +1,1 @@
+"""DRA device-health API v1alpha1: `api.proto` and its generated modules."""
