@@ -119,28 +119,6 @@ class Candidate:
         data: dict[str, Any] = _to_json(self)
         return data
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Candidate:
-        return Candidate(
-            name=data["name"],
-            pci_address=data["pci_address"],
-            vendor=data["vendor"],
-            device_id=data["device_id"],
-            driver=data["driver"],
-            numa_node=int(data["numa_node"]),
-            netdevs=tuple(NetDev(**n) for n in data["netdevs"]),
-            rdma_devices=tuple(
-                RdmaDevice(
-                    name=r["name"],
-                    ports=tuple(Port(**p) for p in r["ports"]),
-                    char_devices=tuple(CharDevice(**c) for c in r["char_devices"]),
-                )
-                for r in data["rdma_devices"]
-            ),
-            rdma_cm_present=bool(data["rdma_cm_present"]),
-            auxiliary=bool(data["auxiliary"]),
-        )
-
 
 @dataclass(frozen=True)
 class ScanProblem:

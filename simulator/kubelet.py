@@ -511,10 +511,6 @@ class KubeletSimulator:
         with self._lock:
             self._pods[name] = SimPod(name, resource, tuple(device_ids), running, namespace)
 
-    def remove_pod(self, name: str) -> None:
-        with self._lock:
-            self._pods.pop(name, None)
-
     def pods(self) -> list[SimPod]:
         with self._lock:
             return list(self._pods.values())

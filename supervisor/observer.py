@@ -6,8 +6,9 @@ not block, and may not raise into the loop: the arbiter logs and swallows an obs
 Resources are named by their full name `<prefix>/<name>`, as the kubelet knows them.
 
 Wiring: `supervisor.cli.commands._observer(args)` returns the observer: `MetricsObserver`
-(supervisor/metrics/observer.py) when `--metrics-address` is set, else None. `started` hands over
-the worker table for /readyz; `stopped` releases what the observer took.
+(supervisor/metrics/observer.py) when `--metrics-address` is set, else None. Observers only
+watch: no fact the supervisor acts on lives in one (pod allocations live in `supervisor.pods`).
+`started` hands over the worker table for /readyz; `stopped` releases what the observer took.
 `loop_turned` runs at least once a second: the /healthz heartbeat. A reader that needs the loop
 to wait on its pipe returns it from `poll_fds` and gets `loop_turned(readable)` calls.
 """
@@ -21,7 +22,7 @@ from common.config import Config
 from common.devices import Candidate, Scan
 from common.messages import WorkerCounters, WorkerStatus
 from supervisor.children import ChildSpec
-from supervisor.metrics.pod_resources import PodAllocation
+from supervisor.pod_resources import PodAllocation
 
 
 class StatusSource(Protocol):
@@ -70,6 +71,10 @@ class Observer:
     def resource_removed(self, resource: str) -> None:
         """A resource left the config and its worker is gone: drop its series."""
 
+    def pods_listed(self, rows: Sequence[PodAllocation], available: bool) -> None:
+        """A new PodResources snapshot (`supervisor.pods`): every resource the kubelet lists;
+        `available` False (and no rows) when the API did not answer."""
+
     def config_applied(self, config: Config) -> None:
         """The running config: at start (before the first scan) and after each good reload."""
 
@@ -93,10 +98,6 @@ class Observer:
 
     def poll_timeout(self) -> float | None:
         """Seconds until `loop_turned` must run again at the latest (None: no wish)."""
-        return None
-
-    def pod_rows(self) -> Sequence[PodAllocation] | None:
-        """The latest PodResources snapshot, or None when unknown (no reader, kubelet away)."""
         return None
 
     def loop_turned(self, readable: Collection[int]) -> None:

@@ -153,6 +153,8 @@ def _run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         log_format=args.log_format,
         uevent_source=args.uevent_source,
+        pod_resources_socket=args.pod_resources_socket,
+        pod_resources_interval=getattr(args, "pod_resources_interval", 10.0),
     )
     try:
         observer = _observer(args)
@@ -171,11 +173,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _observer(args: argparse.Namespace) -> Observer | None:
-    """The metrics hook (issue 5): the HTTP endpoint and the PodResources poller, or None when
-    `--metrics-address` is empty (then neither prometheus_client nor psutil is loaded)."""
+    """The metrics hook: the HTTP endpoint, or None when `--metrics-address` is empty (then
+    neither prometheus_client nor psutil is loaded)."""
     if not args.metrics_address.strip():
         return None
     from supervisor.metrics.observer import start_metrics_observer
 
-    interval = getattr(args, "pod_resources_interval", 10.0)
-    return start_metrics_observer(args.metrics_address, args.pod_resources_socket, interval)
+    return start_metrics_observer(args.metrics_address)

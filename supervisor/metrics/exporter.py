@@ -51,13 +51,13 @@ from supervisor.metrics.families import (
     SUCCESS,
     build_families,
 )
-from supervisor.metrics.pod_resources import PodAllocation
 from supervisor.metrics.worker_totals import (
     COUNTER_FIELDS,
     Histogram,
     ProcessTotals,
     counters_vector,
 )
+from supervisor.pod_resources import PodAllocation
 
 LOG = logging.getLogger(__name__)
 

@@ -4,8 +4,9 @@ process).
 `start_metrics_observer()` binds the HTTP endpoint (so a bad or busy `--metrics-address` fails
 before the loop starts) and returns a `MetricsObserver`; the arbiter then calls its hooks on the
 loop's thread. Everything here is cheap and never blocks: `Metrics` setters take one lock, the
-probes store one value, the PodResources reader only drains a non-blocking pipe, and psutil reads
-a worker's /proc entry at most every `SAMPLE_EVERY` seconds per worker.
+probes store one value, and psutil reads a worker's /proc entry at most every `SAMPLE_EVERY`
+seconds per worker. Pod allocations come from the supervisor's `PodResources` role
+(`pods_listed`): metrics read them, they do not own them.
 
 This module, prometheus_client and psutil are imported only when the metrics address is not
 empty (`supervisor.cli.commands._observer`), so a supervisor without metrics does not pay for them.
@@ -26,12 +27,11 @@ from common.defaults import VERSION
 from common.devices import Candidate, Scan
 from common.messages import WorkerCounters, WorkerStatus
 from common.rdma_netns import EXCLUSIVE, EXCLUSIVE_WARNING
-from supervisor.children import ChildSpec
 from supervisor.held_ids import retained
 from supervisor.metrics.exporter import Metrics
 from supervisor.metrics.http_server import MetricsServer, Probes, start_metrics_server
-from supervisor.metrics.pod_resources import PodAllocation, PodResourcesReader
 from supervisor.observer import Observer, StatusSource
+from supervisor.pod_resources import PodAllocation
 from supervisor.restart_policy import RestartPolicy
 
 LOG = logging.getLogger(__name__)
@@ -52,12 +52,10 @@ class MetricsObserver(Observer):
         metrics: Metrics,
         probes: Probes,
         server: MetricsServer | None = None,
-        pod_resources: PodResourcesReader | None = None,
     ) -> None:
         self.metrics = metrics
         self.probes = probes
         self.server = server
-        self.pod_resources = pod_resources
         self._source: StatusSource | None = None
         #: The running config's resources (full name -> rdmaHcaMax), in config order.
         self._hca_max: dict[str, int] = {}
@@ -65,13 +63,11 @@ class MetricsObserver(Observer):
         #: resource -> (process, when it was last sampled).
         self._processes: dict[str, tuple[psutil.Process, float]] = {}
         self._pod_rows: list[PodAllocation] = []
+        self._pods_available = False
         self._cdi: dict[str, tuple[bool | None, str]] = {}  # from the last heartbeat
         self._runs: dict[str, tuple[int, float]] = {}  # resource -> (pid, first heartbeat)
 
     # ---- config and devices ------------------------------------------------------------------
-
-    def children(self) -> Sequence[ChildSpec]:
-        return (self.pod_resources.child_spec(),) if self.pod_resources is not None else ()
 
     def started(self, source: StatusSource) -> None:
         self._source = source
@@ -160,36 +156,18 @@ class MetricsObserver(Observer):
 
     # ---- the loop ----------------------------------------------------------------------------
 
-    def poll_fds(self) -> Sequence[int]:
-        return () if self.pod_resources is None else (self.pod_resources.fileno(),)
-
-    def poll_timeout(self) -> float | None:
-        return None if self.pod_resources is None else self.pod_resources.timeout()
-
     def loop_turned(self, readable: Collection[int]) -> None:
         self.probes.loop_turned()
-        if self.pod_resources is None:
-            return
-        # read() also restarts a dead poller when its backoff is over, so it runs every turn,
-        # not only when the pipe is readable; it never blocks.
-        rows = self.pod_resources.read()
-        if rows is not None:
-            self._pod_rows = rows
-            self._publish_pods()
 
-    def pod_rows(self) -> Sequence[PodAllocation] | None:
-        # Unknown while the kubelet is away: an empty list then would release held IDs exactly
-        # when a restarting kubelet re-admits the pods holding them.
-        if self.pod_resources is None or not self.pod_resources.available:
-            return None
-        return self._pod_rows
+    def pods_listed(self, rows: Sequence[PodAllocation], available: bool) -> None:
+        self._pod_rows = list(rows)
+        self._pods_available = available
+        self._publish_pods()
 
     def stopped(self) -> None:
         """Idempotent: `run` calls it again in case the loop never started."""
         if self.server is not None:
             self.server.stop()
-        if self.pod_resources is not None:
-            self.pod_resources.stop()
 
     # ---- publishing --------------------------------------------------------------------------
 
@@ -208,7 +186,7 @@ class MetricsObserver(Observer):
     def _publish_pods(self) -> None:
         mine = self._hca_max.keys()
         self.metrics.set_pod_allocations([r for r in self._pod_rows if r.resource in mine])
-        if self.pod_resources is not None and self.pod_resources.available:
+        if self._pods_available:
             self.metrics.set_retained(
                 {n: retained(n, m, self._pod_rows).ids for n, m in self._hca_max.items()}
             )
@@ -263,27 +241,13 @@ def _not_ready(status: WorkerStatus | None) -> str | None:
     return f"not registered (worker {status.state}{why})"
 
 
-def start_metrics_observer(
-    address: str, pod_resources_socket: str, pod_resources_interval: float = 10.0
-) -> MetricsObserver:
-    """Serve /metrics, /healthz and /readyz on `address` and poll the PodResources API.
+def start_metrics_observer(address: str) -> MetricsObserver:
+    """Serve /metrics, /healthz and /readyz on `address`.
 
     Raises `AddressError` (a ValueError) for an address that does not parse and OSError when it
-    cannot be bound. An empty `pod_resources_socket` turns the pod series off.
+    cannot be bound.
     """
     metrics = Metrics(VERSION)
     probes = Probes(stall_after=STALL_AFTER)
     server = start_metrics_server(address, metrics, probes.health, probes.ready)
-    reader: PodResourcesReader | None = None
-    if pod_resources_socket.strip():
-        try:
-            # The supervisor's lifecycle runs the poller child (`children`); this reads it.
-            reader = PodResourcesReader(
-                pod_resources_socket.strip(), pod_resources_interval, supervise=False
-            )
-        except (
-            OSError,
-            ValueError,
-        ) as err:  # no pipe: metrics without pod series beat no supervisor
-            LOG.error("cannot start the PodResources poller: %s; no pod series", err)
-    return MetricsObserver(metrics, probes, server, reader)
+    return MetricsObserver(metrics, probes, server)

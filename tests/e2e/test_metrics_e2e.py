@@ -34,7 +34,7 @@ from common.messages import WorkerCounters, WorkerStatus
 from supervisor.metrics.exporter import Metrics
 from supervisor.metrics.http_server import Probes
 from supervisor.metrics.observer import MetricsObserver
-from supervisor.metrics.pod_resources import PodAllocation
+from supervisor.pod_resources import PodAllocation
 from tests.component.test_metrics_prometheus import PROMETHEUS, PROMTOOL, Prometheus, free_port, hca
 from tests.conditions import hard_timeout, wait_until
 from tests.podresources_simulator import PodDevices, PodResourcesSimulator
