@@ -43,9 +43,9 @@ def validate_config(path: str, strict: bool = False) -> int:
 
 
 def discover(args: argparse.Namespace) -> int:
+    from cli.discover_report import build_report, render_text
     from common.defaults import DEFAULT_CONFIG_FILE
     from common.discovery import scan
-    from supervisor.cli.discover_report import build_report, render_text
 
     setup_logging(args.log_level, args.log_format)
     config_file: str | None = args.config_file
@@ -79,14 +79,14 @@ def discover(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Run the real plugin on a simulated node, narrated (`simulator.demo`).
+    """Run the real plugin on a simulated node, narrated (`demo`).
 
     The kubelet simulator speaks gRPC, and this process must stay free of it, so this process
     becomes a fresh interpreter running the demo (exec: same pid, so `kill <pid>` and Ctrl-C
     reach the demo itself, which stops everything it started). The demo starts
     `rdma-shared-dp run` as its own subprocess.
     """
-    command = [sys.executable, "-m", "simulator.demo"]
+    command = [sys.executable, "-m", "demo"]
     if args.workdir:
         command += ["--workdir", args.workdir]
     if getattr(args, "keep_running", False):
@@ -99,7 +99,7 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    from supervisor.cli.status_client import StatusError, fetch_status, render_json, render_text
+    from cli.status_client import StatusError, fetch_status, render_json, render_text
 
     try:
         answer = fetch_status(args.runtime_dir)

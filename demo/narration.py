@@ -1,5 +1,5 @@
 """What the demo prints: prose for people or one JSON event per line (demo process,
-`simulator.demo`), and the small formatters its sentences use.
+`demo`), and the small formatters its sentences use.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simulator.demo_signals import signals_deferred
+from demo.signals import signals_deferred
 from simulator.kubelet import DeviceState
 
 

@@ -5,7 +5,7 @@ The loop calls one method per event on an `Observer`; the base class does nothin
 not block, and may not raise into the loop: the arbiter logs and swallows an observer's error.
 Resources are named by their full name `<prefix>/<name>`, as the kubelet knows them.
 
-Wiring: `supervisor.cli.commands._observer(args)` returns the observer: `MetricsObserver`
+Wiring: `cli.commands._observer(args)` returns the observer: `MetricsObserver`
 (supervisor/metrics/observer.py) when `--metrics-address` is set, else None. Observers only
 watch: no fact the supervisor acts on lives in one (pod allocations live in `supervisor.pods`).
 `started` hands over the worker table for /readyz; `stopped` releases what the observer took.

@@ -9,7 +9,7 @@ seconds per worker. Pod allocations come from the supervisor's `PodResources` ro
 (`pods_listed`): metrics read them, they do not own them.
 
 This module, prometheus_client and psutil are imported only when the metrics address is not
-empty (`supervisor.cli.commands._observer`), so a supervisor without metrics does not pay for them.
+empty (`cli.commands._observer`), so a supervisor without metrics does not pay for them.
 Per-resource events are counted only for resources in the running config: a worker still stopping
 after its resource left the config must not bring that resource's series back.
 """

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+from cli.status_client import StatusError, fetch_status, render_json, render_text
 from common.config import ResourceConfig, Selectors
 from common.discovery import scan
 from common.loop.signals import SignalInbox
@@ -36,7 +37,6 @@ from common.messages import (
     encode,
 )
 from simulator.sysfs import SysfsTree, connectx_ib
-from supervisor.cli.status_client import StatusError, fetch_status, render_json, render_text
 from supervisor.control import ControlChannel
 from supervisor.device_state import DeviceState
 from supervisor.leftovers import remove_leftovers

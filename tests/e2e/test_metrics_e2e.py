@@ -476,7 +476,7 @@ def test_metrics_off_loads_neither_prometheus_client_nor_psutil() -> None:
     # The import check the supervisor's memory budget relies on: with an empty address the
     # commands module must not pull in the metrics stack.
     code = (
-        "import sys; from supervisor.cli.commands import _observer; import argparse;"
+        "import sys; from cli.commands import _observer; import argparse;"
         "o = _observer(argparse.Namespace(metrics_address='', pod_resources_socket='x'));"
         "print(o, 'prometheus_client' in sys.modules, 'psutil' in sys.modules)"
     )

@@ -25,7 +25,7 @@ from unittest import mock
 
 import pytest
 
-from supervisor.cli import parser as cli
+from cli import parser as cli
 from tests.conditions import missing
 
 yaml = pytest.importorskip("yaml", reason="PyYAML missing: run .ci/install-tools.sh")
