@@ -177,3 +177,10 @@ def test_packages_import_only_the_floors_below() -> None:
             if other != package and other not in allowed:
                 wrong.append(f"{name} imports {dep}")
     assert wrong == []
+
+
+def test_the_map_shows_every_package() -> None:
+    """docs/architecture.md is where to start: every package of the product is on it."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    missing = [p for p in PACKAGES if f"`{p}/`" not in text]
+    assert missing == []
