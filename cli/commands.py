@@ -112,7 +112,7 @@ def status(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Load and check the config, then run the supervisor loop until SIGTERM/SIGINT."""
-    # The workers' fork server imports grpc meanwhile (issue 14); the arbiter takes it over.
+    # The workers' fork server imports grpc meanwhile; the arbiter takes it over.
     from supervisor import zygote_client
 
     zygote_client.start_early(args.runtime_dir, args.log_level, args.log_format)

@@ -103,7 +103,7 @@ class Candidate:
     def healthy(self) -> bool:
         """Usable, and able to carry traffic.
 
-        Port state is the signal when the RDMA device reports ports (an IB netdev may be admin-down
+        Port state decides when the RDMA device reports ports (an IB netdev may be admin-down
         while verbs work fine); without ports, the first netdev's operstate decides.
         """
         if not self.usable:

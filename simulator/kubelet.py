@@ -17,7 +17,7 @@ the plugin's own processes. It behaves like the kubelet's device manager and plu
   the socket de-registers the plugin;
 - `restart()` is a kubelet restart: the sockets are wiped and `kubelet.sock` gets a new inode.
 
-What a real kubelet did (v1.32-1.37 with containerd, issue 9), on request:
+What a real kubelet did (v1.32-1.37 with containerd), on request:
 
 - `restart(killed=True)` leaves the dead `kubelet.sock` behind, and `same_inode=True` re-creates
   it at the same inode number, as ext4 did in 52 of 53 real restarts (`inode_reused` records

@@ -184,10 +184,11 @@ class Arbiter:
             self._signals = SignalInbox(
                 (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
             )
-            # The fd only wakes the poll; the inbox is drained on every pass, as the base loop did.
+            # The fd only wakes the poll; the inbox is drained on every pass, so a signal that
+            # arrives while a handler runs is handled in the same pass.
             self.loop.add_reader(self._signals.fileno(), "signals", None)
             self.loop.every_pass.insert(0, ("signals", self._on_signals))
-            # The workers' fork server (issue 14), started first so its imports overlap ours.
+            # The workers' fork server, started first so its imports overlap ours.
             self.zygote = zygote_client.install(
                 self.lifecycle.endpoint, self.options.log_level, self.options.log_format
             )

@@ -119,7 +119,7 @@ class DeviceSync:
         self.push(changed)
 
     def _check_netns_mode(self) -> None:
-        """Exclusive RDMA netns mode breaks sharing: warn with the fix, keep serving (issue 13)."""
+        """Exclusive RDMA netns mode breaks sharing: warn with the fix, keep serving."""
         mode = read_netns_mode(self.host_root)
         if mode == self.netns_mode:
             return

@@ -286,7 +286,7 @@ class Lifecycle:
 
     def _died(self, record: WorkerRecord, pid: int, code: int, run_seconds: float) -> None:
         decision = self.table.decide_exit(record, code, run_seconds)
-        # Name the cause the worker reported, in the log and in status (issue 11).
+        # Name the cause the worker reported, in the log and in status.
         description = decision.description + (
             f"; last error: {record.error}" if record.error else ""
         )

@@ -1,7 +1,7 @@
 """Hook points of the supervisor loop, for metrics and health endpoints (supervisor process).
 
 The loop calls one method per event on an `Observer`; the base class does nothing, so metrics
-(issue 5) subclass it and override what they count. Every call happens on the loop's thread, must
+subclass it and override what they count. Every call happens on the loop's thread, must
 not block, and may not raise into the loop: the arbiter logs and swallows an observer's error.
 Resources are named by their full name `<prefix>/<name>`, as the kubelet knows them.
 
@@ -102,4 +102,4 @@ class Observer:
 
     def loop_turned(self, readable: Collection[int]) -> None:
         """Once per pass of the loop (at least every second), with which of `poll_fds` are
-        readable. Also the loop's liveness signal for /healthz."""
+        readable. Also how /healthz knows the loop is alive."""

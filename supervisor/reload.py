@@ -129,7 +129,7 @@ class Reloader:
         self.running = running
         self._observe = observe
         self.observer = observer
-        self.last_reload: ReloadStatus | None = None  # shown by `status` (issue 13)
+        self.last_reload: ReloadStatus | None = None  # shown by `status`
 
     def poll(self, watch: ConfigWatch, source: str, forced: bool) -> None:
         """Read the config file (timer or SIGHUP); a changed, valid config is applied."""

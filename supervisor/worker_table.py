@@ -253,7 +253,7 @@ class WorkerTable:
                     restarts=record.restarts,
                     devices=len(matched),
                     # What the kubelet is told: nothing is healthy while the CDI spec is not on
-                    # disk (issue 11).
+                    # disk.
                     healthy=0
                     if record.counters.cdi_spec_current is False
                     else sum(1 for d in matched if d.usable and d.healthy),
