@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from demo.signals import signals_deferred
-from simulator.kubelet import DeviceState
+from simulator.kubelet import AdvertisedDevice
 
 
 def _line(text: str) -> None:
@@ -53,7 +53,7 @@ class Narrator:
             _line(json.dumps({"event": name, "t": self._now(), **data}))
 
 
-def summarise(devices: list[DeviceState]) -> str:
+def summarise(devices: list[AdvertisedDevice]) -> str:
     if not devices:
         return "no devices"
     healths = sorted({d.health for d in devices})

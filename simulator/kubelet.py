@@ -72,7 +72,7 @@ from simulator.kubelet_records import (
     UNHEALTHY,
     VERSION,
     Admission,
-    DeviceState,
+    AdvertisedDevice,
     Endpoint,
     KubeletSimulatorError,
     Mode,
@@ -91,7 +91,7 @@ __all__ = [  # what tests, benchmarks and the demo import from here
     "READMIT_DELAY",
     "UNHEALTHY",
     "Admission",
-    "DeviceState",
+    "AdvertisedDevice",
     "KubeletSimulator",
     "KubeletSimulatorError",
     "Registration",
@@ -149,10 +149,10 @@ class KubeletSimulator:
         self._endpoints: dict[str, Endpoint] = {}
         # Every endpoint whose channel is still open (old ones too, in legacy mode).
         self._open: set[Endpoint] = set()
-        self._devices: dict[str, list[DeviceState]] = {}
-        self._snapshots: dict[str, list[list[DeviceState]]] = {}
+        self._devices: dict[str, list[AdvertisedDevice]] = {}
+        self._snapshots: dict[str, list[list[AdvertisedDevice]]] = {}
         #: Per resource: the last snapshot's bytes and their parse (shared, never mutated).
-        self._parsed: dict[str, tuple[bytes, list[DeviceState]]] = {}
+        self._parsed: dict[str, tuple[bytes, list[AdvertisedDevice]]] = {}
         self._streams_opened: dict[str, int] = {}
         self._fail_next = 0
         self._fail_reason = ""
@@ -447,13 +447,13 @@ class KubeletSimulator:
                 )
             return found()[count - 1]
 
-    def devices(self, resource: str) -> list[DeviceState] | None:
+    def devices(self, resource: str) -> list[AdvertisedDevice] | None:
         """The devices of the latest snapshot (all unhealthy once the stream ended), or None."""
         with self._lock:
             current = self._devices.get(resource)
             return list(current) if current is not None else None
 
-    def snapshots(self, resource: str) -> list[list[DeviceState]]:
+    def snapshots(self, resource: str) -> list[list[AdvertisedDevice]]:
         """Every `ListAndWatch` snapshot received for `resource`, across registrations."""
         with self._lock:
             return [list(s) for s in self._snapshots.get(resource, [])]
@@ -461,9 +461,9 @@ class KubeletSimulator:
     def wait_for_devices(
         self,
         resource: str,
-        predicate: Callable[[list[DeviceState]], bool],
+        predicate: Callable[[list[AdvertisedDevice]], bool],
         timeout: float = 5.0,
-    ) -> list[DeviceState]:
+    ) -> list[AdvertisedDevice]:
         """Wait until the current devices of `resource` satisfy `predicate`; return them."""
 
         def matches() -> bool:
@@ -754,13 +754,13 @@ class KubeletSimulator:
                 reason,
             )
 
-    def _parse_snapshot(self, resource: str, raw: bytes) -> list[DeviceState]:
+    def _parse_snapshot(self, resource: str, raw: bytes) -> list[AdvertisedDevice]:
         """A ListAndWatch response's devices; the same bytes as last time give the same list."""
         last = self._parsed.get(resource)
         if last is not None and last[0] == raw:
             return last[1]
         response = dp.ListAndWatchResponse.FromString(raw)
-        snapshot = [DeviceState.from_proto(d) for d in response.devices]
+        snapshot = [AdvertisedDevice.from_proto(d) for d in response.devices]
         self._parsed[resource] = (raw, snapshot)
         return snapshot
 

@@ -100,7 +100,7 @@ class Admission:
 
 
 @dataclass(frozen=True)
-class DeviceState:
+class AdvertisedDevice:
     """One device of a `ListAndWatch` snapshot."""
 
     id: str
@@ -108,7 +108,7 @@ class DeviceState:
     numa_nodes: tuple[int, ...] = ()
 
     @classmethod
-    def from_proto(cls, device: dp.Device) -> DeviceState:
+    def from_proto(cls, device: dp.Device) -> AdvertisedDevice:
         return cls(
             id=device.ID,
             health=device.health,

@@ -34,7 +34,7 @@ from common.messages import Message, Status, WorkerStatus, type_name
 from supervisor import zygote_client
 from supervisor.cdi_runtime import CDI_RUNTIME_REQUIREMENT
 from supervisor.control import ControlChannel, endpoint_for
-from supervisor.device_state import DeviceState
+from supervisor.device_selections import DeviceSelections
 from supervisor.device_sync import DeviceSync, Scanner
 from supervisor.kubelet_restarts import KubeletRestarts
 from supervisor.leftovers import remove_leftovers, remove_stale_cdi_specs
@@ -51,7 +51,7 @@ from supervisor.runtime_dir import RuntimeDir, RuntimeDirError, stop_orphaned_wo
 from supervisor.runtime_guard import RuntimeGuard
 from supervisor.timings import Timings
 from supervisor.watch.config import ConfigWatch
-from supervisor.watch.kubelet import KubeletWatch
+from supervisor.watch.kubelet import KubeletSocketWatch
 from supervisor.worker_process import Spawner, WorkerProcess, start_worker
 from supervisor.worker_table import WorkerTable
 
@@ -77,7 +77,7 @@ class Arbiter:
         self.settings = options.worker_settings(timings.heartbeat_interval)
         self.observer = observer or Observer()
         self.table = WorkerTable(policy or timings.restart, on_change=self._state_changed)
-        self.devices = DeviceState()
+        self.devices = DeviceSelections()
         self.pods = PodResources(options.pod_resources_socket, options.pod_resources_interval)
         self.loop = Loop(timings, clock, self._loop_error, self._error_burst)
         self.timers = self.loop.timers
@@ -120,7 +120,7 @@ class Arbiter:
             self.observer,
         )
         self.kubelet = KubeletRestarts(
-            KubeletWatch(options.device_plugin_dir, watch=False),  # watching from start()
+            KubeletSocketWatch(options.device_plugin_dir, watch=False),  # watching from start()
             self.table,
             self.loop,
             timings,

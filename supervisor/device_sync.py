@@ -17,7 +17,7 @@ from typing import Any
 from common.devices import Scan, ScanProblem
 from common.discovery import scan as discover
 from common.rdma_netns import EXCLUSIVE, EXCLUSIVE_WARNING, read_netns_mode
-from supervisor.device_state import DeviceState, healthy_count
+from supervisor.device_selections import DeviceSelections, healthy_count
 from supervisor.lifecycle import Lifecycle
 from supervisor.running_config import RunningConfig
 from supervisor.worker_table import WorkerState
@@ -31,7 +31,7 @@ class DeviceSync:
     def __init__(
         self,
         host_root: str,
-        devices: DeviceState,
+        devices: DeviceSelections,
         lifecycle: Lifecycle,
         running: RunningConfig,
         observe: Callable[..., None],

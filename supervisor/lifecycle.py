@@ -36,7 +36,7 @@ from common.messages import (
     WorkerSettings,
 )
 from supervisor.children import ChildSpec, HelperChild
-from supervisor.device_state import DeviceState
+from supervisor.device_selections import DeviceSelections
 from supervisor.held_ids import HeldIds
 from supervisor.leftovers import remove_leftovers
 from supervisor.loop import Loop
@@ -66,7 +66,7 @@ class Lifecycle:
         observe: Observe,
         observer: Any,
         spawner: Spawner,
-        devices: DeviceState,
+        devices: DeviceSelections,
         held_ids: HeldIds,
     ) -> None:
         self.table = table

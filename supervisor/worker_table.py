@@ -87,7 +87,7 @@ ALLOWED: dict[WorkerState, frozenset[WorkerState]] = {
 }
 
 
-class IllegalTransition(RuntimeError):
+class IllegalWorkerMove(RuntimeError):
     pass
 
 
@@ -215,7 +215,7 @@ class WorkerTable:
     def remove(self, name: str) -> None:
         record = self._records[name]
         if record.state not in (WorkerState.EXITED, WorkerState.BACKOFF, WorkerState.FATAL):
-            raise IllegalTransition(f"{name}: removed while {record.state.value}")
+            raise IllegalWorkerMove(f"{name}: removed while {record.state.value}")
         del self._records[name]
 
     def by_peer(self, peer: bytes) -> WorkerRecord | None:
@@ -230,7 +230,7 @@ class WorkerTable:
             record.reason = reason or record.reason
             return
         if state not in ALLOWED[previous]:
-            raise IllegalTransition(f"{record.name}: {previous.value} -> {state.value}")
+            raise IllegalWorkerMove(f"{record.name}: {previous.value} -> {state.value}")
         record.state = state
         record.reason = reason
         if self._on_change is not None:

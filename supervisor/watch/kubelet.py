@@ -26,7 +26,7 @@ SOCKET_NAME = KUBELET_SOCKET
 _NEW = (KubeletChange.APPEARED, KubeletChange.REPLACED)
 
 
-class KubeletWatch:
+class KubeletSocketWatch:
     def __init__(self, device_plugin_dir: str | os.PathLike[str], watch: bool = True) -> None:
         """`watch=False` takes the baseline only; `open()` starts the inotify watch later."""
         self.folder = os.fspath(device_plugin_dir)

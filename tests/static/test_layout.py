@@ -184,3 +184,21 @@ def test_the_map_shows_every_package() -> None:
     text = (REPO / "docs" / "architecture.md").read_text()
     missing = [p for p in PACKAGES if f"`{p}/`" not in text]
     assert missing == []
+
+
+#: Class names still defined in two packages: the worker's `Stop` (an action of its registration,
+#: beside the control message `common.messages.Stop`) waits for the worker's renaming. Do not add.
+SHARED_CLASS_NAMES_FOR_NOW = {"Stop"}
+
+
+def test_no_two_packages_name_a_class_alike() -> None:
+    """One name, one meaning: a reader (or a grep) must not find two unrelated classes."""
+    homes: dict[str, set[str]] = {}
+    for name, path in _modules().items():
+        if name.startswith("proto"):
+            continue
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                homes.setdefault(node.name, set()).add(name.split(".")[0])
+    shared = {cls for cls, packages in homes.items() if len(packages) > 1}
+    assert shared <= SHARED_CLASS_NAMES_FOR_NOW, sorted(shared - SHARED_CLASS_NAMES_FOR_NOW)
