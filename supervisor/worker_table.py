@@ -265,13 +265,13 @@ class WorkerTable:
                     failures=record.failures,
                     crash_looping=record.state is not WorkerState.RUNNING
                     and self.policy.crash_looping(record.failures),
-                    cdi=cdi_state(record.counters),
+                    cdi=describe_cdi_spec(record.counters),
                 )
             )
         return tuple(rows)
 
 
-def cdi_state(counters: WorkerCounters) -> str:
+def describe_cdi_spec(counters: WorkerCounters) -> str:
     """WorkerStatus.cdi from the worker's last heartbeat."""
     if counters.cdi_spec_current is None:
         return ""
