@@ -116,6 +116,9 @@ class Plant:
             str(self.runtime_dir),
             "--metrics-address",
             "",
+            # No PodResources poller unless a test asks (MetricsPlant): off the host's kubelet.
+            "--pod-resources-socket",
+            "",
             "--log-level",
             self.log_level,
         ]
