@@ -48,7 +48,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict common/ supervisor/ workers/ podresources/ dra/ zygote/ simulator/ benchmarks/ tests/
+	$(BIN)/mypy --strict common/ supervisor/ cli/ demo/ workers/ podresources/ dra/ zygote/ simulator/ benchmarks/ tests/
 
 bench: $(STAMP)
 	@rc=0; for b in benchmarks/bench_*.py; do echo "== $$b"; \

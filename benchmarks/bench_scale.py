@@ -43,8 +43,8 @@ sys.path.insert(0, str(REPO))
 
 import psutil  # noqa: E402
 
+from cli.status_client import StatusError  # noqa: E402
 from simulator.kubelet import HEALTHY  # noqa: E402
-from supervisor.cli.status_client import StatusError  # noqa: E402
 from tests.supervisor_rig import HCAS, Plant, full, resource_entry  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

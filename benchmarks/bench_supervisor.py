@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from figures import record  # benchmarks/figures.py: the one place figures live
 
+from cli.status_client import StatusError
 from simulator.kubelet import HEALTHY
-from supervisor.cli.status_client import StatusError
 from tests.supervisor_rig import HCAS, Plant, full, resource_entry
 
 MIB = 1024 * 1024

@@ -103,7 +103,7 @@ class Candidate:
     def healthy(self) -> bool:
         """Usable, and able to carry traffic.
 
-        Port state is the signal when the RDMA device reports ports (an IB netdev may be admin-down
+        Port state decides when the RDMA device reports ports (an IB netdev may be admin-down
         while verbs work fine); without ports, the first netdev's operstate decides.
         """
         if not self.usable:
@@ -118,28 +118,6 @@ class Candidate:
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = _to_json(self)
         return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Candidate:
-        return Candidate(
-            name=data["name"],
-            pci_address=data["pci_address"],
-            vendor=data["vendor"],
-            device_id=data["device_id"],
-            driver=data["driver"],
-            numa_node=int(data["numa_node"]),
-            netdevs=tuple(NetDev(**n) for n in data["netdevs"]),
-            rdma_devices=tuple(
-                RdmaDevice(
-                    name=r["name"],
-                    ports=tuple(Port(**p) for p in r["ports"]),
-                    char_devices=tuple(CharDevice(**c) for c in r["char_devices"]),
-                )
-                for r in data["rdma_devices"]
-            ),
-            rdma_cm_present=bool(data["rdma_cm_present"]),
-            auxiliary=bool(data["auxiliary"]),
-        )
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Any
 
 from common.config import ResourceConfig, resource_from_json
 from common.devices import Candidate
+from common.typed_json import fields_from_json
 
 VERSION = 1
 
@@ -52,7 +53,9 @@ def parse_line(line: bytes) -> NodeState:
         return NodeState(
             tuple(resource_from_json(r) for r in obj["dra_resources"]),
             tuple(resource_from_json(r) for r in obj["resources"]),
-            tuple(Candidate.from_json(c) for c in obj["candidates"]),
+            tuple(
+                Candidate(**fields_from_json(Candidate, c, "candidate")) for c in obj["candidates"]
+            ),
         )
     except FeedError:
         raise

@@ -1,5 +1,5 @@
 """`python -m supervisor` is the same as the `rdma-shared-dp` console script."""
 
-from supervisor.cli.parser import main
+from cli.parser import main
 
 raise SystemExit(main())

@@ -34,22 +34,25 @@ from common.messages import Message, Status, WorkerStatus, type_name
 from supervisor import zygote_client
 from supervisor.cdi_runtime import CDI_RUNTIME_REQUIREMENT
 from supervisor.control import ControlChannel, endpoint_for
-from supervisor.device_state import DeviceState
+from supervisor.device_selections import DeviceSelections
 from supervisor.device_sync import DeviceSync, Scanner
 from supervisor.kubelet_restarts import KubeletRestarts
 from supervisor.leftovers import remove_leftovers, remove_stale_cdi_specs
-from supervisor.lifecycle import Lifecycle, Spawner, spawn_worker
+from supervisor.lifecycle import Lifecycle
 from supervisor.loop import Loop
 from supervisor.observer import Observer
 from supervisor.options import Options as Options  # re-exported: the CLI and tests use it
 from supervisor.peers import Peers
+from supervisor.pods import PodResources
 from supervisor.reload import Reloader
 from supervisor.restart_policy import RestartPolicy
+from supervisor.running_config import RunningConfig
 from supervisor.runtime_dir import RuntimeDir, RuntimeDirError, stop_orphaned_workers
 from supervisor.runtime_guard import RuntimeGuard
 from supervisor.timings import Timings
 from supervisor.watch.config import ConfigWatch
-from supervisor.watch.kubelet import KubeletWatch
+from supervisor.watch.kubelet import KubeletSocketWatch
+from supervisor.worker_process import Spawner, WorkerProcess, start_worker
 from supervisor.worker_table import WorkerTable
 
 LOG = logging.getLogger(__name__)
@@ -65,16 +68,17 @@ class Arbiter:
         policy: RestartPolicy | None = None,
         timings: Timings | None = None,
         clock: Callable[[], float] = time.monotonic,
-        spawner: Spawner = spawn_worker,
+        spawner: Spawner | None = None,
         scanner: Scanner | None = None,
     ) -> None:
         self.options = options
-        self.config = config
+        self.running = RunningConfig(config)
         self.timings = timings = timings or Timings()
         self.settings = options.worker_settings(timings.heartbeat_interval)
         self.observer = observer or Observer()
         self.table = WorkerTable(policy or timings.restart, on_change=self._state_changed)
-        self.devices = DeviceState()
+        self.devices = DeviceSelections()
+        self.pods = PodResources(options.pod_resources_socket, options.pod_resources_interval)
         self.loop = Loop(timings, clock, self._loop_error, self._error_burst)
         self.timers = self.loop.timers
         self.config_watch = ConfigWatch(options.config_file)
@@ -93,17 +97,17 @@ class Arbiter:
             self._send,
             self._observe,
             self.observer,
-            spawner,
+            spawner or self._start_worker,
+            self.devices,
+            self.pods.held_ids,
         )
-        self.peers = Peers(
-            self.lifecycle, self.devices, self._send, self._status, self._observe, self.observer
-        )
+        self.peers = Peers(self.lifecycle, self._send, self._status, self._observe, self.observer)
         sync_args: dict[str, Any] = {"scanner": scanner} if scanner is not None else {}
         self.sync = DeviceSync(
             options.host_root,
             self.devices,
             self.lifecycle,
-            lambda: self.config,
+            self.running,
             self._observe,
             self.observer,
             **sync_args,
@@ -111,13 +115,12 @@ class Arbiter:
         self.reloader = Reloader(
             self.lifecycle,
             self.sync,
-            lambda: self.config,
-            self._set_config,
+            self.running,
             self._observe,
             self.observer,
         )
         self.kubelet = KubeletRestarts(
-            KubeletWatch(options.device_plugin_dir, watch=False),  # watching from start()
+            KubeletSocketWatch(options.device_plugin_dir, watch=False),  # watching from start()
             self.table,
             self.loop,
             timings,
@@ -131,7 +134,7 @@ class Arbiter:
         self.zygote: zygote_client.Zygote | None = None
         self._extra_fds: tuple[int, ...] = ()
         self.loop.every_pass.append(("reap", self.lifecycle.reap))
-        self.loop.every_pass.append(("held ids", self.reloader.keep_held_ids))
+        self.loop.every_pass.append(("pods", self._on_pods))
 
     # ---- what tests and observers read -------------------------------------------------------
 
@@ -144,8 +147,12 @@ class Arbiter:
         return self.loop.errors
 
     @property
+    def config(self) -> Config:
+        return self.running.config
+
+    @property
     def config_loaded(self) -> float:
-        return self.reloader.loaded_at
+        return self.running.loaded_at
 
     def worker_statuses(self) -> tuple[WorkerStatus, ...]:
         return self.table.statuses(self.devices.selected)
@@ -173,10 +180,11 @@ class Arbiter:
             self._signals = SignalInbox(
                 (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
             )
-            # The fd only wakes the poll; the inbox is drained on every pass, as the base loop did.
+            # The fd only wakes the poll; the inbox is drained on every pass, so a signal that
+            # arrives while a handler runs is handled in the same pass.
             self.loop.add_reader(self._signals.fileno(), "signals", None)
             self.loop.every_pass.insert(0, ("signals", self._on_signals))
-            # The workers' fork server (issue 14), started first so its imports overlap ours.
+            # The workers' fork server, started first so its imports overlap ours.
             self.zygote = zygote_client.install(
                 self.lifecycle.endpoint, self.options.log_level, self.options.log_format
             )
@@ -246,8 +254,24 @@ class Arbiter:
         self.kubelet.start()
         self.guard.start()
         self.sync.schedule_periodic()
+        self._start_pods()
         self._join_observer()
         self._observe(self.observer.started, self)
+
+    def _start_pods(self) -> None:
+        spec, fd = self.pods.child_spec(), self.pods.fileno()
+        if spec is not None:
+            self.lifecycle.adopt(spec)
+        if fd is not None:
+            self.loop.add_reader(fd, "pods", None)  # read on every pass: `_on_pods`
+
+    def _on_pods(self) -> None:
+        # Every pass, not only when the pipe is readable: the reader also notices a lost
+        # kubelet; it never blocks. Held IDs are checked every pass too: a reload may have
+        # changed rdmaHcaMax since the last snapshot.
+        if self.pods.read():
+            self._observe(self.observer.pods_listed, self.pods.rows, self.pods.available)
+        self.reloader.keep_held_ids(self.pods.known())
 
     def _join_observer(self) -> None:
         try:
@@ -264,7 +288,7 @@ class Arbiter:
 
     def _run_loop(self) -> None:
         while True:
-            ready = self.loop.turn(self._observer_timeout())
+            ready = self.loop.turn(self._wait())
             readable = {fd for fd in self._extra_fds if fd in ready}
             self._observe(self.observer.loop_turned, readable)
             if self.stopping and not self.lifecycle.running():
@@ -289,19 +313,29 @@ class Arbiter:
         if self._signals is not None:
             self._signals.close()
         self.runtime.release()
+        self.pods.stop()
         self._observe(self.observer.stopped)
         LOG.info("supervisor stopped")
+
+    def _start_worker(
+        self, resource_name: str, endpoint: str, log_level: str, log_format: str
+    ) -> WorkerProcess:
+        """The production spawner: forked by the zygote when it runs, else a fresh process."""
+        return start_worker(resource_name, endpoint, log_level, log_format, self.zygote)
 
     def _maintain_zygote(self) -> None:
         if self.zygote is not None and not self.stopping:
             self.zygote.maintain()  # a dead zygote is replaced after a backoff
 
-    def _observer_timeout(self) -> float | None:
+    def _wait(self) -> float | None:
+        """The longest the next poll may wait, as the pods reader and the observer wish."""
         try:
-            return self.observer.poll_timeout()
+            wishes = [self.observer.poll_timeout(), self.pods.timeout()]
         except Exception:
             LOG.exception("observer poll_timeout failed; carrying on")
-            return None
+            wishes = [self.pods.timeout()]
+        known = [w for w in wishes if w is not None]
+        return min(known) if known else None
 
     def _observe(self, hook: Callable[..., None], *args: Any) -> None:
         try:
@@ -386,9 +420,6 @@ class Arbiter:
         )
 
     # ---- config ------------------------------------------------------------------------------
-
-    def _set_config(self, config: Config) -> None:
-        self.config = config
 
     def _config_tick(self) -> None:
         if not self.stopping:

@@ -2,7 +2,7 @@
 
 With `--use-cdi` the plugin answers Allocate with CDI device names and no device nodes. A runtime
 without CDI support drops those names without a word, and the container starts with no RDMA
-device at all: seen with containerd 1.6 and a real kubelet (issue 9). The plugin cannot ask the
+device at all: seen with containerd 1.6 and a real kubelet. The plugin cannot ask the
 runtime what it supports, so it says so wherever an operator looks.
 """
 

@@ -14,14 +14,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from common.config import Config
 from common.devices import Scan, ScanProblem
 from common.discovery import scan as discover
-from common.messages import Devices
 from common.rdma_netns import EXCLUSIVE, EXCLUSIVE_WARNING, read_netns_mode
-from supervisor.device_state import DeviceState, healthy_count
+from supervisor.device_selections import DeviceSelections, healthy_count
 from supervisor.lifecycle import Lifecycle
 from supervisor.node_health import NodeProblem, node_problem
+from supervisor.running_config import RunningConfig
 from supervisor.worker_table import WorkerState
 
 LOG = logging.getLogger(__name__)
@@ -33,9 +32,9 @@ class DeviceSync:
     def __init__(
         self,
         host_root: str,
-        devices: DeviceState,
+        devices: DeviceSelections,
         lifecycle: Lifecycle,
-        config: Callable[[], Config],
+        running: RunningConfig,
         observe: Callable[..., None],
         observer: Any,
         scanner: Scanner = discover,
@@ -46,7 +45,7 @@ class DeviceSync:
         self.table = lifecycle.table
         self.timers = lifecycle.loop.timers
         self.timings = lifecycle.timings
-        self._config = config
+        self.running = running
         self._observe = observe
         self.observer = observer
         self.scanner = scanner
@@ -73,7 +72,7 @@ class DeviceSync:
             self.rescan("uevent")
 
     def schedule_periodic(self) -> None:
-        interval = self._config().periodic_update_interval
+        interval = self.running.config.periodic_update_interval
         if interval > 0:
             self.timers.every(("periodic",), interval, self._periodic)
         else:
@@ -99,11 +98,11 @@ class DeviceSync:
     def rescan(self, trigger: str) -> None:
         result, seconds = self.scan(trigger)
         if result is not None:
-            changed = self.devices.update(result, self._config().resources)
+            changed = self.devices.update(result, self.running.config.resources)
             self.after_scan(trigger, result, seconds, changed)
 
     def after_scan(self, trigger: str, result: Scan, seconds: float, changed: set[str]) -> None:
-        resources = self._config().resources
+        resources = self.running.config.resources
         selections = {r.full_name: self.devices.selected(r.resource_name) for r in resources}
         self._observe(self.observer.scan_finished, trigger, result, seconds, selections)
         LOG.debug("device scan trigger=%s took %.1fms changed=%s", trigger, seconds * 1000, changed)
@@ -137,7 +136,7 @@ class DeviceSync:
         self._observe(self.observer.node_problem_changed, problem)
 
     def _check_netns_mode(self) -> None:
-        """Exclusive RDMA netns mode breaks sharing: warn with the fix, keep serving (issue 13)."""
+        """Exclusive RDMA netns mode breaks sharing: warn with the fix, keep serving."""
         mode = read_netns_mode(self.host_root)
         if mode == self.netns_mode:
             return
@@ -161,11 +160,8 @@ class DeviceSync:
 
     def push(self, changed: set[str]) -> None:
         for record in self.table:
-            selected = self.devices.selected(record.name)
             if record.state is WorkerState.RUNNING and record.configured:
-                if record.sent_devices != selected:
-                    self.lifecycle.send(record, Devices(selected))
-                    record.sent_devices = selected
+                self.lifecycle.push_devices(record)
             elif (
                 record.state is WorkerState.BACKOFF
                 and record.name in changed

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from common.config import ResourceConfig
-from supervisor.metrics.pod_resources import PodAllocation
+from supervisor.pod_resources import PodAllocation
 
 LOG = logging.getLogger(__name__)
 
@@ -100,6 +100,3 @@ class HeldIds:
             if retained(r.full_name, r.rdma_hca_max, self._rows).ids
             != self._served.get(r.full_name, ())
         ]
-
-    def forget(self, full_name: str) -> None:
-        self._served.pop(full_name, None)

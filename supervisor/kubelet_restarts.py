@@ -1,13 +1,12 @@
 """What the supervisor does when the kubelet restarts: count it, and never nudge (supervisor).
 
-The restart is detected by `supervisor.watch.kubelet.KubeletWatch` (same definition as the
-workers'). Each worker notices the restart itself and registers again; the supervisor does NOT
-send `Reregister` any more. It used to, 1.5 s after the restart, to every worker that had not
-reported "registered" yet: on a loaded node whose kubelet takes seconds to dial back during
-`Register`, that nudge made the worker give up its in-flight attempt, end the freshly opened
-stream and register again, leaving every resource at allocatable 0 for seconds. A worker that
-really misses a restart is a worker bug, so the supervisor only reports it: a warning per worker
-still unregistered `kubelet_report_after` seconds after the restart.
+The restart is detected by `supervisor.watch.kubelet.KubeletSocketWatch` (same definition as the
+workers'). Each worker notices the restart itself and registers again; the supervisor never
+tells a worker to register. Such a nudge, on a loaded node whose kubelet takes seconds to dial
+back during `Register`, would make the worker give up its in-flight attempt, end the freshly
+opened stream and register again, leaving every resource at allocatable 0 for seconds. A worker
+that really misses a restart is a worker bug, so the supervisor only reports it: a warning per
+worker still unregistered `kubelet_report_after` seconds after the restart.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from typing import Any
 
 from supervisor.loop import Loop
 from supervisor.timings import Timings
-from supervisor.watch.kubelet import KubeletWatch
+from supervisor.watch.kubelet import KubeletSocketWatch
 from supervisor.worker_table import WorkerState, WorkerTable
 
 LOG = logging.getLogger(__name__)
@@ -27,7 +26,7 @@ LOG = logging.getLogger(__name__)
 class KubeletRestarts:
     def __init__(
         self,
-        watch: KubeletWatch,
+        watch: KubeletSocketWatch,
         table: WorkerTable,
         loop: Loop,
         timings: Timings,

@@ -84,8 +84,8 @@ def remove_leftovers(
     """Remove a killed (or gone) worker's socket(s) and CDI spec; the paths removed.
 
     With `pid`, also the private names the worker binds and links its name to
-    (`common.private_socket`): a killed worker leaves them (issue 11's kill storm found them
-    piling up)."""
+    (`common.private_socket`): a killed worker leaves them, and a kill storm would pile them
+    up)."""
     removed = []
     private = [
         path

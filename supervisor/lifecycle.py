@@ -7,6 +7,12 @@ the whole supervisor stop within `shutdown_budget`. Liveness is here too: a runn
 is silent for `hung_after_beats` heartbeats, or a starting one without hello after
 `start_timeout`, is killed and restarted. Timers are callbacks keyed per worker and pid, so a
 stale timer of an earlier process never touches a newer one.
+
+A `WorkerRecord` is changed here only (and by the table's own moves): what a worker said
+(`hello`, `heard`, `ready`, ...), what it was told (`configure`, `push_devices`: the one place
+a `Configure` is built and `sent_devices` kept), and what the config wants of it (`unwant`,
+`rename`, `new_config`). A test in tests/static/test_layout.py keeps other modules from writing
+to a record.
 """
 
 from __future__ import annotations
@@ -18,13 +24,24 @@ from collections.abc import Callable
 from typing import Any
 
 from common import exitcodes
-from common.messages import Heartbeat, Message, Stop, WorkerSettings
+from common.config import ResourceConfig
+from common.messages import (
+    Configure,
+    Devices,
+    Heartbeat,
+    Message,
+    Ready,
+    Stop,
+    WorkerCounters,
+    WorkerSettings,
+)
 from supervisor.children import ChildSpec, HelperChild
+from supervisor.device_selections import DeviceSelections
 from supervisor.held_ids import HeldIds
 from supervisor.leftovers import remove_leftovers
 from supervisor.loop import Loop
 from supervisor.timings import Timings
-from supervisor.worker_process import WorkerProcess
+from supervisor.worker_process import Spawner
 from supervisor.worker_table import WorkerRecord, WorkerState, WorkerTable
 
 LOG = logging.getLogger(__name__)
@@ -32,15 +49,8 @@ LOG = logging.getLogger(__name__)
 #: Routing ids of workers that exited, remembered to drop their last messages quietly.
 DEPARTED_PEERS = 64
 
-#: (resource name, control endpoint, log level, log format) -> a started process.
-Spawner = Callable[[str, str, str, str], WorkerProcess]
 #: Calls one observer hook, guarded (the arbiter's `observe`).
 Observe = Callable[..., None]
-
-
-def spawn_worker(resource: str, endpoint: str, log_level: str, log_format: str) -> WorkerProcess:
-    # Looked up at call time, so a test (or the zygote) may replace WorkerProcess.spawn.
-    return WorkerProcess.spawn(resource, endpoint, log_level, log_format)
 
 
 class Lifecycle:
@@ -55,21 +65,27 @@ class Lifecycle:
         send: Callable[[bytes, Message], bool],
         observe: Observe,
         observer: Any,
-        spawner: Spawner = spawn_worker,
+        spawner: Spawner,
+        devices: DeviceSelections,
+        held_ids: HeldIds,
     ) -> None:
         self.table = table
         self.loop = loop
         self.timings = timings
         self.settings = settings
-        #: IDs above rdmaHcaMax that running pods hold (issue 9): what each worker is configured
-        #: with is `held_ids.serving(record.config)`, whoever sends the Configure.
-        self.held_ids = HeldIds()
+        #: The one way workers are started (the zygote's forks or fresh interpreters; tests
+        #: inject stand-ins here).
+        self.spawner = spawner
+        #: Each resource's matched devices, as the last scan selected them.
+        self.devices = devices
+        #: IDs above rdmaHcaMax that running pods hold (`supervisor.pods`): each `Configure`
+        #: carries `held_ids.serving(record.config)`.
+        self.held_ids = held_ids
         self.endpoint = endpoint
         self.log_level, self.log_format = log
         self._send_peer = send
         self._observe = observe
         self.observer = observer
-        self.spawner = spawner
         self.stopping = False
         self.stop_started = 0.0
         #: peer -> full name of workers that exited: their last messages are not strangers'.
@@ -84,6 +100,92 @@ class Lifecycle:
     def send(self, record: WorkerRecord, msg: Message) -> None:
         if record.peer is not None:
             self._send_peer(record.peer, msg)
+
+    # ---- what a worker is told ------------------------------------------------------------
+
+    def configure(self, record: WorkerRecord, parent: str = "") -> None:
+        """Send the worker its whole config: resource (with held IDs), settings and devices."""
+        config = self.held_ids.serving(record.config)
+        self._tell(
+            record,
+            Configure(config, self.settings, self.devices.selected(record.name), parent=parent),
+        )
+
+    def push_devices(self, record: WorkerRecord) -> None:
+        """Send a configured worker its matched devices, when they differ from what it has."""
+        selected = self.devices.selected(record.name)
+        if record.sent_devices != selected:
+            self._tell(record, Devices(selected))
+
+    def _tell(self, record: WorkerRecord, msg: Configure | Devices) -> None:
+        self.send(record, msg)
+        record.sent_devices = msg.devices
+
+    # ---- what a worker says -----------------------------------------------------------------
+
+    def hello(self, record: WorkerRecord, peer: bytes, parent: str) -> None:
+        """The worker this record started said hello: stop it if it is stopping, else configure."""
+        record.peer = peer
+        record.last_heard = self.clock()
+        if record.state is WorkerState.STOPPING:
+            self._send_peer(peer, Stop(record.reason, parent=parent))
+            return
+        self.configure(record, parent)
+        record.configured = True
+        if record.state is WorkerState.STARTING:
+            self.table.move(record, WorkerState.RUNNING, "configured")
+
+    def heard(self, record: WorkerRecord) -> None:
+        record.last_heard = self.clock()
+
+    def counted(self, record: WorkerRecord, counters: WorkerCounters) -> None:
+        record.counters = counters
+
+    def reported(self, record: WorkerRecord, code: str, message: str) -> None:
+        record.error = f"{code}: {message}"[:300]
+
+    def ready(self, record: WorkerRecord, msg: Ready) -> bool:
+        """The worker's registration with the kubelet; True when `registered` changed."""
+        changed = msg.registered != record.registered
+        record.registered = msg.registered
+        record.registered_since = msg.since
+        record.mode = msg.mode or record.mode
+        if msg.registered:
+            record.registered_at = self.clock()
+        return changed
+
+    # ---- what the config wants --------------------------------------------------------------
+
+    def new_config(self, record: WorkerRecord, resource: ResourceConfig) -> None:
+        """Same resource, new settings: used at its next configure or start."""
+        record.config = resource
+
+    def unwant(self, record: WorkerRecord, reason: str) -> None:
+        """Its resource left the config: stop it and drop the record once it has gone."""
+        record.wanted = False
+        record.respawn_after_stop = False
+        self.stop(record, reason)
+
+    def rename(
+        self,
+        record: WorkerRecord,
+        resource: ResourceConfig,
+        restart: bool,
+        leftovers: ResourceConfig | None,
+    ) -> None:
+        """The record serves `resource` now (a new full name): its running process is stopped
+        and started again once gone (`restart`), else it starts now, after the `leftovers` of
+        what an earlier process served are removed."""
+        record.config, record.wanted = resource, True
+        if restart:
+            record.respawn_after_stop = True
+            self.stop(record, "resource renamed")
+            return
+        if leftovers is not None:
+            remove_leftovers(leftovers, self.settings, "a renamed resource left")
+        self.spawn(record, "config changed")
+
+    # ---- children ---------------------------------------------------------------------------
 
     def running(self) -> bool:
         return any(r.proc for r in self.table) or any(h.running for h in self.helpers)
@@ -184,7 +286,7 @@ class Lifecycle:
 
     def _died(self, record: WorkerRecord, pid: int, code: int, run_seconds: float) -> None:
         decision = self.table.decide_exit(record, code, run_seconds)
-        # Name the cause the worker reported, in the log and in status (issue 11).
+        # Name the cause the worker reported, in the log and in status.
         description = decision.description + (
             f"; last error: {record.error}" if record.error else ""
         )

@@ -1,13 +1,14 @@
 """Hook points of the supervisor loop, for metrics and health endpoints (supervisor process).
 
 The loop calls one method per event on an `Observer`; the base class does nothing, so metrics
-(issue 5) subclass it and override what they count. Every call happens on the loop's thread, must
+subclass it and override what they count. Every call happens on the loop's thread, must
 not block, and may not raise into the loop: the arbiter logs and swallows an observer's error.
 Resources are named by their full name `<prefix>/<name>`, as the kubelet knows them.
 
-Wiring: `supervisor.cli.commands._observer(args)` returns the observer: `MetricsObserver`
-(supervisor/metrics/observer.py) when `--metrics-address` is set, else None. `started` hands over
-the worker table for /readyz; `stopped` releases what the observer took.
+Wiring: `cli.commands._observer(args)` returns the observer: `MetricsObserver`
+(supervisor/metrics/observer.py) when `--metrics-address` is set, else None. Observers only
+watch: no fact the supervisor acts on lives in one (pod allocations live in `supervisor.pods`).
+`started` hands over the worker table for /readyz; `stopped` releases what the observer took.
 `loop_turned` runs at least once a second: the /healthz heartbeat. A reader that needs the loop
 to wait on its pipe returns it from `poll_fds` and gets `loop_turned(readable)` calls.
 """
@@ -21,8 +22,8 @@ from common.config import Config
 from common.devices import Candidate, Scan
 from common.messages import WorkerCounters, WorkerStatus
 from supervisor.children import ChildSpec
-from supervisor.metrics.pod_resources import PodAllocation
 from supervisor.node_health import NodeProblem
+from supervisor.pod_resources import PodAllocation
 
 
 class StatusSource(Protocol):
@@ -74,6 +75,10 @@ class Observer:
     def resource_removed(self, resource: str) -> None:
         """A resource left the config and its worker is gone: drop its series."""
 
+    def pods_listed(self, rows: Sequence[PodAllocation], available: bool) -> None:
+        """A new PodResources snapshot (`supervisor.pods`): every resource the kubelet lists;
+        `available` False (and no rows) when the API did not answer."""
+
     def config_applied(self, config: Config) -> None:
         """The running config: at start (before the first scan) and after each good reload."""
 
@@ -103,10 +108,6 @@ class Observer:
         """One line for `status` about the metrics endpoint ("" when there is none)."""
         return ""
 
-    def pod_rows(self) -> Sequence[PodAllocation] | None:
-        """The latest PodResources snapshot, or None when unknown (no reader, kubelet away)."""
-        return None
-
     def loop_turned(self, readable: Collection[int]) -> None:
         """Once per pass of the loop (at least every second), with which of `poll_fds` are
-        readable. Also the loop's liveness signal for /healthz."""
+        readable. Also how /healthz knows the loop is alive."""

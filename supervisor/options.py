@@ -21,6 +21,8 @@ class Options:
     log_level: str = "info"
     log_format: str = "text"
     uevent_source: str = "kernel"  # kernel, udev or off
+    pod_resources_socket: str = ""  # the kubelet's PodResources API; "" turns pods off
+    pod_resources_interval: float = 10.0
 
     def worker_settings(self, heartbeat_interval: float) -> WorkerSettings:
         return WorkerSettings(

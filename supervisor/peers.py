@@ -18,7 +18,6 @@ from dataclasses import replace
 from typing import Any, assert_never
 
 from common.messages import (
-    Configure,
     Error,
     Heartbeat,
     Hello,
@@ -29,9 +28,8 @@ from common.messages import (
     Stop,
     type_name,
 )
-from supervisor.device_state import DeviceState
 from supervisor.lifecycle import Lifecycle
-from supervisor.worker_table import WorkerRecord, WorkerState
+from supervisor.worker_table import WorkerRecord
 
 LOG = logging.getLogger(__name__)
 
@@ -51,7 +49,6 @@ class Peers:
     def __init__(
         self,
         lifecycle: Lifecycle,
-        devices: DeviceState,
         send: Callable[[bytes, Message], bool],
         status: Callable[[str], Status],
         observe: Callable[..., None],
@@ -59,7 +56,6 @@ class Peers:
     ) -> None:
         self.lifecycle = lifecycle
         self.table = lifecycle.table
-        self.devices = devices
         self._send = send
         self._status = status
         self._observe = observe
@@ -86,7 +82,7 @@ class Peers:
                 if record is None:
                     self._refuse_stranger(peer, msg)
                 else:
-                    record.last_heard = self.lifecycle.clock()
+                    self.lifecycle.heard(record)
                     self._from_worker(record, msg)
             case _:
                 assert_never(msg)
@@ -95,13 +91,13 @@ class Peers:
         match msg:
             case Heartbeat():
                 if msg.counters is not None:
-                    record.counters = msg.counters
+                    self.lifecycle.counted(record, msg.counters)
                     hook = self.observer.heartbeat
                     self._observe(hook, record.full_name, record.pid, msg.counters)
             case Ready():
                 self._on_ready(record, msg)
             case Error():
-                record.error = f"{msg.code}: {msg.message}"[:300]
+                self.lifecycle.reported(record, msg.code, msg.message)
                 LOG.warning(
                     "worker reports an error resource=%s pid=%d code=%s: %s",
                     record.full_name,
@@ -134,28 +130,10 @@ class Peers:
             )
             self._send(peer, Stop("not a worker of this supervisor", parent=msg.id))
             return
-        record.peer = peer
-        record.last_heard = self.lifecycle.clock()
-        if record.state is WorkerState.STOPPING:
-            self._send(peer, Stop(record.reason, parent=msg.id))
-            return
-        devices = self.devices.selected(record.name)
-        settings = self.lifecycle.settings
-        config = self.lifecycle.held_ids.serving(record.config)
-        self._send(peer, Configure(config, settings, devices, parent=msg.id))
-        record.configured = True
-        record.sent_devices = devices
-        if record.state is WorkerState.STARTING:
-            self.table.move(record, WorkerState.RUNNING, "configured")
+        self.lifecycle.hello(record, peer, msg.id)
 
     def _on_ready(self, record: WorkerRecord, msg: Ready) -> None:
-        changed = msg.registered != record.registered
-        record.registered = msg.registered
-        record.registered_since = msg.since
-        record.mode = msg.mode or record.mode
-        if msg.registered:
-            record.registered_at = self.lifecycle.clock()
-        if changed:
+        if self.lifecycle.ready(record, msg):
             LOG.info(
                 "worker %s resource=%s mode=%s (%s)",
                 "registered" if msg.registered else "not registered",

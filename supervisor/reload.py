@@ -19,12 +19,12 @@ from typing import Any
 
 from common.config import Config, ConfigError, ResourceConfig, load_config_bytes
 from common.dra_modes import ModeError
-from common.messages import Configure, ReloadStatus
+from common.messages import ReloadStatus
 from supervisor.config_diff import ConfigDiff, diff_configs
 from supervisor.device_sync import DeviceSync
-from supervisor.leftovers import remove_leftovers
 from supervisor.lifecycle import Lifecycle
-from supervisor.metrics.pod_resources import PodAllocation
+from supervisor.pod_resources import PodAllocation
+from supervisor.running_config import RunningConfig
 from supervisor.watch.config import ConfigWatch
 from supervisor.worker_table import WorkerRecord, WorkerState
 
@@ -120,20 +120,17 @@ class Reloader:
         self,
         lifecycle: Lifecycle,
         sync: DeviceSync,
-        config: Callable[[], Config],
-        set_config: Callable[[Config], None],
+        running: RunningConfig,
         observe: Callable[..., None],
         observer: Any,
     ) -> None:
         self.lifecycle = lifecycle
         self.table = lifecycle.table
         self.sync = sync
-        self._config = config
-        self._set_config = set_config
+        self.running = running
         self._observe = observe
         self.observer = observer
-        self.loaded_at = time.time()
-        self.last_reload: ReloadStatus | None = None  # shown by `status` (issue 13)
+        self.last_reload: ReloadStatus | None = None  # shown by `status`
         #: The part of a loaded config the workers serve (all of it unless --dra takes some).
         self.served: Callable[[Config], Config] = lambda config: config
 
@@ -169,23 +166,17 @@ class Reloader:
         self._observe(self.observer.config_applied, config)
         self._observe(self.observer.config_reloaded, True, [])
 
-    def keep_held_ids(self) -> None:
-        """Reconfigure workers whose pods hold IDs above rdmaHcaMax (or released them)."""
-        held = self.lifecycle.held_ids
-        rows: Sequence[PodAllocation] | None = self.observer.pod_rows()
-        for resource in held.update(self._config().resources, rows):
+    def keep_held_ids(self, rows: Sequence[PodAllocation] | None) -> None:
+        """Reconfigure workers whose pods hold IDs above rdmaHcaMax (or released them); `rows`
+        None: PodResources unknown, nothing changes."""
+        for resource in self.lifecycle.held_ids.update(self.running.config.resources, rows):
             record = self.table.get(resource.resource_name)
             if record is not None and record.state is WorkerState.RUNNING and record.configured:
-                devices = self.sync.devices.selected(resource.resource_name)
-                self.lifecycle.send(
-                    record, Configure(held.serving(resource), self.lifecycle.settings, devices)
-                )
+                self.lifecycle.configure(record)
 
     def apply_config(self, new: Config) -> None:
         """Reload = diff -> plan -> apply, touching only what changed."""
-        diff = diff_configs(self._config(), new)
-        self._set_config(new)
-        self.loaded_at = time.time()
+        diff = diff_configs(self.running.replace(new), new)
         LOG.info(
             "config reloaded added=%s removed=%s changed=%s unchanged=%d%s",
             ",".join(r.full_name for r in diff.added) or "-",
@@ -217,33 +208,19 @@ class Reloader:
         life = self.lifecycle
         match action:
             case Remove(name=name, reason=reason):
-                record = self._record(name)
-                record.wanted = False
-                record.respawn_after_stop = False
-                life.stop(record, reason)
+                life.unwant(self._record(name), reason)
             case Add(resource=resource):
                 life.spawn(self.table.add(resource), "added to the config")
             case Replace(resource=resource, restart=restart, leftovers=leftovers):
-                record = self._record(resource.resource_name)
-                record.config, record.wanted = resource, True
-                if restart:
-                    record.respawn_after_stop = True
-                    life.stop(record, "resource renamed")
-                    return
-                if leftovers is not None:
-                    remove_leftovers(leftovers, life.settings, "a renamed resource left")
-                life.spawn(record, "config changed")
+                life.rename(self._record(resource.resource_name), resource, restart, leftovers)
             case Update(resource=resource, then=then):
                 record = self._record(resource.resource_name)
-                record.config = resource
+                life.new_config(record, resource)
                 self._update(record, then)
 
     def _update(self, record: WorkerRecord, then: Then) -> None:
         if then is Then.CONFIGURE:
-            selected = self.sync.devices.selected(record.name)
-            config = self.lifecycle.held_ids.serving(record.config)
-            self.lifecycle.send(record, Configure(config, self.lifecycle.settings, selected))
-            record.sent_devices = selected
+            self.lifecycle.configure(record)
         elif then is Then.RETRY:
             self.lifecycle.retry_early(record, "config changed")
         elif then is Then.SPAWN:

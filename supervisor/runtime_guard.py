@@ -2,7 +2,7 @@
 
 Someone may remove the folder or `control.sock` under a running supervisor (a tmpfs cleaner, an
 operator's `rm -rf`). The ROUTER keeps its connected peers, but no new worker could connect, so
-crash recovery would be gone for good. Two signals, one check: inotify on the folder (the fast
+crash recovery would be gone for good. Two triggers, one check: inotify on the folder (the fast
 one) and a periodic look every `runtime_check_interval` (covers a folder re-created between two
 events, or no inotify at all). The check re-creates the folder (0700) and its lock and binds the
 control socket again; workers reconnect by themselves (ZeroMQ re-dials the same ipc:// path)

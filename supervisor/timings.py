@@ -29,7 +29,7 @@ class Timings:
     #: A worker that has not said hello this long after spawning is killed and restarted.
     start_timeout: float = 15.0
     config_poll_interval: float = 1.0
-    #: Fallback stat poll of kubelet.sock (inotify is the main signal).
+    #: Fallback stat poll of kubelet.sock (inotify is the main trigger).
     kubelet_poll_interval: float = 0.2
     #: A worker not registered this long after a kubelet restart is reported (never nudged).
     kubelet_report_after: float = 30.0
@@ -46,7 +46,7 @@ class Timings:
     orphan_wait: float = 3.0
     #: The loop wakes at least this often (observers' liveness, /healthz).
     max_poll_wait: float = 1.0
-    #: Periodic look at the runtime folder and control socket (inotify is the fast signal).
+    #: Periodic look at the runtime folder and control socket (inotify is the fast trigger).
     runtime_check_interval: float = 1.0
     #: Handler errors within `loop_error_window` seconds that make the supervisor stop.
     max_loop_errors: int = 20

@@ -1,10 +1,12 @@
 """Starting and signalling one worker process (supervisor process).
 
 A worker is never a fork of the supervisor: gRPC is not fork-safe, and a fresh process holds only
-what it imports. It is forked from the zygote when one runs (`FORKER`, supervisor.zygote_client),
-or else a fresh interpreter (`python -m workers`). It runs in its own session, so a
-terminal's Ctrl-C reaches the supervisor only (which then stops the workers in order), with only
-the file descriptors it needs and an explicit environment.
+what it imports. It is forked from the zygote when one runs (a `Forker`,
+supervisor.zygote_client), or else a fresh interpreter (`python -m workers`): `start_worker`,
+the supervisor's production `Spawner` (the lifecycle's one injection point; tests pass stand-ins
+instead). It runs in its own session, so a terminal's Ctrl-C reaches the supervisor only (which
+then stops the workers in order), with only the file descriptors it needs and an explicit
+environment.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -62,12 +65,29 @@ def worker_command(resource_name: str, endpoint: str) -> list[str]:
 
 
 class Forker(Protocol):
+    """Forks workers instead of starting fresh interpreters (supervisor.zygote_client): None
+    from `spawn` means "start this one the classic way"."""
+
     def spawn(self, resource_name: str, endpoint: str) -> WorkerProcess | None: ...
 
 
-#: Forks workers instead of starting fresh interpreters, when set (supervisor.zygote_client):
-#: None from it means "start this one the classic way".
-FORKER: Forker | None = None
+#: (resource name, control endpoint, log level, log format) -> a started process.
+Spawner = Callable[[str, str, str, str], "WorkerProcess"]
+
+
+def start_worker(
+    resource_name: str,
+    endpoint: str,
+    log_level: str,
+    log_format: str,
+    forker: Forker | None = None,
+) -> WorkerProcess:
+    """A worker forked by `forker` when it can, else a fresh interpreter."""
+    if forker is not None:
+        forked = forker.spawn(resource_name, endpoint)
+        if forked is not None:
+            return forked
+    return WorkerProcess.spawn(resource_name, endpoint, log_level, log_format)
 
 
 class WorkerProcess:
@@ -81,10 +101,7 @@ class WorkerProcess:
     def spawn(
         cls, resource_name: str, endpoint: str, log_level: str, log_format: str
     ) -> WorkerProcess:
-        if FORKER is not None:
-            forked = FORKER.spawn(resource_name, endpoint)
-            if forked is not None:
-                return forked
+        """A fresh interpreter running `python -m workers`."""
         proc = subprocess.Popen(
             worker_command(resource_name, endpoint),
             cwd="/",

@@ -87,7 +87,7 @@ ALLOWED: dict[WorkerState, frozenset[WorkerState]] = {
 }
 
 
-class IllegalTransition(RuntimeError):
+class IllegalWorkerMove(RuntimeError):
     pass
 
 
@@ -215,7 +215,7 @@ class WorkerTable:
     def remove(self, name: str) -> None:
         record = self._records[name]
         if record.state not in (WorkerState.EXITED, WorkerState.BACKOFF, WorkerState.FATAL):
-            raise IllegalTransition(f"{name}: removed while {record.state.value}")
+            raise IllegalWorkerMove(f"{name}: removed while {record.state.value}")
         del self._records[name]
 
     def by_peer(self, peer: bytes) -> WorkerRecord | None:
@@ -230,7 +230,7 @@ class WorkerTable:
             record.reason = reason or record.reason
             return
         if state not in ALLOWED[previous]:
-            raise IllegalTransition(f"{record.name}: {previous.value} -> {state.value}")
+            raise IllegalWorkerMove(f"{record.name}: {previous.value} -> {state.value}")
         record.state = state
         record.reason = reason
         if self._on_change is not None:
@@ -253,7 +253,7 @@ class WorkerTable:
                     restarts=record.restarts,
                     devices=len(matched),
                     # What the kubelet is told: nothing is healthy while the CDI spec is not on
-                    # disk (issue 11).
+                    # disk.
                     healthy=0
                     if record.counters.cdi_spec_current is False
                     else sum(1 for d in matched if d.usable and d.healthy),
@@ -265,13 +265,13 @@ class WorkerTable:
                     failures=record.failures,
                     crash_looping=record.state is not WorkerState.RUNNING
                     and self.policy.crash_looping(record.failures),
-                    cdi=cdi_state(record.counters),
+                    cdi=describe_cdi_spec(record.counters),
                 )
             )
         return tuple(rows)
 
 
-def cdi_state(counters: WorkerCounters) -> str:
+def describe_cdi_spec(counters: WorkerCounters) -> str:
     """WorkerStatus.cdi from the worker's last heartbeat."""
     if counters.cdi_spec_current is None:
         return ""

@@ -33,7 +33,6 @@ from typing import Any
 from common import zygote_protocol
 from common.config import MAX_RESOURCE_NAME_LENGTH
 from common.loop.backoff import Backoff
-from supervisor import worker_process
 from supervisor.worker_process import WorkerProcess, worker_command, worker_env
 
 LOG = logging.getLogger(__name__)
@@ -325,8 +324,8 @@ _was_subreaper = False
 
 
 def install(endpoint: str, log_level: str, log_format: str) -> Zygote | None:
-    """Start the zygote (or take the one `start_early` started for these settings) and have
-    `WorkerProcess.spawn` fork through it (start-up hook). None when it is off."""
+    """Start the zygote (or take the one `start_early` started for these settings); the
+    supervisor's spawner forks through it (`worker_process.start_worker`). None when it is off."""
     global _installed, _was_subreaper
     if _installed is not None:
         if (_installed.endpoint, _installed.log_level, _installed.log_format) == (
@@ -334,7 +333,6 @@ def install(endpoint: str, log_level: str, log_format: str) -> Zygote | None:
             log_level,
             log_format,
         ):
-            worker_process.FORKER = _installed
             LOG.info("zygote started early pid=%s", _installed.pid)  # logging is set up now
             return _installed
         uninstall()
@@ -348,7 +346,6 @@ def install(endpoint: str, log_level: str, log_format: str) -> Zygote | None:
     zygote = Zygote(endpoint, log_level, log_format)
     zygote.start()
     _installed = zygote
-    worker_process.FORKER = zygote
     return zygote
 
 
@@ -359,7 +356,6 @@ def start_early(runtime_dir: str, log_level: str, log_format: str) -> None:
         from supervisor.control import endpoint_for
 
         install(endpoint_for(runtime_dir), log_level, log_format)
-        worker_process.FORKER = None  # forks only once the supervisor has installed it
     except Exception as err:
         LOG.debug("early zygote start failed: %s", err)
 
@@ -367,8 +363,6 @@ def start_early(runtime_dir: str, log_level: str, log_format: str) -> None:
 def uninstall() -> None:
     """Stop the zygote (shutdown hook); idempotent."""
     global _installed
-    if worker_process.FORKER is _installed:
-        worker_process.FORKER = None
     if _installed is not None:
         _installed.close()
         _installed = None

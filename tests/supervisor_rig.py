@@ -23,11 +23,11 @@ from typing import Any
 
 import psutil
 
+from cli.status_client import StatusError, fetch_status
 from common.messages import Status, WorkerStatus
 from common.private_socket import KEPT_DIR
 from simulator.kubelet import KubeletSimulator
 from simulator.sysfs import SysfsTree, connectx_ib
-from supervisor.cli.status_client import StatusError, fetch_status
 from supervisor.control import endpoint_for
 from supervisor.timings import ENV_VAR as TIMINGS_ENV
 from tests.conditions import wait_until
@@ -115,6 +115,9 @@ class Plant:
             "--runtime-dir",
             str(self.runtime_dir),
             "--metrics-address",
+            "",
+            # No PodResources poller unless a test asks (MetricsPlant): off the host's kubelet.
+            "--pod-resources-socket",
             "",
             "--log-level",
             self.log_level,

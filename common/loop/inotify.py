@@ -2,12 +2,12 @@
 
 Why: a kubelet killed and started again re-creates `kubelet.sock`, usually at the same inode
 number on ext4, so polling (device, inode) misses most restarts. The creation itself is the
-reliable signal. `DirWatch` watches one folder for entries created, moved in, deleted or moved
+reliable evidence. `DirWatch` watches one folder for entries created, moved in, deleted or moved
 out, and for the folder itself going away; its `fileno()` goes into the caller's poller.
 
 No thread, no library: inotify is three libc calls, reached with ctypes. A folder that cannot
 be watched (missing, no inotify) raises `OSError` from the constructor; callers then keep their
-stat polling as the only signal and try again later.
+stat polling as the only trigger and try again later.
 """
 
 from __future__ import annotations

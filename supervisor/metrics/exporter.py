@@ -51,7 +51,6 @@ from supervisor.metrics.families import (
     SUCCESS,
     build_families,
 )
-from supervisor.metrics.pod_resources import PodAllocation
 from supervisor.metrics.worker_totals import (
     COUNTER_FIELDS,
     Histogram,
@@ -59,6 +58,7 @@ from supervisor.metrics.worker_totals import (
     counters_vector,
 )
 from supervisor.node_health import REASONS as NODE_REASONS
+from supervisor.pod_resources import PodAllocation
 
 LOG = logging.getLogger(__name__)
 
@@ -342,7 +342,7 @@ class Metrics:
             add("worker_cpu_seconds_total", [name], r.cpu.sums[0])
         for reason, n in sorted(r.restarts.items()):
             add("worker_restarts_total", [name, reason], n)
-        _collect_issue_11(name, r, add)
+        _collect_crash_loops_and_cdi(name, r, add)
         # Zeros before the first heartbeat, so rate() and increase() work from the start.
         sums = r.counters.sums or [0.0] * (len(COUNTER_FIELDS) + len(ALLOCATE_BUCKETS))
         c = dict(zip(COUNTER_FIELDS, sums, strict=False))
@@ -361,8 +361,8 @@ class Metrics:
         allocate.add_metric([name], hist.samples(), hist.total)
 
 
-def _collect_issue_11(name: str, r: _Resource, add: _Add) -> None:
-    """Crash loops and CDI spec writes (issue 11)."""
+def _collect_crash_loops_and_cdi(name: str, r: _Resource, add: _Add) -> None:
+    """Crash loops and CDI spec writes."""
     if r.failures is not None:
         add("worker_consecutive_failures", [name], r.failures)
     if r.cdi_current is not None:

@@ -110,7 +110,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         (),
         "Unix time of the last successful config load (at start or reload).",
     ),
-    # Not in issue 5's list: a counter of refusals cannot say that the refused file is still there.
+    # Beside the reload counter: a counter of refusals cannot say the refused file is still there.
     "config_last_reload_successful": (
         "gauge",
         (),

@@ -4,12 +4,13 @@ process).
 `start_metrics_observer()` checks the `--metrics-address` (one that does not parse fails before
 the loop starts), tries to bind it, and returns a `MetricsObserver`; a bind that fails is retried
 from `loop_turned` with backoff (`endpoint_binder`) while the workers serve. The arbiter calls
-the hooks on the loop's thread. Everything here is cheap and never blocks: `Metrics` setters take
-one lock, the probes store one value, the PodResources reader only drains a non-blocking pipe,
-and psutil reads a worker's /proc entry at most every `SAMPLE_EVERY` seconds per worker.
+the hooks on the loop's thread. Everything here is cheap and never blocks: `Metrics` setters
+take one lock, the probes store one value, and psutil reads a worker's /proc entry at most every
+`SAMPLE_EVERY` seconds per worker. Pod allocations come from the supervisor's `PodResources` role
+(`pods_listed`): metrics read them, they do not own them.
 
 This module, prometheus_client and psutil are imported only when the metrics address is not
-empty (`supervisor.cli.commands._observer`), so a supervisor without metrics does not pay for them.
+empty (`cli.commands._observer`), so a supervisor without metrics does not pay for them.
 Per-resource events are counted only for resources in the running config: a worker still stopping
 after its resource left the config must not bring that resource's series back.
 """
@@ -28,15 +29,14 @@ from common.devices import Candidate, Scan
 from common.loop.backoff import Backoff
 from common.messages import WorkerCounters, WorkerStatus
 from common.rdma_netns import EXCLUSIVE, EXCLUSIVE_WARNING
-from supervisor.children import ChildSpec
 from supervisor.held_ids import retained
 from supervisor.metrics.endpoint_binder import EndpointBinder
 from supervisor.metrics.exporter import Metrics
 from supervisor.metrics.http_server import MetricsServer, Probes
-from supervisor.metrics.pod_resources import PodAllocation, PodResourcesReader
 from supervisor.metrics.tls import TlsContext
 from supervisor.node_health import NodeProblem
 from supervisor.observer import Observer, StatusSource
+from supervisor.pod_resources import PodAllocation
 from supervisor.restart_policy import RestartPolicy
 
 LOG = logging.getLogger(__name__)
@@ -57,14 +57,12 @@ class MetricsObserver(Observer):
         metrics: Metrics,
         probes: Probes,
         binder: EndpointBinder | None = None,
-        pod_resources: PodResourcesReader | None = None,
         pod_series: bool = True,
     ) -> None:
         self.metrics = metrics
         self.probes = probes
         self.binder = binder
-        self.pod_series = pod_series  # off: the poller still feeds the held IDs, no pod series
-        self.pod_resources = pod_resources
+        self.pod_series = pod_series  # off: pods still protect their held IDs, no pod series
         self._source: StatusSource | None = None
         #: The running config's resources (full name -> rdmaHcaMax), in config order.
         self._hca_max: dict[str, int] = {}
@@ -72,13 +70,11 @@ class MetricsObserver(Observer):
         #: resource -> (process, when it was last sampled).
         self._processes: dict[str, tuple[psutil.Process, float]] = {}
         self._pod_rows: list[PodAllocation] = []
+        self._pods_available = False
         self._cdi: dict[str, tuple[bool | None, str]] = {}  # from the last heartbeat
         self._runs: dict[str, tuple[int, float]] = {}  # resource -> (pid, first heartbeat)
 
     # ---- config and devices ------------------------------------------------------------------
-
-    def children(self) -> Sequence[ChildSpec]:
-        return (self.pod_resources.child_spec(),) if self.pod_resources is not None else ()
 
     def started(self, source: StatusSource) -> None:
         self._source = source
@@ -124,10 +120,6 @@ class MetricsObserver(Observer):
         self._selections = dict(selections)
         self._publish_resources()
 
-    def node_problem_changed(self, problem: NodeProblem | None) -> None:
-        self.metrics.node_problem("" if problem is None else problem.reason)
-        self.probes.set_node_problem("" if problem is None else problem.text)
-
     def resource_removed(self, resource: str) -> None:
         self._forget(resource)
         self._publish_readiness()
@@ -171,19 +163,12 @@ class MetricsObserver(Observer):
 
     # ---- the loop ----------------------------------------------------------------------------
 
-    def poll_fds(self) -> Sequence[int]:
-        return () if self.pod_resources is None else (self.pod_resources.fileno(),)
+    def node_problem_changed(self, problem: NodeProblem | None) -> None:
+        self.metrics.node_problem("" if problem is None else problem.reason)
+        self.probes.set_node_problem("" if problem is None else problem.text)
 
     def poll_timeout(self) -> float | None:
-        waits = [
-            w
-            for w in (
-                None if self.pod_resources is None else self.pod_resources.timeout(),
-                None if self.binder is None else self.binder.timeout(),
-            )
-            if w is not None
-        ]
-        return min(waits) if waits else None
+        return None if self.binder is None else self.binder.timeout()
 
     def endpoint_status(self) -> str:
         return "" if self.binder is None else self.binder.describe()
@@ -192,28 +177,16 @@ class MetricsObserver(Observer):
         self.probes.loop_turned()
         if self.binder is not None:
             self.binder.due()
-        if self.pod_resources is None:
-            return
-        # read() also restarts a dead poller when its backoff is over, so it runs every turn,
-        # not only when the pipe is readable; it never blocks.
-        rows = self.pod_resources.read()
-        if rows is not None:
-            self._pod_rows = rows
-            self._publish_pods()
 
-    def pod_rows(self) -> Sequence[PodAllocation] | None:
-        # Unknown while the kubelet is away: an empty list then would release held IDs exactly
-        # when a restarting kubelet re-admits the pods holding them.
-        if self.pod_resources is None or not self.pod_resources.available:
-            return None
-        return self._pod_rows
+    def pods_listed(self, rows: Sequence[PodAllocation], available: bool) -> None:
+        self._pod_rows = list(rows)
+        self._pods_available = available
+        self._publish_pods()
 
     def stopped(self) -> None:
         """Idempotent: `run` calls it again in case the loop never started."""
         if self.binder is not None:
             self.binder.server.stop()
-        if self.pod_resources is not None:
-            self.pod_resources.stop()
 
     # ---- publishing --------------------------------------------------------------------------
 
@@ -233,7 +206,7 @@ class MetricsObserver(Observer):
         mine = self._hca_max.keys()
         if self.pod_series:
             self.metrics.set_pod_allocations([r for r in self._pod_rows if r.resource in mine])
-        if self.pod_resources is not None and self.pod_resources.available:
+        if self._pods_available:
             self.metrics.set_retained(
                 {n: retained(n, m, self._pod_rows).ids for n, m in self._hca_max.items()}
             )
@@ -290,19 +263,16 @@ def _not_ready(status: WorkerStatus | None) -> str | None:
 
 def start_metrics_observer(
     address: str,
-    pod_resources_socket: str,
-    pod_resources_interval: float = 10.0,
     bind_retry: Backoff | None = None,
     tls: TlsContext | None = None,
     pod_series: bool = True,
 ) -> MetricsObserver:
-    """Serve /metrics, /healthz and /readyz on `address` and poll the PodResources API.
+    """Serve /metrics, /healthz and /readyz on `address`.
 
     Raises `AddressError` (a ValueError) for an address that does not parse or whose host does
     not resolve; a bind that fails is retried with `bind_retry` while the plugin runs. `tls`
-    serves HTTPS. An empty `pod_resources_socket` turns the pod series off and also the
-    protection of device IDs pods hold above a shrunk rdmaHcaMax; `pod_series=False` turns only
-    the series off.
+    serves HTTPS. `pod_series=False` turns the per-pod series off (the PodResources role still
+    protects the IDs pods hold).
     """
     metrics = Metrics(VERSION)
     probes = Probes(stall_after=STALL_AFTER)
@@ -310,16 +280,4 @@ def start_metrics_observer(
     server.resolve()
     binder = EndpointBinder(server, bind_retry or Backoff(initial=1.0, cap=30.0, jitter=0.2))
     binder.attempt()
-    reader: PodResourcesReader | None = None
-    if pod_resources_socket.strip():
-        try:
-            # The supervisor's lifecycle runs the poller child (`children`); this reads it.
-            reader = PodResourcesReader(
-                pod_resources_socket.strip(), pod_resources_interval, supervise=False
-            )
-        except (
-            OSError,
-            ValueError,
-        ) as err:  # no pipe: metrics without pod series beat no supervisor
-            LOG.error("cannot start the PodResources poller: %s; no pod series", err)
-    return MetricsObserver(metrics, probes, binder, reader, pod_series)
+    return MetricsObserver(metrics, probes, binder, pod_series)

@@ -6,7 +6,7 @@ changed (device, inode). A real kubelet killed and started again re-creates its 
 same inode number, so the creation event is what catches it; the identity covers a missed event
 (no inotify, a queue overflow). A chmod or chown moves only the ctime and sends no creation
 event: not a restart. The socket going away is not one yet either. Workers notice on their own
-too; this is the node-wide signal that counts restarts for the metrics.
+too; this is the node-wide watch that counts restarts for the metrics.
 
 `poll()` reads the inotify queue without blocking and is called from the loop's timer; a folder
 that cannot be watched (missing at start, or removed) is watched again at a later poll.
@@ -26,7 +26,7 @@ SOCKET_NAME = KUBELET_SOCKET
 _NEW = (KubeletChange.APPEARED, KubeletChange.REPLACED)
 
 
-class KubeletWatch:
+class KubeletSocketWatch:
     def __init__(self, device_plugin_dir: str | os.PathLike[str], watch: bool = True) -> None:
         """`watch=False` takes the baseline only; `open()` starts the inotify watch later."""
         self.folder = os.fspath(device_plugin_dir)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.cli.parser import DEFAULT_CONFIG_FILE, _normalise_argv, build_parser, parse_args
+from cli.parser import DEFAULT_CONFIG_FILE, _normalise_argv, build_parser, parse_args
 from tests.unit.test_discovery_real import FIXTURE, materialise
 
 EXAMPLE = {

@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
+from cli import parser as cli
 from common.config import load_config_file
 from simulator.kubelet import KubeletSimulator
 from simulator.sysfs import SysfsTree, connectx_ib
-from supervisor.cli import parser as cli
 from tests.conditions import hard_timeout, wait_until
 from tests.static.test_deployment import (
     ALL_KUSTOMIZATIONS,

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from supervisor.cli.parser import DEFAULT_METRICS_ADDRESS
+from cli.parser import DEFAULT_METRICS_ADDRESS
 from supervisor.metrics.exporter import Metrics
 from supervisor.metrics.http_server import (
     AddressError,

@@ -29,7 +29,7 @@ from proto.pluginregistration.v1 import api_pb2 as reg
 from proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from simulator.kubelet import (
     CHECKPOINT_FILE,
-    DeviceState,
+    AdvertisedDevice,
     KubeletSimulator,
     KubeletSimulatorError,
     resource_name_problem,
@@ -218,11 +218,11 @@ def _make_stale_socket(path: Path) -> None:
     sock.close()
 
 
-def _all_healthy(devices: list[DeviceState]) -> bool:
+def _all_healthy(devices: list[AdvertisedDevice]) -> bool:
     return bool(devices) and all(d.health == "Healthy" for d in devices)
 
 
-def _all_unhealthy(devices: list[DeviceState]) -> bool:
+def _all_unhealthy(devices: list[AdvertisedDevice]) -> bool:
     return bool(devices) and all(d.health == "Unhealthy" for d in devices)
 
 
@@ -323,8 +323,8 @@ def test_registration_dials_back_and_records_options_and_snapshot(
     assert registration.request_options == sent
     devices = kubelet.wait_for_devices(RESOURCE, lambda d: len(d) == 2)
     assert devices == [
-        DeviceState("0", "Healthy", (0,)),
-        DeviceState("1", "Unhealthy", (0, 1)),
+        AdvertisedDevice("0", "Healthy", (0,)),
+        AdvertisedDevice("1", "Unhealthy", (0, 1)),
     ]
     assert kubelet.stream_open(RESOURCE)
     assert kubelet.streams_opened(RESOURCE) == 1

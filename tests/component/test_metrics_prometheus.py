@@ -23,7 +23,7 @@ from common.devices import Candidate, CharDevice, NetDev, Port, RdmaDevice, Scan
 from common.messages import ALLOCATE_BUCKETS, WorkerCounters
 from supervisor.metrics.exporter import Metrics
 from supervisor.metrics.http_server import MetricsServer, start_metrics_server
-from supervisor.metrics.pod_resources import PodAllocation
+from supervisor.pod_resources import PodAllocation
 from tests.conditions import wait_until
 
 RES = "rdma/hca_shared_devices_a"

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cli.parser import ENV_PREFIX, build_parser
 from common import exitcodes
-from supervisor.cli.parser import ENV_PREFIX, build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -163,7 +163,7 @@ def test_discover_reports_a_down_port_and_the_driver_hint_only_for_rdma_nics(
 
 
 def test_discover_shows_gid_tables_and_warns_over_capacity(tmp_path: Path) -> None:
-    from supervisor.cli.discover_report import gid_capacity
+    from cli.discover_report import gid_capacity
 
     assert gid_capacity(128) == 63  # NVIDIA's network operator's figure
     assert gid_capacity(255) == 126 and gid_capacity(32) == 15 and gid_capacity(1) == 0
@@ -207,9 +207,9 @@ def test_discover_shows_the_rdma_netns_mode(tmp_path: Path) -> None:
 
 
 def test_status_marks_crash_looping_workers_and_shows_the_last_reload() -> None:
+    from cli.status_client import render_text
     from common.config import ResourceConfig, Selectors
     from common.messages import ReloadStatus, Status
-    from supervisor.cli.status_client import render_text
     from supervisor.worker_table import WorkerState, WorkerTable
 
     table = WorkerTable()

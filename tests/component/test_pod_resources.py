@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from supervisor.metrics.exporter import Metrics
-from supervisor.metrics.pod_resources import PodAllocation, PodResourcesReader, parse_snapshot
+from supervisor.pod_resources import PodAllocation, PodResourcesReader, parse_snapshot
 from tests.conditions import wait_until
 from tests.podresources_simulator import PodDevices, PodResourcesSimulator, short_tmp_dir
 
@@ -247,7 +247,7 @@ def test_reader_with_no_socket_says_so_once_and_keeps_one_quiet_poller(
     short_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The Network Operator mounts no pod-resources socket: one log line, no retry storm."""
-    caplog.set_level("INFO", logger="supervisor.metrics.pod_resources")
+    caplog.set_level("INFO", logger="supervisor.pod_resources")
     reader = PodResourcesReader(str(short_dir / "pod-resources" / "kubelet.sock"), interval=0.02)
     try:
         first = reader.pid
@@ -401,7 +401,7 @@ def test_the_supervisor_side_never_loads_grpc(sim: PodResourcesSimulator) -> Non
         import select, sys
         from supervisor.metrics.http_server import start_metrics_server
         from supervisor.metrics.exporter import Metrics
-        from supervisor.metrics.pod_resources import PodResourcesReader
+        from supervisor.pod_resources import PodResourcesReader
         reader = PodResourcesReader({str(sim.socket_path)!r}, interval=0.1)
         rows = None
         while not rows:

@@ -27,7 +27,7 @@ from common.messages import Heartbeat, Hello, Message, Ready, Reregister, decode
 from supervisor.arbiter import Arbiter, Options
 from supervisor.children import ChildSpec
 from supervisor.timings import Timings
-from supervisor.watch.kubelet import KubeletWatch
+from supervisor.watch.kubelet import KubeletSocketWatch
 from supervisor.worker_process import WorkerProcess
 from supervisor.worker_table import WorkerState
 from tests.loop_script import Script
@@ -175,7 +175,7 @@ def _sent(standins: StandIns, kind: type) -> list[Message]:
 def test_a_chmod_or_chown_of_kubelet_sock_is_not_a_restart(tmp_path: Path) -> None:
     sock = _serve(tmp_path / "kubelet.sock")
     try:
-        watch = KubeletWatch(tmp_path)
+        watch = KubeletSocketWatch(tmp_path)
         os.chmod(tmp_path / "kubelet.sock", 0o600)
         assert not watch.poll()
         os.chown(tmp_path / "kubelet.sock", os.getuid(), os.getgid())
@@ -188,7 +188,7 @@ def test_a_chmod_or_chown_of_kubelet_sock_is_not_a_restart(tmp_path: Path) -> No
 
 def test_a_kubelet_sock_created_again_counts_even_at_the_same_inode(tmp_path: Path) -> None:
     first = _serve(tmp_path / "kubelet.sock")
-    watch = KubeletWatch(tmp_path)
+    watch = KubeletSocketWatch(tmp_path)
     try:
         before = os.lstat(tmp_path / "kubelet.sock").st_ino
         first.close()

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+from cli.status_client import StatusError, fetch_status, render_json, render_text
 from common.config import ResourceConfig, Selectors
 from common.discovery import scan
 from common.loop.signals import SignalInbox
@@ -36,9 +37,8 @@ from common.messages import (
     encode,
 )
 from simulator.sysfs import SysfsTree, connectx_ib
-from supervisor.cli.status_client import StatusError, fetch_status, render_json, render_text
 from supervisor.control import ControlChannel
-from supervisor.device_state import DeviceState
+from supervisor.device_selections import DeviceSelections
 from supervisor.leftovers import remove_leftovers
 from supervisor.runtime_dir import RuntimeDir, RuntimeDirError
 from supervisor.worker_process import worker_command, worker_env
@@ -141,7 +141,7 @@ def test_only_resources_whose_set_or_health_changed_are_reported(tmp_path: Path)
         connectx_ib("0000:3c:00.0", rdma="mlx5_1", netdev="ib1"),
     )
     resources = [_resource("a", "mlx5_0"), _resource("b", "mlx5_1")]
-    state = DeviceState()
+    state = DeviceSelections()
     assert state.update(scan(tmp_path), resources) == {"a", "b"}  # first scan: all new
     assert state.update(scan(tmp_path), resources) == set()  # nothing moved
     tree.set_port_state("mlx5_1", 1, "DOWN")

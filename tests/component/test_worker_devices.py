@@ -14,7 +14,7 @@ from common.config import ResourceConfig
 from common.devices import RDMA_CM_PATH, Candidate
 from common.messages import Heartbeat
 from proto.deviceplugin.v1beta1 import api_pb2 as dp
-from simulator.kubelet import DeviceState
+from simulator.kubelet import AdvertisedDevice
 from tests.conditions import wait_until
 from tests.standin_supervisor import Rig, make_candidate, make_resource
 from tests.unit.test_cdi import validate_cdi
@@ -54,8 +54,8 @@ def _start(
     rig.kubelet.wait_for_registration(resource.full_name, timeout=10)
 
 
-def _all(health: str, count: int = 4) -> Callable[[list[DeviceState]], bool]:
-    def check(devices: list[DeviceState]) -> bool:
+def _all(health: str, count: int = 4) -> Callable[[list[AdvertisedDevice]], bool]:
+    def check(devices: list[AdvertisedDevice]) -> bool:
         return len(devices) == count and all(d.health == health for d in devices)
 
     return check

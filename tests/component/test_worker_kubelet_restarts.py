@@ -34,12 +34,12 @@ class SlowDialKubelet(KubeletSimulator):
         self.register_calls = 0
         self.in_register = threading.Event()
 
-    def _connect(self, resource, socket_path, mode, stopping):  # type: ignore[no-untyped-def]
+    def connect(self, resource, socket_path, mode, stopping):  # type: ignore[no-untyped-def]
         self.register_calls += 1
         self.in_register.set()
         if self.dial_delay:
             stopping.wait(self.dial_delay)
-        return super()._connect(resource, socket_path, mode, stopping)
+        return super().connect(resource, socket_path, mode, stopping)
 
 
 @pytest.fixture

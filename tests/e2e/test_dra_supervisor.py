@@ -15,9 +15,9 @@ from typing import Any
 import psutil
 import pytest
 
+from cli.status_client import StatusError
 from common import exitcodes
 from common.messages import DraStatus
-from supervisor.cli.status_client import StatusError
 from tests.conditions import wait_until
 from tests.dra_api import FakeApiServer
 from tests.supervisor_rig import REPO, Plant, full, resource_entry, three_resources

@@ -13,7 +13,7 @@ from common.config import ResourceConfig, Selectors
 from common.devices import Candidate
 from common.messages import Configure, ProtocolError, WorkerSettings, decode, encode
 from supervisor.held_ids import HeldIds, retained
-from supervisor.metrics.pod_resources import PodAllocation
+from supervisor.pod_resources import PodAllocation
 from tests.conditions import hard_timeout
 from tests.e2e.test_metrics_e2e import MetricsPlant, until
 from tests.podresources_simulator import PodDevices
@@ -137,3 +137,41 @@ def test_shrink_keeps_held_ids_until_the_pod_goes(plant: MetricsPlant) -> None:
     rig.pods.set_pods([])
     until(lambda: ids(rig) == ["0", "1", "2", "3"], what="ID 6 dropped once released")
     until(lambda: rig.value("retained_device_ids", resource=full("a")) == 0, what="metric 0")
+
+
+class NoMetrics(MetricsPlant):
+    """The same supervisor and PodResources simulator, with `--metrics-address ""`."""
+
+    def command(self) -> list[str]:
+        args = super().command()
+        at = args.index("--metrics-address")
+        args[at + 1] = ""
+        return [*args, "--pod-resources-interval", "0.1"]
+
+
+def test_held_ids_do_not_need_the_metrics_endpoint() -> None:
+    # Held IDs are a correctness feature: they must not ride on the metrics observer.
+    config: dict[str, Any] = {
+        "periodicUpdateInterval": 0,
+        "configList": [resource_entry("a", ["mlx5_0"], count=8)],
+    }
+    with hard_timeout(60):
+        rig = NoMetrics(config)
+        try:
+            rig.start()
+            rig.wait_registered(["a"])
+            rig.pods.set_pods([PodDevices("team", "trainer", {"main": {full("a"): ["6"]}})])
+            rig.write_config(
+                {
+                    "periodicUpdateInterval": 0,
+                    "configList": [resource_entry("a", ["mlx5_0"], count=4)],
+                }
+            )
+            until(lambda: ids(rig) == ["0", "1", "2", "3", "6"], what="held ID 6 advertised")
+            rig.pods.set_pods([])
+            until(lambda: ids(rig) == ["0", "1", "2", "3"], what="ID 6 dropped once released")
+        except BaseException:
+            print(rig.log()[-6000:])
+            raise
+        finally:
+            rig.close()

@@ -35,7 +35,7 @@ from common.messages import Status, WorkerCounters, WorkerStatus
 from supervisor.metrics.exporter import Metrics
 from supervisor.metrics.http_server import Probes
 from supervisor.metrics.observer import MetricsObserver
-from supervisor.metrics.pod_resources import PodAllocation
+from supervisor.pod_resources import PodAllocation
 from tests.component.test_metrics_prometheus import PROMETHEUS, PROMTOOL, Prometheus, free_port, hca
 from tests.conditions import hard_timeout, wait_until
 from tests.podresources_simulator import PodDevices, PodResourcesSimulator
@@ -520,7 +520,7 @@ def test_metrics_off_loads_neither_prometheus_client_nor_psutil() -> None:
     # The import check the supervisor's memory budget relies on: with an empty address the
     # commands module must not pull in the metrics stack.
     code = (
-        "import sys; from supervisor.cli.commands import _observer; import argparse;"
+        "import sys; from cli.commands import _observer; import argparse;"
         "from supervisor.timings import Timings;"
         "o = _observer(argparse.Namespace(metrics_address='', pod_resources_socket='x'),"
         " Timings());"

@@ -28,11 +28,11 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cli.status_client import render_text
 from common.messages import Heartbeat
 from proto.deviceplugin.v1beta1 import api_pb2 as dp
 from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from simulator.kubelet import HEALTHY, UNHEALTHY
-from supervisor.cli.status_client import render_text
 from tests.conditions import hard_timeout, missing, wait_until
 from tests.reliability.footprint import Footprint, scale
 from tests.standin_supervisor import Rig, make_candidate, make_resource

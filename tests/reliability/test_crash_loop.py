@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from cli.status_client import render_text
 from common import exitcodes
 from common.config import load_config_bytes
 from common.messages import Error, WorkerStatus
 from simulator.sysfs import SysfsTree, connectx_ib
 from supervisor import worker_process
 from supervisor.arbiter import Arbiter, Options
-from supervisor.cli.status_client import render_text
 from supervisor.metrics.exporter import Metrics
 from supervisor.metrics.http_server import Probes
 from supervisor.metrics.observer import MetricsObserver

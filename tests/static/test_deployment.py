@@ -26,8 +26,8 @@ from unittest import mock
 
 import pytest
 
+from cli import parser as cli
 from common.config.sizing import DEFAULT_MEMORY_LIMIT_MIB
-from supervisor.cli import parser as cli
 from tests.conditions import missing
 
 yaml = pytest.importorskip("yaml", reason="PyYAML missing: run .ci/install-tools.sh")

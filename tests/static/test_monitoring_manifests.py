@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from supervisor.cli import parser as cli
+from cli import parser as cli
 from supervisor.metrics.families import exported_metrics
 from tests.static.test_deployment import K8S, daemonset_container, only, render, tool, yaml
 

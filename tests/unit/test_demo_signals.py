@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from simulator.demo_narration import Narrator
-from simulator.demo_signals import STOP_SIGNALS, Interrupted, interrupt, signals_deferred
+from demo.narration import Narrator
+from demo.signals import STOP_SIGNALS, Interrupted, interrupt, signals_deferred
 
 
 @pytest.fixture

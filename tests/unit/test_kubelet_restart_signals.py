@@ -155,12 +155,12 @@ def test_only_the_claimed_stream_is_the_kubelets() -> None:
 
 
 def test_the_supervisor_uses_the_same_definition(tmp_path: Path) -> None:
-    from supervisor.watch.kubelet import KubeletWatch as SupervisorKubeletWatch
+    from supervisor.watch.kubelet import KubeletSocketWatch
 
     path = tmp_path / "kubelet.sock"
     s = _serve(path)
     try:
-        watch = SupervisorKubeletWatch(tmp_path)
+        watch = KubeletSocketWatch(tmp_path)
         os.chmod(path, 0o600)
         os.chown(path, os.getuid(), os.getgid())
         assert not watch.poll(), "a chmod or chown of kubelet.sock is no kubelet restart"

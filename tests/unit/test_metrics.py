@@ -24,7 +24,7 @@ from supervisor.metrics.families import (
     exported_metrics,
     metric_names,
 )
-from supervisor.metrics.pod_resources import PodAllocation
+from supervisor.pod_resources import PodAllocation
 from supervisor.restart_policy import RestartPolicy
 from supervisor.worker_table import exit_decision
 

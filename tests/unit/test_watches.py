@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.watch.config import ConfigWatch
-from supervisor.watch.kubelet import KubeletWatch
+from supervisor.watch.kubelet import KubeletSocketWatch
 
 
 def _configmap_layout(root: Path, content: bytes, version: str) -> None:
@@ -60,7 +60,7 @@ def _serve(path: Path) -> socket.socket:
 def test_recreated_kubelet_socket_is_noticed_once(tmp_path: Path) -> None:
     sock_path = tmp_path / "kubelet.sock"
     first = _serve(sock_path)
-    watch = KubeletWatch(tmp_path)
+    watch = KubeletSocketWatch(tmp_path)
     assert not watch.poll()
     first.close()
     sock_path.unlink()
@@ -74,7 +74,7 @@ def test_recreated_kubelet_socket_is_noticed_once(tmp_path: Path) -> None:
 
 
 def test_kubelet_socket_appearing_counts(tmp_path: Path) -> None:
-    watch = KubeletWatch(tmp_path)
+    watch = KubeletSocketWatch(tmp_path)
     s = _serve(tmp_path / "kubelet.sock")
     try:
         assert watch.poll()

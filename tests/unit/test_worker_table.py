@@ -11,7 +11,7 @@ from common.config import ResourceConfig, Selectors
 from supervisor.restart_policy import RestartPolicy
 from supervisor.worker_table import (
     ALLOWED,
-    IllegalTransition,
+    IllegalWorkerMove,
     WorkerRecord,
     WorkerState,
     WorkerTable,
@@ -43,9 +43,9 @@ def test_moves_are_checked_and_reported() -> None:
     table.move(record, S.RUNNING, "hello")
     table.move(record, S.RUNNING, "again")  # same state: no event
     table.move(record, S.BACKOFF, "crashed")
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(IllegalWorkerMove):
         table.move(record, S.RUNNING)  # backoff must start a process first
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(IllegalWorkerMove):
         table.move(record, S.STOPPING)  # no process to stop
     assert seen == [
         ("a", "exited", "starting", "configured"),
@@ -59,7 +59,7 @@ def test_a_running_record_cannot_be_removed() -> None:
     table = WorkerTable()
     record = table.add(_resource())
     table.move(record, S.STARTING)
-    with pytest.raises(IllegalTransition):
+    with pytest.raises(IllegalWorkerMove):
         table.remove("a")
     with pytest.raises(KeyError):
         table.add(_resource())  # one record per resource name

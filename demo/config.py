@@ -1,5 +1,5 @@
 """The config the demo's plugin runs with: which resources the demo node's devices form (demo
-process, `simulator.demo`; the node itself is `simulator.sysfs.build_demo_node`).
+process, `demo`; the node itself is `simulator.sysfs.build_demo_node`).
 """
 
 from __future__ import annotations

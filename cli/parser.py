@@ -353,21 +353,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rdma-shared-dp {VERSION}")
         return exitcodes.OK
     if args.command == "validate-config":
-        from supervisor.cli.commands import validate_config
+        from cli.commands import validate_config
 
         return validate_config(args.path, args.strict, args.memory_limit_mib)
     if args.command == "discover":
-        from supervisor.cli.commands import discover
+        from cli.commands import discover
 
         return discover(args)
     if args.command == "demo":
-        from supervisor.cli.commands import demo
+        from cli.commands import demo
 
         return demo(args)
     if args.command == "status":
-        from supervisor.cli.commands import status
+        from cli.commands import status
 
         return status(args)
-    from supervisor.cli.commands import run
+    from cli.commands import run
 
     return run(args)

@@ -1,5 +1,5 @@
 """What the demo prints: prose for people or one JSON event per line (demo process,
-`simulator.demo`), and the small formatters its sentences use.
+`demo`), and the small formatters its sentences use.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simulator.demo_signals import signals_deferred
-from simulator.kubelet import DeviceState
+from demo.signals import signals_deferred
+from simulator.kubelet import AdvertisedDevice
 
 
 def _line(text: str) -> None:
@@ -53,7 +53,7 @@ class Narrator:
             _line(json.dumps({"event": name, "t": self._now(), **data}))
 
 
-def summarise(devices: list[DeviceState]) -> str:
+def summarise(devices: list[AdvertisedDevice]) -> str:
     if not devices:
         return "no devices"
     healths = sorted({d.health for d in devices})

@@ -26,7 +26,7 @@ def device_names(devices: Iterable[Candidate]) -> frozenset[str]:
     return frozenset(d.name for d in devices)
 
 
-class DeviceState:
+class DeviceSelections:
     def __init__(self) -> None:
         self.scan = Scan()
         self._selected: dict[str, tuple[Candidate, ...]] = {}  # resource name -> matched set

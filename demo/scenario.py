@@ -1,10 +1,10 @@
 """`rdma-shared-dp demo`: the real plugin on a simulated node, narrated (demo process).
 
-Runs in its own interpreter (the CLI execs `python -m simulator.demo`) because the kubelet
+Runs in its own interpreter (the CLI execs `python -m demo`) because the kubelet
 simulator speaks gRPC and the supervisor must never load it. This process builds the simulated
-node (`simulator.sysfs.build_demo_node`; its config is `simulator.demo_config`), serves the
+node (`simulator.sysfs.build_demo_node`; its config is `demo.config`), serves the
 kubelet simulator in-process, and starts the real `rdma-shared-dp run` as a subprocess, then walks
-through a scenario (printed by `simulator.demo_narration`; signals: `simulator.demo_signals`):
+through a scenario (printed by `demo.narration`; signals: `demo.signals`):
 
 1. the plugin starts: one worker per resource registers with the "kubelet";
 2. each resource's `ListAndWatch` snapshot: device IDs, health, NUMA nodes;
@@ -49,9 +49,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from simulator.demo_config import DEMO_CONFIG, RESOURCES
-from simulator.demo_narration import Narrator, cli_command, hcas_text, summarise, wrap
-from simulator.demo_signals import STOP_SIGNALS, Interrupted, interrupt, signals_deferred
+from demo.config import DEMO_CONFIG, RESOURCES
+from demo.narration import Narrator, cli_command, hcas_text, summarise, wrap
+from demo.signals import STOP_SIGNALS, Interrupted, interrupt, signals_deferred
 from simulator.kubelet import HEALTHY, KubeletSimulator
 from simulator.sysfs import SysfsTree, build_demo_node
 
@@ -329,7 +329,7 @@ class Demo:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m simulator.demo",
+        prog="python -m demo",
         description="Run the real rdma-shared-dp on a simulated node with a kubelet simulator.",
     )
     parser.add_argument("--workdir", default=None, help="folder to use (default: a temp folder)")

@@ -63,9 +63,9 @@ def validate_config(
 
 
 def discover(args: argparse.Namespace) -> int:
+    from cli.discover_report import build_report, render_text
     from common.defaults import DEFAULT_CONFIG_FILE
     from common.discovery import scan
-    from supervisor.cli.discover_report import build_report, render_text
 
     setup_logging(args.log_level, args.log_format)
     config_file: str | None = args.config_file
@@ -99,14 +99,14 @@ def discover(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Run the real plugin on a simulated node, narrated (`simulator.demo`).
+    """Run the real plugin on a simulated node, narrated (`demo`).
 
     The kubelet simulator speaks gRPC, and this process must stay free of it, so this process
     becomes a fresh interpreter running the demo (exec: same pid, so `kill <pid>` and Ctrl-C
     reach the demo itself, which stops everything it started). The demo starts
     `rdma-shared-dp run` as its own subprocess.
     """
-    command = [sys.executable, "-m", "simulator.demo"]
+    command = [sys.executable, "-m", "demo"]
     if args.workdir:
         command += ["--workdir", args.workdir]
     if getattr(args, "keep_running", False):
@@ -119,7 +119,7 @@ def demo(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    from supervisor.cli.status_client import StatusError, fetch_status, render_json, render_text
+    from cli.status_client import StatusError, fetch_status, render_json, render_text
 
     try:
         answer = fetch_status(args.runtime_dir)
@@ -132,7 +132,7 @@ def status(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Load and check the config, then run the supervisor loop until SIGTERM/SIGINT."""
-    # The workers' fork server imports grpc meanwhile (issue 14); the arbiter takes it over.
+    # The workers' fork server imports grpc meanwhile; the arbiter takes it over.
     from supervisor import zygote_client
 
     zygote_client.start_early(args.runtime_dir, args.log_level, args.log_format)
@@ -173,6 +173,8 @@ def _run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         log_format=args.log_format,
         uevent_source=args.uevent_source,
+        pod_resources_socket=args.pod_resources_socket,
+        pod_resources_interval=getattr(args, "pod_resources_interval", 10.0),
     )
     timings = Timings.from_env(os.environ)  # production timings unless a test asks
     try:
@@ -246,12 +248,9 @@ def _observer(args: argparse.Namespace, timings: Timings) -> Observer | None:
     from common.loop.backoff import Backoff
     from supervisor.metrics.observer import start_metrics_observer
 
-    interval = getattr(args, "pod_resources_interval", 10.0)
     retry = Backoff(initial=timings.metrics_bind_initial, cap=timings.metrics_bind_cap, jitter=0.2)
     return start_metrics_observer(
         args.metrics_address,
-        args.pod_resources_socket,
-        interval,
         retry,
         tls=_tls(args),
         pod_series=getattr(args, "pod_metrics", "on") == "on",

@@ -17,6 +17,8 @@ Line format (one JSON object per poll):
 `read()` returns every resource the kubelet reports; keeping only the plugin's own resources is
 the caller's job (it knows the current config). An unavailable API (no socket, kubelet down)
 yields an empty list: no series rather than stale ones.
+
+`supervisor.pods.PodResources` owns the reader and the snapshot for the whole supervisor.
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ def render_text(status: Status) -> str:
         for w in status.workers
         if w.state in ("backoff", "fatal") and w.reason
     ]
-    # Registered but refusing Allocate: the CDI spec of its devices is not on disk (issue 11).
+    # Registered but refusing Allocate: the CDI spec of its devices is not on disk.
     notes += [
         f"  {w.resource}: CDI spec {w.cdi}; Allocate is refused and its devices are advertised "
         "Unhealthy until it is written"

@@ -1,4 +1,4 @@
-"""How the demo stops on a signal (demo process, `simulator.demo`).
+"""How the demo stops on a signal (demo process, `demo`).
 
 SIGTERM, SIGINT or SIGHUP raises `Interrupted` in the main thread, once: later signals are
 ignored so that they cannot cut the cleanup short. Inside `signals_deferred()` a signal waits
