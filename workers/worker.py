@@ -1,9 +1,9 @@
 """The worker's shell: one resource, one process, one loop (worker process, main thread).
 
 It says hello to the supervisor, waits for its configure, and from then on follows messages. The
-registration with the kubelet is `workers.registration_fsm` (pure); this module carries out its
+registration with the kubelet is `workers.registration_machine` (pure); this module carries out its
 actions and feeds it what happened: serving (`workers.serving`), the two calls
-(`workers.registration`), the kubelet watch (`workers.kubelet_watch`), CDI sync
+(`workers.registration`), the socket folders' watch (`workers.socket_folder_watch`), CDI sync
 (`workers.cdi_sync`), the control link (`workers.control_link`). gRPC and helper threads post
 events (`workers.events`); every deadline is a `common.loop.timers` timer; signals arrive
 through a `SignalInbox`.
@@ -37,7 +37,6 @@ from common.messages import (
     Hello,
     Message,
     Ready,
-    Reregister,
     Stop,
     WorkerSettings,
     type_name,
@@ -48,12 +47,12 @@ from workers.cdi_sync import CdiSync
 from workers.control_link import ControlLink
 from workers.device_set import DeviceSet
 from workers.events import EventQueue, RegisterDone
-from workers.kubelet_watch import KubeletWatch
 from workers.plan import make_plan
-from workers.registration_fsm import RegistrationMachine
+from workers.registration_machine import RegistrationMachine
 from workers.restart_signals import RestartSignals
 from workers.servicer import Counters, StreamHub
 from workers.serving import Serving, choose_mode, serving_key
+from workers.socket_folder_watch import SocketFolderWatch
 from workers.timings import WorkerTimings
 
 LOG = logging.getLogger("workers")
@@ -195,8 +194,6 @@ class Worker:
                 self._hello()
                 return
             self._apply(self.resource, self.settings, msg.devices)
-        elif isinstance(msg, Reregister):
-            self._feed(fsm.ReregisterRequested(msg.reason or "supervisor asked"))
         elif isinstance(msg, Stop):
             LOG.info("stop requested: %s", msg.reason or "no reason given")
             self._shutdown(msg.reason or "stop requested", exitcodes.OK)
@@ -244,10 +241,8 @@ class Worker:
         if self.signals is not None:
             self.signals.close()
         own = self._socket_path()
-        watch = KubeletWatch(settings.device_plugin_dir, own)
-        signals = RestartSignals(
-            watch, own, self.serving, self.counters, self.poller, self._feed, self.clock
-        )
+        watch = SocketFolderWatch(settings.device_plugin_dir, own)
+        signals = RestartSignals(watch, own, self.serving, self.poller, self._feed, self.clock)
         self.signals = signals
         signals.schedule(self.timers, self.t)
         self._feed(fsm.Reset(self.mode, "settings changed"))
