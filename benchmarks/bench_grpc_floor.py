@@ -18,7 +18,7 @@ restart -> all re-registered". The plugin's figure with a Go kubelet (real kubel
 with the kubelet simulator are printed for 32 resources on this machine.
 
 Run: `.venv/bin/python benchmarks/bench_grpc_floor.py [--registrations N] [--runs N]
-[--plugin sync|aio|both]`.
+[--rounds N] [--plugin sync|aio|both]`.
 """
 
 from __future__ import annotations
@@ -209,7 +209,8 @@ def measure(kind: str, registrations: int, runs: int) -> tuple[list[float], list
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registrations", type=int, default=300)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=3, help="runs per round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--plugin", choices=("sync", "aio", "both"), default="both")
     args = parser.parse_args()
     kinds = ("sync", "aio") if args.plugin == "both" else (args.plugin,)
@@ -219,15 +220,24 @@ def main() -> int:
         f"Python {sys.version.split()[0]}, grpcio {grpc.__version__}, {cores} cores, "
         f"load average {os.getloadavg()[0]:.1f} at the start"
     )
+    # Rounds alternate the order of the two servers, so a change of the machine's load (it is
+    # shared) weighs on both alike.
+    plugin_runs: dict[str, list[float]] = {kind: [] for kind in kinds}
+    kubelet_runs: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for round_ in range(args.rounds):
+        for kind in kinds if round_ % 2 == 0 else kinds[::-1]:
+            plugin, kubelet = measure(kind, args.registrations, args.runs)
+            plugin_runs[kind] += plugin
+            kubelet_runs[kind] += kubelet
     for kind in kinds:
-        plugin_ms, kubelet_ms = measure(kind, args.registrations, args.runs)
+        plugin_ms, kubelet_ms = plugin_runs[kind], kubelet_runs[kind]
         plugin_med[kind] = statistics.median(plugin_ms)
         kubelet_med = statistics.median(kubelet_ms)
         with_go = RESOURCES * plugin_med[kind] / cores
         with_sim = RESOURCES * (plugin_med[kind] + kubelet_med) / cores
         print(
-            f"{kind:>4} plugin: gRPC alone, CPU per registration (median of {args.runs} runs of "
-            f"{args.registrations}): plugin side {plugin_med[kind]:.2f} ms "
+            f"{kind:>4} plugin: gRPC alone, CPU per registration (median of {len(plugin_ms)} "
+            f"runs of {args.registrations}): plugin side {plugin_med[kind]:.2f} ms "
             f"[{min(plugin_ms):.2f}-{max(plugin_ms):.2f}], Python kubelet side {kubelet_med:.2f} "
             f"ms [{min(kubelet_ms):.2f}-{max(kubelet_ms):.2f}]"
         )
@@ -236,7 +246,9 @@ def main() -> int:
             f"cores: {with_go:.0f} ms with a Go kubelet (plugin side only), {with_sim:.0f} ms "
             "with the kubelet simulator (both sides in Python)"
         )
-        if kind == "sync":  # the worker's server; aio is printed for the comparison
+        if kind == "aio":
+            record("grpc_floor_plugin_aio_ms", plugin_med[kind])
+        else:  # the worker's server: the floor quoted
             record("grpc_floor_plugin_ms", plugin_med[kind])
             record("grpc_floor_kubelet_ms", kubelet_med)
             record("grpc_floor_restart32_go_ms", with_go)

@@ -24,6 +24,9 @@ MAX_LINES = 400
 TOO_LONG_FOR_NOW = {
     "simulator/kubelet.py",
     "common/discovery.py",
+    # One concept read top to bottom (issue 22: the registration table in one module); size is
+    # a reason to look, not a rule to cut by.
+    "workers/registration_machine.py",
 }
 #: Which package may import which (besides itself); proto is generated code.
 MAY_IMPORT = {

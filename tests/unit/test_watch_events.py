@@ -12,11 +12,11 @@ import zmq
 from common.kubelet_socket import KubeletChange, KubeletSocket
 from workers.events import EventQueue, StreamLost, StreamOpened
 from workers.registration_io import KubeletRestart, OwnSocketGone
-from workers.restart_signals import RestartSignals
 from workers.servicer import Counters, StreamHub
 from workers.serving import Serving
 from workers.socket_folder_watch import SocketFolderWatch
 from workers.timings import WorkerTimings
+from workers.watch_events import WatchEvents
 
 
 def _serve(path: Path) -> socket.socket:
@@ -102,7 +102,7 @@ def test_a_kubelet_wipe_tells_the_machine_our_socket_went_before_the_new_kubelet
     hub = StreamHub(events, counters)
     serving = Serving(hub, counters, events, WorkerTimings(), lambda _c, _m: None, 1)
     fed: list[object] = []
-    signals = RestartSignals(
+    signals = WatchEvents(
         SocketFolderWatch(str(tmp_path), own), own, serving, zmq.Poller(), fed.append
     )
     try:

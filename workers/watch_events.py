@@ -1,9 +1,9 @@
-"""What the kubelet watch sees, as events for the registration state machine (worker process).
+"""What the socket folders' watch sees, as events for the registration machine (worker process).
 
-A new `kubelet.sock` (the shared definition, `common.kubelet_socket`) is a restart, dated by
-its ctime (a registration sent after that went to the new kubelet
-already), and tells our socket removed or replaced (serve afresh) from the path of another live
-server coming free (serve now).
+A new `kubelet.sock` (the shared definition, `common.kubelet_socket`) is a kubelet restart,
+dated by its ctime (a registration sent after that went to the new kubelet already); it also
+tells our socket removed or replaced (serve afresh) from the path of another live server coming
+free (serve now).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from workers.timings import WorkerTimings
 LOG = logging.getLogger("workers")
 
 
-class RestartSignals:
+class WatchEvents:
     def __init__(
         self,
         watch: SocketFolderWatch,
