@@ -164,17 +164,26 @@ def test_kubelet_restart_leads_to_reregistration(rig: Rig) -> None:
 
 def test_broken_stream_leads_to_reregistration(rig: Rig) -> None:
     rig.start_worker(RESOURCE, DEVICES)
-    rig.kubelet.wait_for_registration(FULL, timeout=10)
-    wait_until(lambda: rig.kubelet.stream_open(FULL), what="stream open")
+    _registered_and_streaming(rig)
+    # Counted from here: on a loaded machine the simulator can take over a second to open its
+    # first stream, and the worker's backstop (no stream 1 s after Register) registers again.
+    registrations, streams = len(rig.kubelet.registrations()), rig.kubelet.streams_opened(FULL)
     rig.kubelet.break_stream(FULL)
-    broken = time.monotonic()
-    registration = rig.kubelet.wait_for_registration(FULL, timeout=3, count=2)
-    assert registration.time - broken < 0.5
+    rig.kubelet.wait_for_registration(FULL, timeout=10, count=registrations + 1)
     rig.kubelet.wait_for_devices(FULL, lambda ds: len(ds) == 4 and ds[0].health == "Healthy")
-    assert rig.kubelet.streams_opened(FULL) == 2
-    # The supervisor heard about the loss and the recovery.
-    reasons = [m.reason for m in rig.supervisor.received("hca_a", Ready) if isinstance(m, Ready)]
-    assert "stream broke" in reasons
+    wait_until(lambda: rig.kubelet.streams_opened(FULL) == streams + 1, what="a new stream")
+    # Registered again because the stream broke, at once (how soon is a benchmark's figure).
+    broke = "ListAndWatch stream broke: the kubelet lost us; registering again"
+    wait_until(lambda: broke in rig.log("hca_a"), what="the worker saw the stream break")
+    # The supervisor hears about the loss and the recovery (its messages travel apart from the
+    # kubelet's calls, so they may arrive after the kubelet saw the new registration).
+    wait_until(
+        lambda: (
+            "stream broke"
+            in [m.reason for m in rig.supervisor.received("hca_a", Ready) if isinstance(m, Ready)]
+        ),
+        what="ready: stream broke",
+    )
 
 
 def test_refused_registration_is_retried_and_reported_once(rig: Rig) -> None:
