@@ -690,7 +690,7 @@ TABLE: dict[tuple[State, Kind], Row] = {
     (S.SELF_CHECKING, K.SELF_CHECK_FAILED): _row(
         self_check_failed,
         (S.SELF_CHECKING, S.UNSERVED),
-        (StopServer, Count, SetTimer, ReportError),
+        (StopServer, Count, SetTimer),
         "stale generation: nothing; else stop the server, count a failure, serve after the backoff",
     ),
     # Timers.
