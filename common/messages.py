@@ -29,8 +29,6 @@ Messages (type: direction, body)
                 loader requires; anything else is refused as a protocol error.
     devices     supervisor -> worker  {devices: [Candidate, ...]}
                 The resource's new matched device set (always the full set).
-    reregister  supervisor -> worker  {reason}
-                Register with the kubelet again now (the supervisor saw the kubelet restart).
     stop        supervisor -> worker  {reason}
                 Shut down cleanly: end streams, stop serving, remove socket and CDI spec, exit 0.
     ready       worker -> supervisor  {registered, mode, since, reason}
@@ -136,7 +134,6 @@ class WorkerCounters:
     allocate_buckets: tuple[int, ...] = (0,) * len(ALLOCATE_BUCKETS)  # cumulative
     registrations_ok: int = 0
     registrations_failed: int = 0
-    kubelet_restarts: int = 0  # kubelet.sock replaced while the worker was running
     stream_open: bool = False
     cdi_spec_current: bool | None = None  # None: not in CDI mode
     cdi_write_errors: tuple[int, ...] = ()  # per CDI_ERROR_REASONS; () before the first write
@@ -159,11 +156,6 @@ class Configure(_Envelope):
 @dataclass(frozen=True)
 class Devices(_Envelope):
     devices: tuple[Candidate, ...]
-
-
-@dataclass(frozen=True)
-class Reregister(_Envelope):
-    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -257,24 +249,12 @@ class Status(_Envelope):
     dra: DraStatus | None = None  # with `run --dra` only
 
 
-Message = (
-    Hello
-    | Configure
-    | Devices
-    | Reregister
-    | Stop
-    | Ready
-    | Heartbeat
-    | Error
-    | StatusRequest
-    | Status
-)
+Message = Hello | Configure | Devices | Stop | Ready | Heartbeat | Error | StatusRequest | Status
 
 MESSAGE_TYPES: dict[str, type[Any]] = {
     "hello": Hello,
     "configure": Configure,
     "devices": Devices,
-    "reregister": Reregister,
     "stop": Stop,
     "ready": Ready,
     "heartbeat": Heartbeat,

@@ -95,9 +95,8 @@ class RuntimeGuard:
         LOG.info("control socket bound again in %s", self.runtime.path)
 
     def _failed(self, why: str) -> None:
-        swallowed = self._throttle.allow("restore")
-        if swallowed is not None:
-            again = f" (failed {swallowed} more times)" if swallowed else ""
+        if log := self._throttle.allow("restore"):
+            again = f" (failed {log.swallowed} more times)" if log.swallowed else ""
             LOG.error(
                 "%s; trying again every %.0fs%s", why, self.timings.runtime_check_interval, again
             )

@@ -76,7 +76,7 @@ class CdiSync:
             f"{plan.resource.full_name}: the CDI spec {os.path.join(folder, name)} cannot be "
             f"written ({exc}); nothing is allocated until it is (the worker keeps retrying)"
         )
-        log = LOG.error if self._throttle.allow("write") is not None else LOG.debug
+        log = LOG.error if self._throttle.allow("write") else LOG.debug
         log(
             "cannot write CDI spec dir=%s file=%s: %s; Allocate refuses until the folder "
             "is writable (retry in %.2fs)",

@@ -37,7 +37,6 @@ class Counters:
         self.allocate_buckets = [0] * len(ALLOCATE_BUCKETS)  # per bucket, made cumulative on read
         self.registrations_ok = 0
         self.registrations_failed = 0
-        self.kubelet_restarts = 0
         self.stream_open = False
         self.cdi_spec_current: bool | None = None
         self.cdi_write_errors = [0] * len(CDI_ERROR_REASONS)
@@ -87,7 +86,6 @@ class Counters:
                 allocate_buckets=tuple(cumulative),
                 registrations_ok=self.registrations_ok,
                 registrations_failed=self.registrations_failed,
-                kubelet_restarts=self.kubelet_restarts,
                 stream_open=self.stream_open,
                 cdi_spec_current=self.cdi_spec_current,
                 cdi_write_errors=tuple(self.cdi_write_errors),

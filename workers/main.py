@@ -2,7 +2,7 @@
 
 `python -m workers --resource NAME --control ipc://...`; started by the supervisor, never by
 hand. The worker itself is `workers.worker.Worker`; its registration with the kubelet is
-`workers.registration_fsm`.
+`workers.registration_machine`.
 """
 
 from __future__ import annotations

@@ -29,7 +29,6 @@ class Kind(enum.Enum):
     KUBELET_RESTART = "kubelet restart"
     KUBELET_GONE = "kubelet gone"
     OWN_SOCKET_GONE = "own socket gone"
-    REREGISTER = "reregister"
     STOP = "stop"
 
 
@@ -80,11 +79,6 @@ class OwnSocketGone:
 
 
 @dataclass(frozen=True)
-class ReregisterRequested:
-    reason: str
-
-
-@dataclass(frozen=True)
 class Stop:
     pass
 
@@ -98,7 +92,6 @@ Event = (
     | KubeletRestart
     | KubeletGone
     | OwnSocketGone
-    | ReregisterRequested
     | Stop
 )
 
@@ -192,6 +185,5 @@ _KINDS: dict[type, Kind] = {
     KubeletRestart: Kind.KUBELET_RESTART,
     KubeletGone: Kind.KUBELET_GONE,
     OwnSocketGone: Kind.OWN_SOCKET_GONE,
-    ReregisterRequested: Kind.REREGISTER,
     Stop: Kind.STOP,
 }

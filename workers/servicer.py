@@ -152,15 +152,13 @@ class StreamHub:
             )
             if evicted.cancel is not None:
                 evicted.cancel()
-        if stream.refused:
-            swallowed = self._refusals.allow("refused")
-            if swallowed is not None:
-                LOG.warning(
-                    "ListAndWatch refused: %d streams are open, the most one worker serves; "
-                    "another local client keeps streams open (%d more refused since last said)",
-                    MAX_STREAMS,
-                    swallowed,
-                )
+        if stream.refused and (log := self._refusals.allow("refused")):
+            LOG.warning(
+                "ListAndWatch refused: %d streams are open, the most one worker serves; "
+                "another local client keeps streams open (%d more refused since last said)",
+                MAX_STREAMS,
+                log.swallowed,
+            )
         if stream.claim is not None:
             self._events.post(StreamOpened(generation, stream.claim))
         return stream

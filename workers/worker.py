@@ -1,11 +1,11 @@
 """The worker's shell: one resource, one process, one loop (worker process, main thread).
 
 It says hello to the supervisor, waits for its configure, and from then on follows messages. The
-registration with the kubelet is `workers.registration_fsm` (pure); this module carries out its
+registration with the kubelet is `workers.registration_machine` (pure); this module carries out its
 actions and feeds it what happened: serving (`workers.serving`), the two calls
-(`workers.registration`), the kubelet watch (`workers.kubelet_watch`), CDI sync
+(`workers.registration`), the socket folders' watch (`workers.socket_folder_watch`), CDI sync
 (`workers.cdi_sync`), the control link (`workers.control_link`). gRPC and helper threads post
-events (`workers.events`); every deadline is a `common.loop.timers` timer; signals arrive
+events (`workers.events`); every deadline is a `common.loop.timers` timer; OS signals arrive
 through a `SignalInbox`.
 """
 
@@ -37,7 +37,6 @@ from common.messages import (
     Hello,
     Message,
     Ready,
-    Reregister,
     Stop,
     WorkerSettings,
     type_name,
@@ -48,13 +47,13 @@ from workers.cdi_sync import CdiSync
 from workers.control_link import ControlLink
 from workers.device_set import DeviceSet
 from workers.events import EventQueue, RegisterDone
-from workers.kubelet_watch import KubeletWatch
 from workers.plan import make_plan
-from workers.registration_fsm import RegistrationMachine
-from workers.restart_signals import RestartSignals
+from workers.registration_machine import RegistrationMachine
 from workers.servicer import Counters, StreamHub
 from workers.serving import Serving, choose_mode, serving_key
+from workers.socket_folder_watch import SocketFolderWatch
 from workers.timings import WorkerTimings
+from workers.watch_events import WatchEvents
 
 LOG = logging.getLogger("workers")
 
@@ -81,7 +80,7 @@ class Worker:
         self.timers = Timers(clock)
         self.devices = DeviceSet(self.hub, self.cdi, self.timers)
         self.machine = RegistrationMachine(self.t, clock)
-        self.signals: RestartSignals | None = None
+        self.watch_events: WatchEvents | None = None
         self._feed_queue: collections.deque[fsm.Event] = collections.deque()
         self.poller = zmq.Poller()
 
@@ -132,11 +131,15 @@ class Worker:
                     self._on_message(msg)
         if self.events.fileno() in ready:
             for event in self.events.drain():
-                if isinstance(event, RegisterDone) and event.superseded and self.signals:
-                    self.signals.check_own_socket()  # why it was not sent, before a retry
+                if isinstance(event, RegisterDone) and event.superseded and self.watch_events:
+                    self.watch_events.check_own_socket()  # why it was not sent, before a retry
                 self._feed(event)
-        if self.signals is not None and self.exit_code is None and self.signals.ready(ready):
-            self.signals.read()
+        if (
+            self.watch_events is not None
+            and self.exit_code is None
+            and self.watch_events.ready(ready)
+        ):
+            self.watch_events.read()
         for due in self.timers.take_due():
             if self.exit_code is None and due.callback is not None:
                 due.callback()
@@ -195,8 +198,6 @@ class Worker:
                 self._hello()
                 return
             self._apply(self.resource, self.settings, msg.devices)
-        elif isinstance(msg, Reregister):
-            self._feed(fsm.ReregisterRequested(msg.reason or "supervisor asked"))
         elif isinstance(msg, Stop):
             LOG.info("stop requested: %s", msg.reason or "no reason given")
             self._shutdown(msg.reason or "stop requested", exitcodes.OK)
@@ -241,15 +242,13 @@ class Worker:
 
     def _start_serving(self, settings: WorkerSettings) -> None:
         self.mode = choose_mode(settings)
-        if self.signals is not None:
-            self.signals.close()
+        if self.watch_events is not None:
+            self.watch_events.close()
         own = self._socket_path()
-        watch = KubeletWatch(settings.device_plugin_dir, own)
-        signals = RestartSignals(
-            watch, own, self.serving, self.counters, self.poller, self._feed, self.clock
-        )
-        self.signals = signals
-        signals.schedule(self.timers, self.t)
+        watch = SocketFolderWatch(settings.device_plugin_dir, own)
+        events = WatchEvents(watch, own, self.serving, self.poller, self._feed, self.clock)
+        self.watch_events = events
+        events.schedule(self.timers, self.t)
         self._feed(fsm.Reset(self.mode, "settings changed"))
 
     def _kubelet_socket(self) -> str:
@@ -378,8 +377,8 @@ class Worker:
         self.stopped = True
         self.serving.close()
         self.cdi.remove()
-        if self.signals is not None:
-            self.signals.close()
+        if self.watch_events is not None:
+            self.watch_events.close()
         self.registered_since = time.time()
         self._send(Ready(False, self.mode, self.registered_since, f"stopped: {reason}"))
         self.link.close()

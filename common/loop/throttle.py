@@ -2,8 +2,9 @@
 
 A failure that repeats (a refused registration, an unwritable CDI folder, an unreadable config)
 is logged when it starts, then at most once per `interval` while it goes on, with the number of
-repeats swallowed in between; `clear` after a success makes the next failure log at once. The
-clock is injected so tests need no real time.
+repeats swallowed in between (`allow` answers `LogNow(swallowed)`, always true, or None: stay
+quiet); `clear` after a success makes the next failure log at once. The clock is injected so
+tests need no real time.
 """
 
 from __future__ import annotations
@@ -11,6 +12,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LogNow:
+    """Log this failure now; `swallowed` repeats went unlogged since the previous line."""
+
+    swallowed: int = 0
 
 
 @dataclass
@@ -25,16 +33,16 @@ class LogThrottle:
         self._clock = clock
         self._runs: dict[Hashable, _Run] = {}
 
-    def allow(self, key: Hashable) -> int | None:
-        """None: stay quiet. Otherwise log now; the value is how many repeats were swallowed."""
+    def allow(self, key: Hashable) -> LogNow | None:
+        """`LogNow` (always true): log this one. None: stay quiet, it is counted."""
         now = self._clock()
         run = self._runs.get(key)
         if run is None:
             self._runs[key] = _Run(now)
-            return 0
+            return LogNow()
         if now - run.last >= self._interval:
             swallowed, run.last, run.suppressed = run.suppressed, now, 0
-            return swallowed
+            return LogNow(swallowed)
         run.suppressed += 1
         return None
 

@@ -173,11 +173,7 @@ class Metrics:
             r.restarts[reason] = r.restarts.get(reason, 0) + 1
 
     def worker_counters(self, resource: str, pid: int, counters: WorkerCounters) -> None:
-        """A heartbeat's counters: totals since the worker process `pid` started.
-
-        `counters.kubelet_restarts` is not used: the supervisor counts kubelet restarts node-wide
-        (`kubelet_restart()`), which would otherwise be counted once per worker.
-        """
+        """A heartbeat's counters: totals since the worker process `pid` started."""
         vector = counters_vector(counters)
         with self._lock:
             if isinstance(vector, str):

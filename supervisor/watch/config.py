@@ -44,9 +44,8 @@ class ConfigWatch:
         """
         data, why = self.read()
         if data is None:
-            swallowed = self._throttle.allow("unreadable")
-            if swallowed is not None:
-                again = f" (and {swallowed} times since)" if swallowed else ""
+            if log := self._throttle.allow("unreadable"):
+                again = f" (and {log.swallowed} times since)" if log.swallowed else ""
                 LOG.warning(
                     "%s; keeping the running config until it is readable again%s", why, again
                 )

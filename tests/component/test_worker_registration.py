@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from common.messages import Error, Heartbeat, Ready, Reregister
+from common.messages import Error, Heartbeat, Ready
 from proto.pluginregistration.v1 import api_pb2 as reg
 from proto.pluginregistration.v1 import api_pb2_grpc as reg_grpc
 from tests.conditions import wait_until
@@ -160,27 +160,30 @@ def test_kubelet_restart_leads_to_reregistration(rig: Rig) -> None:
         rig.wait_heartbeats()
         assert len(rig.kubelet.registrations()) == count
         assert rig.kubelet.stream_open(FULL)
-    # Two restarts closer together than one 50 ms look at kubelet.sock can count as one.
-    wait_until(
-        lambda: _counters(rig).counters.kubelet_restarts >= 1,  # type: ignore[union-attr]
-        3,
-        what="kubelet restarts counted",
-    )
 
 
 def test_broken_stream_leads_to_reregistration(rig: Rig) -> None:
     rig.start_worker(RESOURCE, DEVICES)
-    rig.kubelet.wait_for_registration(FULL, timeout=10)
-    wait_until(lambda: rig.kubelet.stream_open(FULL), what="stream open")
+    _registered_and_streaming(rig)
+    # Counted from here: on a loaded machine the simulator can take over a second to open its
+    # first stream, and the worker's backstop (no stream 1 s after Register) registers again.
+    registrations, streams = len(rig.kubelet.registrations()), rig.kubelet.streams_opened(FULL)
     rig.kubelet.break_stream(FULL)
-    broken = time.monotonic()
-    registration = rig.kubelet.wait_for_registration(FULL, timeout=3, count=2)
-    assert registration.time - broken < 0.5
+    rig.kubelet.wait_for_registration(FULL, timeout=10, count=registrations + 1)
     rig.kubelet.wait_for_devices(FULL, lambda ds: len(ds) == 4 and ds[0].health == "Healthy")
-    assert rig.kubelet.streams_opened(FULL) == 2
-    # The supervisor heard about the loss and the recovery.
-    reasons = [m.reason for m in rig.supervisor.received("hca_a", Ready) if isinstance(m, Ready)]
-    assert "stream broke" in reasons
+    wait_until(lambda: rig.kubelet.streams_opened(FULL) == streams + 1, what="a new stream")
+    # Registered again because the stream broke, at once (how soon is a benchmark's figure).
+    broke = "ListAndWatch stream broke: the kubelet lost us; registering again"
+    wait_until(lambda: broke in rig.log("hca_a"), what="the worker saw the stream break")
+    # The supervisor hears about the loss and the recovery (its messages travel apart from the
+    # kubelet's calls, so they may arrive after the kubelet saw the new registration).
+    wait_until(
+        lambda: (
+            "stream broke"
+            in [m.reason for m in rig.supervisor.received("hca_a", Ready) if isinstance(m, Ready)]
+        ),
+        what="ready: stream broke",
+    )
 
 
 def test_refused_registration_is_retried_and_reported_once(rig: Rig) -> None:
@@ -224,17 +227,6 @@ def _still_one_healthy_registration(rig: Rig) -> None:
     assert all(d.health == "Healthy" for d in devices)
 
 
-def test_reregister_while_the_stream_is_live_is_only_noted(rig: Rig) -> None:
-    # The live stream proves the kubelet has us; registering again beside it would make a
-    # 1.26-1.35 kubelet drop the new registration once the old stream ends.
-    rig.start_worker(RESOURCE, DEVICES)
-    _registered_and_streaming(rig)
-    rig.supervisor.send("hca_a", Reregister("test"))
-    wait_until(lambda: "re-register request noted" in rig.log("hca_a"), what="request noted")
-    rig.wait_heartbeats()
-    _still_one_healthy_registration(rig)
-
-
 def test_a_chmod_of_kubelet_sock_is_no_kubelet_restart(rig: Rig) -> None:
     rig.start_worker(RESOURCE, DEVICES)
     _registered_and_streaming(rig)
@@ -243,7 +235,7 @@ def test_a_chmod_of_kubelet_sock_is_no_kubelet_restart(rig: Rig) -> None:
     os.chmod(kubelet_sock, before.st_mode & 0o7777)  # same mode: only the change time moves
     rig.wait_heartbeats(3)  # the worker looked at kubelet.sock many times since
     _still_one_healthy_registration(rig)
-    assert _counters(rig).counters.kubelet_restarts == 0  # type: ignore[union-attr]
+    assert "kubelet.sock replaced" not in rig.log("hca_a")
 
 
 def test_another_live_server_on_our_socket_is_left_alone(tmp_path: Path) -> None:

@@ -5,8 +5,14 @@ A kubelet stopping says GOAWAY on its open connections. A call whose stream had 
 client by then is failed as "never sent", which gRPC retries at once, transparently and without
 limit, keeping every attempt in the call's memory: in the kubelet restart storm a Register caught
 that way spun a gRPC thread for its whole 15 s timeout and grew the worker by gigabytes. The peer
-here makes that state certain: it allows no concurrent stream (the call waits in the client) and
-then says GOAWAY, on every connection.
+here makes that state likely: it allows no concurrent stream (the call waits in the client) and
+then says GOAWAY and closes the connection, as a kubelet going down does, on every connection.
+Whether the call was queued on the connection before the GOAWAY arrived is up to the client's
+threads: when it was, only retries turned off end it at once (with them on, each retry waits on
+a new connection of the same peer until the deadline); when it was not, the call finds the
+connection gone and fails at once either way. Without the close that second case hung the call
+until its deadline (a peer that says GOAWAY and keeps the connection open for ever), which made
+this test fail about one run in five on a loaded machine.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ def _read_frame(conn: socket.socket, buffer: bytearray) -> tuple[int, int] | Non
 
 class GoawayPeer:
     """Accepts connections on a unix socket; on each: SETTINGS (no concurrent stream), then,
-    once the client has acknowledged them (it counts the connection ready), GOAWAY."""
+    once the client has acknowledged them (it counts the connection ready), GOAWAY and close."""
 
     def __init__(self, path: Path) -> None:
         self.connections = 0
@@ -93,6 +99,8 @@ class GoawayPeer:
                 elif kind == _SETTINGS:
                     # Last stream 0, no error: a server shutting down that processed nothing.
                     conn.sendall(_frame(_GOAWAY, 0, struct.pack(">II", 0, 0)))
+                    conn.shutdown(socket.SHUT_RDWR)
+                    return
 
     def close(self) -> None:
         self._listener.close()

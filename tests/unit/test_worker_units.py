@@ -12,7 +12,7 @@ from common.messages import Configure, ProtocolError, WorkerSettings, decode, en
 from tests.standin_supervisor import make_candidate, make_resource
 from workers.events import EventQueue, StreamLost
 from workers.main import parse_args
-from workers.registration_fsm import RegistrationMachine
+from workers.registration_machine import RegistrationMachine
 from workers.timings import WorkerTimings
 
 
@@ -40,10 +40,10 @@ def test_posts_after_close_are_dropped_and_never_hit_a_reused_descriptor() -> No
 
 def test_backoff_is_capped_at_one_second_while_absent_and_thirty_once_refused() -> None:
     machine = RegistrationMachine(WorkerTimings())
-    delays = [machine._failed("absent", refused=False)[1] for _ in range(8)]
+    delays = [machine.failed("absent", refused=False)[1] for _ in range(8)]
     assert [d.delay for d in delays[:2]] == pytest.approx([0.05, 0.1])  # type: ignore[union-attr]
     assert delays[-1].delay == 1.0  # type: ignore[union-attr]
-    refused = [machine._failed("no", refused=True)[1] for _ in range(12)]
+    refused = [machine.failed("no", refused=True)[1] for _ in range(12)]
     assert 1.0 < refused[0].delay < 30.0  # type: ignore[union-attr]
     assert refused[-1].delay == 30.0  # type: ignore[union-attr]
 

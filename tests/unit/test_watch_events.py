@@ -11,12 +11,12 @@ import zmq
 
 from common.kubelet_socket import KubeletChange, KubeletSocket
 from workers.events import EventQueue, StreamLost, StreamOpened
-from workers.kubelet_watch import KubeletWatch
 from workers.registration_io import KubeletRestart, OwnSocketGone
-from workers.restart_signals import RestartSignals
 from workers.servicer import Counters, StreamHub
 from workers.serving import Serving
+from workers.socket_folder_watch import SocketFolderWatch
 from workers.timings import WorkerTimings
+from workers.watch_events import WatchEvents
 
 
 def _serve(path: Path) -> socket.socket:
@@ -74,7 +74,7 @@ def test_removed_and_created_before_we_looked_counts_once(tmp_path: Path) -> Non
 def test_the_watch_sees_kubelet_sock_and_our_socket(tmp_path: Path) -> None:
     kubelet = _serve(tmp_path / "kubelet.sock")
     ours = _serve(tmp_path / "hca_a.sock")
-    watch = KubeletWatch(str(tmp_path), str(tmp_path / "hca_a.sock"))
+    watch = SocketFolderWatch(str(tmp_path), str(tmp_path / "hca_a.sock"))
     try:
         assert watch.filenos()
         (tmp_path / "hca_a.sock").unlink()
@@ -102,8 +102,8 @@ def test_a_kubelet_wipe_tells_the_machine_our_socket_went_before_the_new_kubelet
     hub = StreamHub(events, counters)
     serving = Serving(hub, counters, events, WorkerTimings(), lambda _c, _m: None, 1)
     fed: list[object] = []
-    signals = RestartSignals(
-        KubeletWatch(str(tmp_path), own), own, serving, counters, zmq.Poller(), fed.append
+    signals = WatchEvents(
+        SocketFolderWatch(str(tmp_path), own), own, serving, zmq.Poller(), fed.append
     )
     try:
         assert serving.serve(own, "rdma/hca_a", watcher=False) is not None
@@ -125,7 +125,7 @@ def test_an_unwatchable_folder_falls_back_to_polling_and_is_watched_once_it_exis
     tmp_path: Path,
 ) -> None:
     folder = tmp_path / "dp"
-    watch = KubeletWatch(str(folder), str(folder / "hca_a.sock"))
+    watch = SocketFolderWatch(str(folder), str(folder / "hca_a.sock"))
     try:
         assert watch.filenos() == []
         folder.mkdir()

@@ -1,9 +1,9 @@
-"""What the kubelet watch sees, as events for the registration state machine (worker process).
+"""What the socket folders' watch sees, as events for the registration machine (worker process).
 
-Counts kubelet restarts (the shared definition, `common.kubelet_socket`) for the heartbeat,
-dates a new `kubelet.sock` by its ctime (a registration sent after that went to the new kubelet
-already), and tells our socket removed or replaced (serve afresh) from the path of another live
-server coming free (serve now).
+A new `kubelet.sock` (the shared definition, `common.kubelet_socket`) is a kubelet restart,
+dated by its ctime (a registration sent after that went to the new kubelet already); it also
+tells our socket removed or replaced (serve afresh) from the path of another live server coming
+free (serve now).
 """
 
 from __future__ import annotations
@@ -19,21 +19,19 @@ import zmq
 from common.kubelet_socket import KubeletChange
 from common.loop.timers import Timers
 from workers import registration_io as fsm
-from workers.kubelet_watch import KubeletWatch, Seen
-from workers.servicer import Counters
 from workers.serving import Serving
+from workers.socket_folder_watch import Seen, SocketFolderWatch
 from workers.timings import WorkerTimings
 
 LOG = logging.getLogger("workers")
 
 
-class RestartSignals:
+class WatchEvents:
     def __init__(
         self,
-        watch: KubeletWatch,
+        watch: SocketFolderWatch,
         own_socket: str,
         serving: Serving,
-        counters: Counters,
         poller: zmq.Poller,
         feed: Callable[[fsm.Event], None],
         clock: Callable[[], float] = time.monotonic,
@@ -41,11 +39,9 @@ class RestartSignals:
         self.watch = watch
         self.own_socket = own_socket
         self.serving = serving
-        self.counters = counters
         self.poller = poller
         self.feed = feed
         self.clock = clock
-        self.kubelet_seen = watch.kubelet.current is not None
         self._fds: set[int] = set()
         self.rewatch()
 
@@ -103,9 +99,6 @@ class RestartSignals:
             if change is KubeletChange.GONE:
                 self.feed(fsm.KubeletGone())
                 continue
-            if change is KubeletChange.REPLACED or self.kubelet_seen:
-                self.counters.add("kubelet_restarts")
-            self.kubelet_seen = True
             self.feed(fsm.KubeletRestart(f"kubelet.sock {change.value}", self._appeared_at()))
 
     def _appeared_at(self) -> float:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from common.kubelet_socket import KUBELET_SOCKET, KubeletChange, KubeletSocket
 from common.loop.inotify import Change, DirWatch
 
-LOG = logging.getLogger("workers.kubelet_watch")
+LOG = logging.getLogger("workers.socket_folder_watch")
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Seen:
     rescan: bool = False  # events were lost (or a folder went): compare by stat at once
 
 
-class KubeletWatch:
+class SocketFolderWatch:
     def __init__(self, device_plugin_dir: str, own_socket: str) -> None:
         self.device_plugin_dir = os.path.abspath(device_plugin_dir)
         self.own_dir, self.own_name = os.path.split(os.path.abspath(own_socket))

@@ -4,23 +4,24 @@ behaviours that matter after a kubelet restart. No gRPC, no processes, a hand-dr
 from __future__ import annotations
 
 import itertools
-import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from workers import registration_fsm, registration_io, registration_table
+from workers import registration_io
+from workers import registration_io as f
 from workers.events import RegisterDone, SelfCheckDone, StreamLost, StreamOpened, WatcherStatus
-from workers.registration_fsm import RegistrationMachine
 from workers.registration_io import Kind
-from workers.registration_table import State
+from workers.registration_machine import (
+    TABLE,
+    RegistrationError,
+    RegistrationMachine,
+    Row,
+    State,
+    StreamSeen,
+)
 from workers.timings import WorkerTimings
 
-#: The machine, its events and actions, and its table, under one name.
-f = SimpleNamespace(
-    **{**vars(registration_io), **vars(registration_table), **vars(registration_fsm)}
-)
 DOC = Path(__file__).resolve().parents[2] / "docs" / "worker.md"
 TIMINGS = WorkerTimings()
 
@@ -110,7 +111,6 @@ def relevant_event(kind: Kind, m: RegistrationMachine, clock: Clock) -> registra
         Kind.KUBELET_RESTART: f.KubeletRestart("kubelet.sock replaced", clock.now),
         Kind.KUBELET_GONE: f.KubeletGone(),
         Kind.OWN_SOCKET_GONE: f.OwnSocketGone("removed"),
-        Kind.REREGISTER: f.ReregisterRequested("test"),
         Kind.STOP: f.Stop(),
     }
     assert set(events) == set(Kind)
@@ -144,11 +144,11 @@ def test_every_state_and_event(state: State, kind: Kind, mode: str) -> None:
     m, clock = drive(state, mode)
     clock.advance(TIMINGS.stream_grace + 0.1)  # timers that are due are due
     actions = m.handle(relevant_event(kind, m, clock))
-    allowed = f.TRANSITIONS.get((state, kind))
-    if allowed is None:
+    row = TABLE.get((state, kind))
+    if row is None:
         assert actions == [] and m.state is state, "a pair not in the table is ignored"
     else:
-        assert m.state in allowed
+        assert m.state in row.to
     # Whatever happened, at most one Register is in flight, and it is the one the machine waits on.
     registers = _registers(actions)
     assert len(registers) <= 1
@@ -167,42 +167,48 @@ def test_every_state_and_event(state: State, kind: Kind, mode: str) -> None:
 
 
 def test_the_table_names_only_real_states_and_kinds() -> None:
-    for (state, kind), targets in f.TRANSITIONS.items():
-        assert isinstance(state, State) and isinstance(kind, Kind) and targets
-    assert all((s, Kind.STOP) in f.TRANSITIONS for s in State if s is not State.STOPPED)
-    assert not [k for (s, k) in f.TRANSITIONS if s is State.STOPPED]
+    for (state, kind), row in TABLE.items():
+        assert isinstance(state, State) and isinstance(kind, Kind) and row.to and row.what
+    assert all((s, Kind.STOP) in TABLE for s in State if s is not State.STOPPED)
+    assert not [k for (s, k) in TABLE if s is State.STOPPED]
 
 
-def test_an_illegal_move_raises() -> None:
-    m, _ = drive(State.REGISTERED, "classic")
-    original = f.TRANSITIONS[(State.REGISTERED, Kind.REREGISTER)]
-    f.TRANSITIONS[(State.REGISTERED, Kind.REREGISTER)] = frozenset({State.STOPPED})
+@pytest.mark.parametrize("wrong", ["state", "action"])
+def test_an_illegal_move_or_action_raises(wrong: str) -> None:
+    m, clock = drive(State.REGISTERED, "classic")
+    pair = (State.REGISTERED, Kind.KUBELET_RESTART)
+    original = TABLE[pair]
+    if wrong == "state":
+        TABLE[pair] = Row(original.handler, frozenset({State.STOPPED}), original.emits, "")
+    else:
+        TABLE[pair] = Row(original.handler, original.to, frozenset(), "")
     try:
-        m.stream = f.StreamSeen.NONE
-        with pytest.raises(f.IllegalTransition):
-            m.handle(f.ReregisterRequested("test"))
+        m.stream = StreamSeen.NONE
+        with pytest.raises(RegistrationError):
+            m.handle(f.KubeletRestart("kubelet.sock replaced", clock.now + 1))
     finally:
-        f.TRANSITIONS[(State.REGISTERED, Kind.REREGISTER)] = original
+        TABLE[pair] = original
 
 
 # ---- behaviours ------------------------------------------------------------------------------
 
 
-def test_a_slow_kubelet_and_a_reregister_nudge_register_exactly_once() -> None:
-    # The kubelet takes seconds to dial back inside Register; meanwhile the supervisor asks to
-    # re-register. The attempt in flight must not be lost, nor the new stream ended.
+def test_a_slow_kubelet_registers_exactly_once() -> None:
+    # The kubelet takes seconds to dial back inside Register; meanwhile the stat backstop
+    # reports the kubelet.sock it restarted with (older than our Register). The attempt in
+    # flight must not be lost, nor the new stream ended.
     m, clock = drive(State.REGISTERING, "classic")
     claim = m.claim
     clock.advance(1.5)
-    assert m.handle(f.ReregisterRequested("not registered 1.5 s after a kubelet restart")) == []
+    assert m.handle(f.KubeletRestart("kubelet.sock replaced", clock.now - 2.0)) == []
     clock.advance(2.0)
     assert m.handle(StreamOpened(1, claim)) == []
     actions = m.handle(RegisterDone(1, 1, sent_at=clock.now - 3.5))
     assert m.state is State.REGISTERED
     assert not _registers(actions) and not any(isinstance(a, f.StopServer) for a in actions)
     assert f.ReportReady(True, "registered") in actions
-    # And once registered with a live stream, a nudge is only noted.
-    assert m.handle(f.ReregisterRequested("again")) == []
+    # And once registered with a live stream, a newer restart signal is only noted.
+    assert m.handle(f.KubeletRestart("kubelet.sock replaced", clock.now)) == []
     assert m.state is State.REGISTERED
 
 
@@ -283,7 +289,7 @@ def test_a_restart_signal_older_than_our_registration_changes_nothing() -> None:
     # kubelet.sock was re-created, we registered with the new kubelet, and only then the stat
     # look (or a late inotify read) reports the new socket: no second registration.
     m, clock = drive(State.REGISTERED, "classic")
-    m.stream = f.StreamSeen.NONE  # its stream is not open yet
+    m.stream = StreamSeen.NONE  # its stream is not open yet
     assert m.handle(f.KubeletRestart("kubelet.sock replaced", m.sent_at - 0.001)) == []
     assert m.state is State.REGISTERED
     # A newer one, with no stream: register again.
@@ -346,9 +352,8 @@ def test_watcher_refusal_recreates_the_socket_after_the_backoff() -> None:
     assert m.handle(f.TimerDue()) == [f.CancelTimer(), f.Serve()]
 
 
-def test_watcher_reregister_with_a_live_stream_is_only_noted() -> None:
+def test_watcher_restart_signal_with_a_live_stream_is_only_noted() -> None:
     m, _ = drive(State.REGISTERED, "watcher")
-    assert m.handle(f.ReregisterRequested("test")) == []
     assert m.handle(f.KubeletRestart("kubelet.sock replaced", 1e9)) == []
 
 
@@ -380,30 +385,46 @@ def test_watcher_without_a_call_in_the_grace_serves_afresh() -> None:
 
 # ---- the table in docs/worker.md ------------------------------------------------------------
 
+BEGIN = "<!-- registration-table:begin (generated from workers.registration_machine.TABLE) -->"
+END = "<!-- registration-table:end -->"
 
-def _doc_table() -> dict[tuple[str, str], frozenset[str]]:
-    text = DOC.read_text()
-    section = text.split("### Registration state machine", 1)[1].split("\n## ", 1)[0]
-    rows: dict[tuple[str, str], frozenset[str]] = {}
-    for line in section.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 4 or not line.startswith("|") or set(cells[0]) <= {"-", " "}:
-            continue
-        if cells[0] == "state":
-            continue
-        state, event, targets = (re.sub(r"`", "", c) for c in cells[:3])
-        for one_state in state.split(", "):
-            rows[(one_state, event)] = frozenset(t.strip() for t in targets.split(","))
-    return rows
+
+def render_table() -> str:
+    """`TABLE` as docs/worker.md shows it: equal rows of one event kind share a line."""
+    lines: dict[tuple[Kind, Row], list[State]] = {}
+    for (state, kind), row in TABLE.items():
+        lines.setdefault((kind, row), []).append(state)
+    out = [
+        "| state | event | next state | handler | actions | what it does |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (kind, row), states in lines.items():
+        out.append(
+            "| "
+            + " | ".join(
+                (
+                    ", ".join(f"`{s.value}`" for s in states),
+                    kind.value,
+                    ", ".join(f"`{s.value}`" for s in sorted(row.to, key=lambda s: s.value)),
+                    f"`{row.handler.__name__}`",
+                    ", ".join(sorted(f"`{a.__name__}`" for a in row.emits)) or "none",
+                    row.what,
+                )
+            )
+            + " |"
+        )
+    return "\n".join(out)
 
 
 def test_the_documented_table_is_the_codes() -> None:
-    code = {
-        (s.value, k.value): frozenset(t.value for t in targets)
-        for (s, k), targets in f.TRANSITIONS.items()
-    }
-    doc = _doc_table()
-    assert sorted(set(code) - set(doc)) == [], "pairs missing from docs/worker.md"
-    assert sorted(set(doc) - set(code)) == [], "pairs in docs/worker.md the code does not have"
-    wrong = {pair: (doc[pair], code[pair]) for pair in code if doc[pair] != code[pair]}
-    assert wrong == {}
+    text = DOC.read_text()
+    assert BEGIN in text and END in text
+    documented = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    assert documented == render_table(), (
+        "docs/worker.md's registration table differs from the code; replace it with:\n"
+        + render_table()
+    )
+
+
+if __name__ == "__main__":  # print the table for docs/worker.md
+    print(render_table())
