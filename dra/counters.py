@@ -14,7 +14,7 @@ from typing import Any
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-class Histogram:
+class LatencyHistogram:
     def __init__(self) -> None:
         self.buckets = [0] * len(LATENCY_BUCKETS)
         self.count = 0
@@ -31,11 +31,11 @@ class Histogram:
         return {"buckets": list(self.buckets), "count": self.count, "sum": round(self.sum, 6)}
 
 
-class Counters:
+class DriverCounters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.claims: Counter[str] = Counter()  # "prepare:ok", "unprepare:error", ...
-        self.latency = {"prepare": Histogram(), "unprepare": Histogram()}
+        self.latency = {"prepare": LatencyHistogram(), "unprepare": LatencyHistogram()}
         self.slice_writes: Counter[str] = Counter()  # create, update, delete
         self.api_errors: Counter[str] = Counter()  # by call: get_claim, list_slices, ...
 

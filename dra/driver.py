@@ -25,7 +25,7 @@ from typing import Any
 from dra import claim_cdi
 from dra.checkpoint import Checkpoint, PreparedClaim, PreparedDevice
 from dra.claims import ClaimError, ClaimRef, results
-from dra.counters import Counters
+from dra.counters import DriverCounters
 from dra.devices import DraDevice
 from dra.kube_api import ApiError
 from dra.names import claim_uid_of_spec
@@ -51,7 +51,7 @@ class Driver:
         get_claim: GetClaim,
         cdi_dir: str,
         checkpoint: Checkpoint,
-        counters: Counters,
+        counters: DriverCounters,
     ) -> None:
         self.driver = driver
         self.pool = pool

@@ -30,7 +30,7 @@ from common.defaults import DEFAULT_PLUGINS_REGISTRY_DIR
 from dra import devices as dra_devices
 from dra import host_facts
 from dra.checkpoint import Checkpoint
-from dra.counters import Counters
+from dra.counters import DriverCounters
 from dra.driver import Driver
 from dra.feed import FeedError, NodeState, parse_line
 from dra.kube_api import ApiConfig, ApiError, KubeApi
@@ -108,7 +108,7 @@ def _bind(server: Any, path: str) -> None:
 class Process:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.counters = Counters()
+        self.counters = DriverCounters()
         config = api_config(args)
         self.api = KubeApi(config) if config is not None else None
         get_claim = (self.api or NoApi()).get_claim
@@ -144,10 +144,10 @@ class Process:
         import grpc  # only here: `--help` costs no gRPC start-up
 
         from dra.health import add_service
-        from dra.servicer import Registration, add_services
+        from dra.servicer import DriverRegistration, add_services
 
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=WORKERS))
-        self.registration = Registration(self.args.driver_name, self.dra_sock)
+        self.registration = DriverRegistration(self.args.driver_name, self.dra_sock)
         add_services(server, self.driver, self.registration)
         add_service(server, self.health)
         _bind(server, self.dra_sock)

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from common.loop.backoff import Backoff
 from dra import slices
-from dra.counters import Counters
+from dra.counters import DriverCounters
 from dra.devices import DraDevice
 from dra.kube_api import ApiError, KubeApi
 
@@ -42,7 +42,7 @@ class Publisher:
         api: KubeApi,
         driver: str,
         node: str,
-        counters: Counters,
+        counters: DriverCounters,
         resync: float = 30.0,
     ) -> None:
         self.api = api

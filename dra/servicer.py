@@ -77,7 +77,7 @@ class PluginV1beta1(_Plugin, v1beta1_grpc.DRAPluginServicer):  # type: ignore[mi
         super().__init__(driver, v1beta1, with_share_id=False)
 
 
-class Registration(reg_grpc.RegistrationServicer):  # type: ignore[misc]
+class DriverRegistration(reg_grpc.RegistrationServicer):  # type: ignore[misc]
     """What the kubelet's plugin watcher asks on `<driver>-reg.sock`."""
 
     def __init__(self, driver_name: str, endpoint: str) -> None:
@@ -112,7 +112,7 @@ class Registration(reg_grpc.RegistrationServicer):  # type: ignore[misc]
             return self.registered, self.error
 
 
-def add_services(server: grpc.Server, driver: Driver, registration: Registration) -> None:
+def add_services(server: grpc.Server, driver: Driver, registration: DriverRegistration) -> None:
     v1_grpc.add_DRAPluginServicer_to_server(PluginV1(driver), server)
     v1beta1_grpc.add_DRAPluginServicer_to_server(PluginV1beta1(driver), server)
     reg_grpc.add_RegistrationServicer_to_server(registration, server)

@@ -140,15 +140,7 @@ class DraObserver(Observer):
         self.inner = inner
         self.child = child
         # With metrics on, the DRA figures join /metrics and /readyz (supervisor/metrics/dra.py).
-        self.totals: Any = None
-        self.probes: Any = getattr(inner, "probes", None)
-        metrics = getattr(inner, "metrics", None)
-        if metrics is not None:
-            from supervisor.metrics.dra import DraTotals
-
-            self.totals = DraTotals()
-            metrics.registry.register(self.totals)
-        self._publish_readiness()
+        inner.dra_reported(self.child.status)
         for name in dir(Observer):
             if not name.startswith("_") and name not in type(self).__dict__:
                 setattr(self, name, getattr(inner, name))
@@ -176,9 +168,7 @@ class DraObserver(Observer):
     def loop_turned(self, readable: Collection[int]) -> None:
         if self.child.status_fd in readable:
             self.child.read_status()
-            if self.totals is not None and self.child.status:
-                self.totals.update(self.child.status)
-            self._publish_readiness()
+            self.inner.dra_reported(self.child.status)
         self.child.flush()
         self.inner.loop_turned(readable)
 
@@ -195,12 +185,6 @@ class DraObserver(Observer):
             publish_error=str(st.get("publish_error") or ""),
             prepared_claims=int(st.get("prepared_claims") or 0),
         )
-
-    def _publish_readiness(self) -> None:
-        if self.probes is not None:
-            from supervisor.metrics.dra import not_ready
-
-            self.probes.set_part("dra", not_ready(self.child.status))
 
 
 def dra_argv(

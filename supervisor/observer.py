@@ -16,7 +16,7 @@ to wait on its pipe returns it from `poll_fds` and gets `loop_turned(readable)` 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from common.config import Config
 from common.devices import Candidate, Scan
@@ -78,6 +78,10 @@ class Observer:
     def pods_listed(self, rows: Sequence[PodAllocation], available: bool) -> None:
         """A new PodResources snapshot (`supervisor.pods`): every resource the kubelet lists;
         `available` False (and no rows) when the API did not answer."""
+
+    def dra_reported(self, status: Mapping[str, Any]) -> None:
+        """The DRA driver child's latest status line (`supervisor.dra_child`; {} before its
+        first): its counters and readiness."""
 
     def config_applied(self, config: Config) -> None:
         """The running config: at start (before the first scan) and after each good reload."""

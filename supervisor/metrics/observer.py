@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 import psutil
 
@@ -30,6 +31,8 @@ from common.loop.backoff import Backoff
 from common.messages import WorkerCounters, WorkerStatus
 from common.rdma_netns import EXCLUSIVE, EXCLUSIVE_WARNING
 from supervisor.held_ids import retained
+from supervisor.metrics.dra import DraTotals
+from supervisor.metrics.dra import not_ready as dra_not_ready
 from supervisor.metrics.endpoint_binder import EndpointBinder
 from supervisor.metrics.exporter import Metrics
 from supervisor.metrics.http_server import MetricsServer, Probes
@@ -62,6 +65,7 @@ class MetricsObserver(Observer):
         self.metrics = metrics
         self.probes = probes
         self.binder = binder
+        self._dra_totals: DraTotals | None = None  # with `run --dra` only
         self.pod_series = pod_series  # off: pods still protect their held IDs, no pod series
         self._source: StatusSource | None = None
         #: The running config's resources (full name -> rdmaHcaMax), in config order.
@@ -177,6 +181,14 @@ class MetricsObserver(Observer):
         self.probes.loop_turned()
         if self.binder is not None:
             self.binder.due()
+
+    def dra_reported(self, status: Mapping[str, Any]) -> None:
+        if self._dra_totals is None:
+            self._dra_totals = DraTotals()
+            self.metrics.registry.register(self._dra_totals)
+        if status:
+            self._dra_totals.update(status)
+        self.probes.set_part("dra", dra_not_ready(status))
 
     def pods_listed(self, rows: Sequence[PodAllocation], available: bool) -> None:
         self._pod_rows = list(rows)

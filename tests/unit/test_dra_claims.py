@@ -12,7 +12,7 @@ import pytest
 from dra import claim_cdi
 from dra.checkpoint import Checkpoint, PreparedClaim, PreparedDevice, decode, encode
 from dra.claims import ClaimError, ClaimRef, results
-from dra.counters import Counters
+from dra.counters import DriverCounters
 from dra.devices import build
 from dra.driver import Driver
 from dra.kube_api import ApiError
@@ -108,7 +108,7 @@ def _driver(tmp_path: Path, api: Claims) -> Driver:
         api.get,
         str(tmp_path / "cdi"),
         Checkpoint(str(tmp_path / "state")),
-        Counters(),
+        DriverCounters(),
     )
     driver.set_devices(build([resource], [resource], [make_candidate(0), make_candidate(1)]))
     return driver
