@@ -45,7 +45,7 @@ EOF
 
 inputs_hash() {
     {
-        cat "$0" "$here/tests/e2e/rdma/vm_init.sh"
+        cat "$here/.ci/install-rdma-vm.sh" "$here/tests/e2e/rdma/vm_init.sh"
         runtime_deps
     } | sha256sum | cut -d' ' -f1
 }
@@ -62,7 +62,7 @@ build() {
     printf 'MODULES=list\n' >"$root/etc/initramfs-tools/conf.d/small"
     printf 'virtio_pci\nvirtio_blk\next4\n' >"$root/etc/initramfs-tools/modules"
     mount --bind /proc "$root/proc"
-    trap 'umount "$root/proc" 2>/dev/null || true' RETURN
+    trap 'umount "$RDMA_VM_CACHE/build/root/proc" 2>/dev/null || true' EXIT
     log "kernel, initrd"
     chroot "$root" sh -c 'DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
         --no-install-recommends -o Dpkg::Options::=--force-confold \
@@ -82,6 +82,7 @@ build() {
         /tmp/wheels/*.whl && rm -rf /tmp/wheels' >>"$out/pip.log" 2>&1 ||
         { tail -20 "$out/pip.log" >&2; return 1; }
     umount "$root/proc"
+    trap - EXIT
     install -m 0755 "$here/tests/e2e/rdma/vm_init.sh" "$root/sbin/rdma-vm-init"
     mkdir -p "$root/work" "$root/out"
     rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"*
