@@ -158,7 +158,8 @@ class SysfsTree:
         """A software RDMA device over `netdev`, as `rdma link add <name> type rxe|siw netdev
         <netdev>` makes it: `sys/devices/virtual/infiniband/<name>` with a `parent` file and no
         `device` link, one port (ACTIVE when the netdev is up, unless `state`), char devices
-        under `sys/devices/virtual` (no issm on Ethernet)."""
+        under `sys/devices/virtual`: uverbs, umad and issm (a real 6.1 kernel makes an issm for
+        rxe's Ethernet port too: tests/fixtures/real-sysfs/debian12-rxe)."""
         net = self.root / "sys/class/net" / netdev
         if not net.is_dir():
             raise KeyError(f"no netdev {netdev!r}")
@@ -167,7 +168,8 @@ class SysfsTree:
         if state is None:
             up = (net / "operstate").read_text().strip() == "up"
             state = "ACTIVE" if up else "DOWN"
-        spec = RdmaSpec(name, ports=[PortSpec(1, state, "Ethernet", gids=32)], char_devices="class")
+        port = PortSpec(1, state, "Ethernet", gids=32)
+        spec = RdmaSpec(name, ports=[port], issm=True, char_devices="class")
         self._add_rdma("sys/devices/virtual", spec, parent=netdev, siw=kind == "siw")
 
     def remove_software_rdma(self, name: str) -> None:

@@ -55,10 +55,11 @@ def test_rxe_is_a_candidate_tied_to_its_netdevs_pci_function(tree: SysfsTree) ->
     [rdma] = rxe0.rdma_devices
     assert rdma.name == "rxe0"
     assert [(p.number, p.state, p.link_layer) for p in rdma.ports] == [(1, "ACTIVE", "Ethernet")]
-    # No issm on an Ethernet port; numbered as the kernel numbers them.
+    # An issm even on an Ethernet port, as a real kernel makes for rxe; numbered as it does.
     assert [(c.name, c.major, c.minor) for c in rxe0.char_devices] == [
         ("uverbs0", 231, 192),
         ("umad0", 231, 0),
+        ("issm0", 231, 64),
     ]
     assert rxe0.usable and rxe0.healthy
     assert by_name(result)["rxe1"].char_devices[0].name == "uverbs1"

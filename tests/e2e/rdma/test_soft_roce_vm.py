@@ -33,8 +33,10 @@ SCENARIOS = (
     "registration_allocate",
     "traffic",
     "traffic_without_our_devices_fails",
+    "cdi_allocate_traffic",
     "rdma_link_delete_add",
     "netdev_down_up",
+    "delete_while_allocated",
     "netns_exclusive",
 )
 

@@ -14,6 +14,7 @@ console's tail.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -102,10 +103,8 @@ def boot(work_tree: Path, out: Path, *, boot_deadline: float, deadline: float) -
             failure = f"the VM session did not end within {deadline:.0f} s"
             break
         # qemu gives no event for console output: poll the file, a few times a second.
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(0.25)
-        except subprocess.TimeoutExpired:
-            pass
     if proc.poll() is None:
         proc.kill()
     qemu_out = proc.communicate()[0] if proc.stdout else ""
