@@ -178,4 +178,10 @@ def _observer(args: argparse.Namespace) -> Observer | None:
     from supervisor.metrics.observer import start_metrics_observer
 
     interval = getattr(args, "pod_resources_interval", 10.0)
-    return start_metrics_observer(args.metrics_address, args.pod_resources_socket, interval)
+    return start_metrics_observer(
+        args.metrics_address,
+        args.pod_resources_socket,
+        interval,
+        host_root=getattr(args, "host_root", "/"),
+        device_plugin_dir=getattr(args, "device_plugin_dir", ""),
+    )

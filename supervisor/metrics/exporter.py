@@ -52,12 +52,14 @@ from supervisor.metrics.families import (
     build_families,
 )
 from supervisor.metrics.pod_resources import PodAllocation
+from supervisor.metrics.rdma_usage import collect_pod_rdma
 from supervisor.metrics.worker_totals import (
     COUNTER_FIELDS,
     Histogram,
     ProcessTotals,
     counters_vector,
 )
+from supervisor.rdma_cgroup import PodRdmaUsage
 
 LOG = logging.getLogger(__name__)
 
@@ -107,6 +109,8 @@ class Metrics:
         self._pods: dict[tuple[str, str, str, str], int] = {}
         self._retained: dict[str, int] = {}
         self._refused_pids: set[tuple[str, int]] = set()
+        #: Per-pod RDMA usage, read on each scrape (supervisor/metrics/rdma_usage.py); None = off.
+        self.pod_rdma: Callable[[], Sequence[PodRdmaUsage]] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -283,6 +287,8 @@ class Metrics:
             self._collect_node(add, fam)
             for name, r in sorted(self._resources.items()):
                 self._collect_resource(name, r, add, fam)
+        if self.pod_rdma is not None:
+            collect_pod_rdma(self.pod_rdma, add)
         return list(fam.values())
 
     def _collect_node(self, add: _Add, fam: dict[str, Metric]) -> None:

@@ -31,6 +31,7 @@ from supervisor.held_ids import retained
 from supervisor.metrics.exporter import Metrics
 from supervisor.metrics.http_server import MetricsServer, Probes, start_metrics_server
 from supervisor.metrics.pod_resources import PodAllocation, PodResourcesReader
+from supervisor.metrics.rdma_usage import RdmaUsageSource
 from supervisor.observer import Observer, StatusSource
 from supervisor.restart_policy import RestartPolicy
 
@@ -58,6 +59,8 @@ class MetricsObserver(Observer):
         self.probes = probes
         self.server = server
         self.pod_resources = pod_resources
+        #: Per-pod RDMA usage from the rdma cgroups; set by start_metrics_observer.
+        self.rdma_usage: RdmaUsageSource | None = None
         self._source: StatusSource | None = None
         #: The running config's resources (full name -> rdmaHcaMax), in config order.
         self._hca_max: dict[str, int] = {}
@@ -204,6 +207,14 @@ class MetricsObserver(Observer):
         for name, hca_max in self._hca_max.items():
             if name in self._selections:
                 self.metrics.set_resource(name, hca_max, self._selections[name])
+        if self.rdma_usage is not None:
+            self.rdma_usage.set_served(
+                {
+                    name: {r.name for c in self._selections[name] for r in c.rdma_devices}
+                    for name in self._hca_max
+                    if name in self._selections
+                }
+            )
 
     def _publish_pods(self) -> None:
         mine = self._hca_max.keys()
@@ -264,14 +275,22 @@ def _not_ready(status: WorkerStatus | None) -> str | None:
 
 
 def start_metrics_observer(
-    address: str, pod_resources_socket: str, pod_resources_interval: float = 10.0
+    address: str,
+    pod_resources_socket: str,
+    pod_resources_interval: float = 10.0,
+    *,
+    host_root: str = "/",
+    device_plugin_dir: str = "",
 ) -> MetricsObserver:
     """Serve /metrics, /healthz and /readyz on `address` and poll the PodResources API.
 
     Raises `AddressError` (a ValueError) for an address that does not parse and OSError when it
-    cannot be bound. An empty `pod_resources_socket` turns the pod series off.
+    cannot be bound. An empty `pod_resources_socket` turns the pod series off; an empty
+    `device_plugin_dir` the per-pod RDMA usage (read from the rdma cgroups under `host_root`).
     """
     metrics = Metrics(VERSION)
+    usage = RdmaUsageSource(host_root, device_plugin_dir) if device_plugin_dir else None
+    metrics.pod_rdma = usage
     probes = Probes(stall_after=STALL_AFTER)
     server = start_metrics_server(address, metrics, probes.health, probes.ready)
     reader: PodResourcesReader | None = None
@@ -286,4 +305,6 @@ def start_metrics_observer(
             ValueError,
         ) as err:  # no pipe: metrics without pod series beat no supervisor
             LOG.error("cannot start the PodResources poller: %s; no pod series", err)
-    return MetricsObserver(metrics, probes, server, reader)
+    observer = MetricsObserver(metrics, probes, server, reader)
+    observer.rdma_usage = usage
+    return observer

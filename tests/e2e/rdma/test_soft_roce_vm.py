@@ -35,6 +35,7 @@ SCENARIOS = (
     "traffic",
     "traffic_without_our_devices_fails",
     "cdi_allocate_traffic",
+    "rdma_cgroup_usage",
     "rdma_link_delete_add",
     "netdev_down_up",
     "delete_while_allocated",

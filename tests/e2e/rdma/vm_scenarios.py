@@ -243,7 +243,9 @@ class Plugin:
 # -- containers ---------------------------------------------------------------------------------
 
 
-def bundle(name: str, args: list[str], nodes: list[dict[str, Any]]) -> Path:
+def bundle(
+    name: str, args: list[str], nodes: list[dict[str, Any]], cgroup: str | None = None
+) -> Path:
     """An OCI bundle: the VM's /usr and /etc read-only, host network, the given device nodes
     (path, major, minor) and a device cgroup that allows only them."""
     path = WORK / "bundles" / name
@@ -273,7 +275,7 @@ def bundle(name: str, args: list[str], nodes: list[dict[str, Any]]) -> Path:
         ],
         "linux": {
             "namespaces": [{"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}],
-            "cgroupsPath": f"/rdma-e2e/{name}",
+            "cgroupsPath": cgroup or f"/rdma-e2e/{name}",
             "devices": [
                 {
                     "path": n["path"],
@@ -476,6 +478,8 @@ def cdi_scenarios(res: Results, plugin: Plugin) -> None:
         bw = write_bw(nodes, nodes, "cdi")
         res.data["figures"]["ib_write_bw_cdi_mb_s"] = bw
         assert bw > 0
+    with res.scenario("rdma_cgroup_usage"):
+        rdma_cgroup_usage(res, plugin, nodes)
     device_changes(res, plugin)
 
     with res.scenario("netns_exclusive"):
@@ -583,6 +587,53 @@ def held_by_container(
     plugin.kubelet.wait_for_devices(RESOURCE_B, gone, timeout=30)
     assert plugin.alive(), "the plugin died"
     change(["rdma", "link", "add", "rxe1", "type", "rxe", "netdev", "eth1"], healthy)
+
+
+POD_UID = "0a1b2c3d-0000-4000-8000-00000000e2e0"
+
+
+def rdma_cgroup_usage(res: Results, plugin: Plugin, nodes: list[dict[str, Any]]) -> None:
+    """A container in a pod cgroup laid out as the kubelet's cgroupfs driver does, holding rxe0
+    open; the kubelet's checkpoint (written here: the simulator keeps none) names the pod. The
+    rdma controller's real counters must show its handle and objects, and the limit set on the
+    pod's cgroup."""
+    from supervisor.rdma_cgroup import pod_usage
+
+    cg = Path("/sys/fs/cgroup")
+    for folder in (cg, cg / "kubepods", cg / "kubepods/besteffort"):
+        folder.mkdir(exist_ok=True)
+        (folder / "cgroup.subtree_control").write_text("+rdma")
+    pod = cg / f"kubepods/besteffort/pod{POD_UID}"
+    pod.mkdir(exist_ok=True)
+    (pod / "rdma.max").write_text("rxe0 hca_handle=4 hca_object=1000\n")
+    entry = {"PodUID": POD_UID, "ContainerName": "c", "ResourceName": RESOURCE_A,
+             "DeviceIDs": {"-1": ["1"]}}  # fmt: skip
+    checkpoint = {"Data": {"PodDeviceEntries": [entry], "RegisteredDevices": {}}, "Checksum": 0}
+    (plugin.dp / "kubelet_internal_checkpoint").write_text(json.dumps(checkpoint))
+    args = ["ib_write_bw", "-d", "rxe0", "-x", "1", "-p", "18518"]
+    cgroup = f"/kubepods/besteffort/pod{POD_UID}/ctr"
+    holder = start_container("podctr", bundle("podctr", args, nodes, cgroup=cgroup))
+    try:
+        wait_until(lambda: _listening(18518), 120, "pod container listening on rxe0")
+        served = {RESOURCE_A: {"rxe0"}, RESOURCE_B: {"rxe1"}}
+        rows = pod_usage("/", str(plugin.dp), served)
+        res.data["figures"]["pod_rdma_usage"] = [r.__dict__ for r in rows]
+        [row] = rows
+        assert (row.pod_uid, row.resource, row.device) == (POD_UID, RESOURCE_A, "rxe0"), row
+        assert row.hca_handle >= 1 and row.hca_object >= 1, row
+        assert (row.max_hca_handle, row.max_hca_object) == (4, 1000), row
+        # The same through the plugin's own /metrics (read on each scrape).
+        _, metrics = plugin.http("/metrics")
+        mine = [line for line in metrics.splitlines() if POD_UID in line]
+        assert any(line.startswith("rdma_shared_dp_pod_rdma_usage{") for line in mine), mine
+        assert any(line.startswith("rdma_shared_dp_pod_rdma_limit{") for line in mine), mine
+        res.data["figures"]["pod_rdma_metric_lines"] = mine
+    finally:
+        runc("kill", "podctr", "KILL", timeout=30)
+        holder.wait(60)
+        runc("delete", "--force", "podctr", timeout=30)
+    # The pod ended: its counters drop back (the kernel uncharges on close).
+    wait_until(lambda: "hca_handle=0" in (pod / "rdma.current").read_text(), 30, "uncharge")
 
 
 class UeventListener:
