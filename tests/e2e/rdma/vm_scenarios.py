@@ -610,17 +610,20 @@ def rdma_cgroup_usage(res: Results, plugin: Plugin, nodes: list[dict[str, Any]])
              "DeviceIDs": {"-1": ["1"]}}  # fmt: skip
     checkpoint = {"Data": {"PodDeviceEntries": [entry], "RegisteredDevices": {}}, "Checksum": 0}
     (plugin.dp / "kubelet_internal_checkpoint").write_text(json.dumps(checkpoint))
-    args = ["ib_write_bw", "-d", "rxe0", "-x", "1", "-p", "18518"]
+    # ibv_rc_pingpong makes its PD, MR, CQ and QP before it waits for a peer (ib_write_bw's
+    # server waits first and holds only its context: hca_handle=1, hca_object=0).
+    args = ["ibv_rc_pingpong", "-d", "rxe0", "-g", "1", "-p", "18518"]
     cgroup = f"/kubepods/besteffort/pod{POD_UID}/ctr"
     holder = start_container("podctr", bundle("podctr", args, nodes, cgroup=cgroup))
     try:
         wait_until(lambda: _listening(18518), 120, "pod container listening on rxe0")
         served = {RESOURCE_A: {"rxe0"}, RESOURCE_B: {"rxe1"}}
         rows = pod_usage("/", str(plugin.dp), served)
+        res.data["figures"]["pod_rdma_current"] = (pod / "rdma.current").read_text()
         res.data["figures"]["pod_rdma_usage"] = [r.__dict__ for r in rows]
         [row] = rows
         assert (row.pod_uid, row.resource, row.device) == (POD_UID, RESOURCE_A, "rxe0"), row
-        assert row.hca_handle >= 1 and row.hca_object >= 1, row
+        assert row.hca_handle == 1 and row.hca_object >= 4, row
         assert (row.max_hca_handle, row.max_hca_object) == (4, 1000), row
         # The same through the plugin's own /metrics (read on each scrape).
         _, metrics = plugin.http("/metrics")
