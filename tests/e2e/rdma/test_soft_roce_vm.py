@@ -71,7 +71,7 @@ def write_figures(run: vm.VmRun) -> None:
         f"ib_write_bw {figures.get('ib_write_bw_mb_s', '-')} MB/s, "
         f"uevent->kubelet latency max {latency.get('max', '-')} s "
         f"(median {latency.get('median', '-')} s), VM boot {boot}, "
-        f"VM session {run.seconds:.0f} s, kernel {run.results.get('kernel', '-')}"
+        f"VM session {run.seconds:.0f} s ({run.accel}), kernel {run.results.get('kernel', '-')}"
     )
     (OUT / "figures.txt").write_text(line + "\n")
 

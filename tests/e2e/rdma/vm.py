@@ -1,11 +1,13 @@
 """Booting the soft-RoCE VM of `make e2e-rdma` and reading what it did (the host's tests).
 
 The image comes from .ci/install-rdma-vm.sh (kernel, initrd, rootfs.ext4 in the cache folder).
-qemu runs it under TCG (pure emulation: on these machines a nested KVM guest hangs at "Booting
-from ROM"; `RDMA_VM_ACCEL=kvm` tries KVM where it works), with two virtio NICs on qemu's isolated
-user network, the disk as a throw-away snapshot, the work tree shared read-only over 9p and a
-result folder shared read-write. The VM's PID 1 runs tests/e2e/rdma/vm_session.sh and powers
-off; its serial console goes to `console.log` in the result folder and is read while it runs.
+qemu runs it under KVM only where a probe shows KVM boots the kernel (on these machines a nested
+KVM guest hangs at "Booting from ROM"), else under TCG (pure emulation); `RDMA_VM_ACCEL=tcg|kvm`
+skips the probe. The probe's answer is kept in the cache folder (`accel`). Two virtio NICs on
+qemu's isolated user network, the disk as a throw-away snapshot, the work tree shared read-only
+over 9p and a result folder shared read-write. The VM's PID 1 runs tests/e2e/rdma/vm_session.sh
+and powers off; its serial console goes to `console.log` in the result folder and is read while
+it runs.
 
 Deadlines: the kernel must print its first line within `boot_deadline` seconds, and the whole
 session end within `deadline`; past either, qemu is killed and the run reports why, with the
@@ -41,6 +43,7 @@ class VmRun:
     rc: int | None  # the session script's exit status; None when it never finished
     failure: str = ""  # why the run did not finish: a deadline, qemu's own exit
     results: dict[str, Any] = field(default_factory=dict)
+    accel: str = "tcg"
 
 
 def image_problem(cache: Path = CACHE) -> str | None:
@@ -53,8 +56,46 @@ def image_problem(cache: Path = CACHE) -> str | None:
     return None
 
 
-def qemu_command(work_tree: Path, out: Path, cache: Path = CACHE) -> list[str]:
-    accel = os.environ.get("RDMA_VM_ACCEL", "tcg")
+#: A kernel that reaches userspace prints one of these (without `quiet`): the initramfs's init.
+PROBE_MARKS = ("Run /init as init process", "Run /bin/true as init process")
+PROBE_DEADLINE = 30.0
+
+
+def choose_accel(cache: Path = CACHE) -> str:
+    """ "kvm" where KVM boots this kernel to userspace within PROBE_DEADLINE, else "tcg"."""
+    chosen = os.environ.get("RDMA_VM_ACCEL", "")
+    if chosen:
+        return chosen
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg"
+    known = cache / "accel"
+    if known.is_file():
+        return known.read_text().strip() or "tcg"
+    accel = "kvm" if probe_kvm(cache) else "tcg"
+    known.write_text(accel + "\n")
+    return accel
+
+
+def probe_kvm(cache: Path) -> bool:
+    """Boot the kernel under KVM with `init=/bin/true` and watch for its first userspace step."""
+    command = [
+        "qemu-system-x86_64", "-accel", "kvm", "-m", "512", "-display", "none", "-no-reboot",
+        "-serial", "stdio", "-monitor", "none",
+        "-kernel", str(cache / "vmlinuz"), "-initrd", str(cache / "initrd.img"),
+        "-append", "root=/dev/vda ro console=ttyS0 init=/bin/true panic=-1",
+        "-drive", f"file={cache / 'rootfs.ext4'},if=virtio,format=raw,snapshot=on",
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, errors="replace", timeout=PROBE_DEADLINE
+        )
+    except subprocess.TimeoutExpired as err:
+        out = err.stdout if isinstance(err.stdout, str) else (err.stdout or b"").decode("latin-1")
+        return any(mark in out for mark in PROBE_MARKS)
+    return any(mark in done.stdout for mark in PROBE_MARKS)
+
+
+def qemu_command(work_tree: Path, out: Path, cache: Path = CACHE, accel: str = "tcg") -> list[str]:
     append = "root=/dev/vda rw console=ttyS0 init=/sbin/rdma-vm-init quiet panic=-1 net.ifnames=0"
     share = "security_model=none,multidevs=remap"
     return [
@@ -85,9 +126,13 @@ def boot(work_tree: Path, out: Path, *, boot_deadline: float, deadline: float) -
     for stale in ("console.log", "results.json", "rc", "session.log"):
         (out / stale).unlink(missing_ok=True)
     console = out / "console.log"
+    accel = choose_accel()
     start = time.monotonic()
     proc = subprocess.Popen(
-        qemu_command(work_tree, out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        qemu_command(work_tree, out, accel=accel),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     boot_seconds: float | None = None
     failure = ""
@@ -116,4 +161,4 @@ def boot(work_tree: Path, out: Path, *, boot_deadline: float, deadline: float) -
     rc = int(rc_file.read_text().strip()) if rc_file.exists() else None
     results_file = out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    return VmRun(out, text, boot_seconds, seconds, rc, failure, results)
+    return VmRun(out, text, boot_seconds, seconds, rc, failure, results, accel)

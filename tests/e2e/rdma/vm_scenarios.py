@@ -355,7 +355,9 @@ def write_bw(
     nodes_server: list[dict[str, Any]], nodes_client: list[dict[str, Any]], tag: str
 ) -> float:
     """ib_write_bw between two containers over rxe0; the average bandwidth in MB/s."""
-    common = ["ib_write_bw", "-d", "rxe0", "-x", "1", "-s", "65536", "-n", "200", "-F", "-p"]
+    # Duration mode (-D): under emulation an iteration count can finish within the timer's
+    # resolution and report 0.00 MB/s; two seconds of traffic always measure.
+    common = ["ib_write_bw", "-d", "rxe0", "-x", "1", "-s", "65536", "-D", "2", "-F", "-p"]
     port = "18515" if tag == "deviceplugin" else "18516"
     server = start_container(f"srv-{tag}", bundle(f"srv-{tag}", [*common, port], nodes_server))
     try:
@@ -371,8 +373,9 @@ def write_bw(
             f"client rc={client.returncode}: {client.stdout[-800:]}{client.stderr[-400:]}"
         )
     match = BW.search(client.stdout)
-    if match is None:
-        raise RuntimeError(f"no bandwidth line in: {client.stdout[-800:]} / server: {out[-400:]}")
+    if match is None or float(match.group(1)) <= 0:
+        shown = f"{client.stdout[-800:]} / server: {out[-400:]}"
+        raise RuntimeError(f"no bandwidth above 0 in: {shown}")
     return float(match.group(1))
 
 
