@@ -102,12 +102,22 @@ def first_rejection(selectors: Selectors, candidate: Candidate) -> tuple[str, st
 
 
 def select(resource: ResourceConfig, candidates: Iterable[Candidate]) -> Selection:
+    everything = tuple(candidates)
+    # A function whose netdev carries a software RDMA device has none of its own: say where it is
+    # rather than "this NIC most likely cannot do RDMA".
+    software: dict[str, list[str]] = {}
+    for c in everything:
+        if c.software and c.pci_address:
+            software.setdefault(c.pci_address, []).append(c.name)
     selected: list[Candidate] = []
     rejected: list[Rejection] = []
-    for candidate in candidates:
+    for candidate in everything:
         why = first_rejection(resource.selectors, candidate)
         if why is None:
             selected.append(candidate)
-        else:
-            rejected.append(Rejection(candidate, *why))
+            continue
+        soft = software.get(candidate.name) if not candidate.software else None
+        if why[0] == NO_RDMA_DEVICE and soft:
+            why = (NO_RDMA_DEVICE, f"its netdev carries software RDMA device {', '.join(soft)}")
+        rejected.append(Rejection(candidate, *why))
     return Selection(resource, tuple(selected), tuple(rejected))

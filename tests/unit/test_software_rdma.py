@@ -66,8 +66,12 @@ def test_rxe_is_a_candidate_tied_to_its_netdevs_pci_function(tree: SysfsTree) ->
 
 
 def test_the_virtio_function_itself_stays_a_pci_candidate_without_rdma(tree: SysfsTree) -> None:
-    virtio = by_name(scan(tree.root))[VIRTIO0]
+    candidates = scan(tree.root).candidates
+    virtio = by_name(Scan(candidates))[VIRTIO0]
     assert virtio.kind == "pci" and virtio.rdma_devices == ()
+    # Its rejection points at the software device on its netdev, not at "cannot do RDMA".
+    [why] = [r for r in select(resource(), candidates).rejected if r.candidate.name == VIRTIO0]
+    assert why.detail == "its netdev carries software RDMA device rxe0"
 
 
 def test_catch_all_and_pci_only_selectors_leave_software_devices_out(tree: SysfsTree) -> None:
