@@ -38,6 +38,7 @@ SCENARIOS = (
     "rdma_cgroup_usage",
     "rdma_link_delete_add",
     "netdev_down_up",
+    "netdev_renamed",
     "delete_while_allocated",
     "netns_exclusive",
 )

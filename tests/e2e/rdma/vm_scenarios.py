@@ -538,6 +538,18 @@ def device_changes(res: Results, plugin: Plugin) -> None:
         change(["ip", "link", "set", "eth1", "up"], healthy)
         assert plugin.alive()
 
+    with res.scenario("netdev_renamed"):
+        # rxe_b selects ifNames [eth1]: renamed, rxe1 follows its netdev's new name (the
+        # kernel's `parent` does) and leaves the resource; named back, it returns.
+        must("ip", "link", "set", "eth1", "down")
+        must("ip", "link", "set", "eth1", "name", "lan1")
+        plugin.kubelet.wait_for_devices(RESOURCE_B, lambda ds: not ds, timeout=30)
+        renamed = {c.name: c for c in scan("/").candidates}["rxe1"]
+        assert renamed.if_name == "lan1", renamed
+        must("ip", "link", "set", "lan1", "name", "eth1")
+        change(["ip", "link", "set", "eth1", "up"], healthy)
+        assert plugin.alive()
+
     with res.scenario("delete_while_allocated"):
         held_by_container(res, plugin, change, gone, healthy)
     uevents.close()
