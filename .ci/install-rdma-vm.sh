@@ -70,10 +70,10 @@ build() {
         { tail -20 "$out/kernel.log" >&2; return 1; }
     log "python runtime dependencies"
     # Downloaded by the host's pip (its index and certificates are set up here), installed
-    # offline: the host and the VM are both Debian 12 with Python 3.11, so the wheels fit.
+    # offline: wheels for the VM's CPython 3.11 on glibc 2.36 (Debian 12, as the host).
     local wheels="$out/wheels"
     # shellcheck disable=SC2046
-    python3 -m pip download -q --only-binary=:all: -d "$wheels" \
+    python3 -m pip download -q --only-binary=:all: --python-version 3.11 -d "$wheels" \
         $(runtime_deps | tr '\n' ' ') pytest >"$out/pip.log" 2>&1 ||
         { tail -20 "$out/pip.log" >&2; return 1; }
     mkdir -p "$root/tmp/wheels" && cp "$wheels"/*.whl "$root/tmp/wheels/"
