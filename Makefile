@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PY312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12) python3.12)
 VENV312 := .venv-py312
 
-.PHONY: demo tools test test-fast lint typecheck bench bench-quick clean image e2e-kubelet e2e-dra
+.PHONY: demo tools test test-fast lint typecheck bench bench-quick clean image e2e-kubelet e2e-dra e2e-rdma
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,7 +24,7 @@ tools: $(STAMP)
 	bash .ci/install-tools.sh
 
 test: tools
-	$(BIN)/pytest -q -m "not kubelet and not dra"
+	$(BIN)/pytest -q -m "not kubelet and not dra and not rdma_vm"
 
 # The real-kubelet suite (docs/e2e-kubelet.md): builds kubelets and containerd 2 from Go modules
 # once (cached by version), then runs upstream kubelets against the plugin. Needs root.
@@ -38,6 +38,16 @@ e2e-kubelet: $(STAMP)
 e2e-dra: $(STAMP)
 	bash .ci/install-dra-e2e.sh
 	RDMA_E2E_REQUIRE=1 $(BIN)/pytest -q -m dra tests/e2e/dra
+
+# The soft-RoCE VM suite (docs/e2e-rdma.md): builds a Debian 12 VM image once (cached by its
+# inputs), boots it under qemu and runs the plugin against the real kernel's rxe devices. The
+# last line printed is the figures line.
+RDMA_VM_OUT ?= /tmp/rdma-vm-out
+e2e-rdma: $(STAMP)
+	bash .ci/install-rdma-vm.sh
+	@rc=0; RDMA_E2E_REQUIRE=1 RDMA_VM_OUT=$(RDMA_VM_OUT) $(BIN)/pytest -q -m rdma_vm tests/e2e/rdma \
+		|| rc=$$?; cat $(RDMA_VM_OUT)/figures.txt 2>/dev/null || echo "e2e-rdma figures: none (no VM run)"; \
+		exit $$rc
 
 # The unit tests without the property tests: pure code, no processes (under 20 s).
 test-fast: $(STAMP)

@@ -254,6 +254,8 @@ def _observer(args: argparse.Namespace, timings: Timings) -> Observer | None:
         retry,
         tls=_tls(args),
         pod_series=getattr(args, "pod_metrics", "on") == "on",
+        host_root=getattr(args, "host_root", "/"),
+        device_plugin_dir=getattr(args, "device_plugin_dir", ""),
     )
 
 

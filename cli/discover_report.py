@@ -12,7 +12,8 @@ Runs in the CLI process. The JSON shape (documented in README, "discover --json"
 
     Device = {"name", "pci_address", "vendor", "device_id", "driver", "netdev", "link_type",
               "rdma_devices": [str], "numa_node": int, "char_devices": [str], "usable": bool,
-              "healthy": bool, "auxiliary": bool, "health": "healthy" | "unhealthy" | "unusable",
+              "healthy": bool, "auxiliary": bool, "kind": "pci" | "auxiliary" | "software",
+              "software": "" | "rxe" | "siw", "health": "healthy" | "unhealthy" | "unusable",
               "why": [str], "ports": [Port]}
     Port = {"rdma_device", "port", "state", "link_layer", "gid_table_size": int | null,
             "gid_capacity": int | null}
@@ -127,6 +128,8 @@ def device_json(c: Candidate, host_root: str) -> dict[str, Any]:
         "usable": c.usable,
         "healthy": c.healthy,
         "auxiliary": c.auxiliary,
+        "kind": c.kind,
+        "software": c.software,
         "health": "healthy" if c.healthy else "unhealthy" if c.usable else "unusable",
         "why": why_not_healthy(c),
         "ports": ports,
@@ -192,7 +195,7 @@ def _gids(d: dict[str, Any]) -> str:
 
 _COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
     # a sub-function is shown under its parent's address: 0000:b1:00.0/mlx5_core.sf.2
-    ("PCI ADDRESS", lambda d: f"{d['pci_address']}/{d['name']}" if d["auxiliary"] else d["name"]),
+    ("PCI ADDRESS", lambda d: _name(d)),
     ("VENDOR:DEVICE", lambda d: f"{d['vendor']}:{d['device_id']}"),
     ("DRIVER", lambda d: d["driver"] or "-"),
     ("NETDEV", lambda d: d["netdev"] or "-"),
@@ -214,9 +217,17 @@ def _table(rows: list[list[str]]) -> list[str]:
     ]
 
 
+def _name(d: dict[str, Any]) -> str:
+    # A sub-function or a software RDMA device is shown under its (netdev's) PCI function:
+    # 0000:b1:00.0/mlx5_core.sf.2, 0000:00:03.0/rxe0 (software rxe).
+    if d.get("kind") == "software":
+        where = f"{d['pci_address']}/{d['name']}" if d["pci_address"] else d["name"]
+        return f"{where} (software {d['software']})"
+    return f"{d['pci_address']}/{d['name']}" if d["auxiliary"] else d["name"]
+
+
 def _label(d: dict[str, Any]) -> str:
-    name = f"{d['pci_address']}/{d['name']}" if d["auxiliary"] else d["name"]
-    return name + (f" ({d['netdev']})" if d["netdev"] else "")
+    return _name(d) + (f" ({d['netdev']})" if d["netdev"] else "")
 
 
 def render_text(report: dict[str, Any]) -> str:

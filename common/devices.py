@@ -63,15 +63,16 @@ class NetDev:
 
 @dataclass(frozen=True)
 class Candidate:
-    """A PCI network function, or an auxiliary sub-function that is a device of its own.
+    """A PCI network function, an auxiliary sub-function, or a software RDMA device.
 
     A sub-function (mlx5 `mlx5_core.sf.N`) carries its parent's vendor, device ID, driver, PCI
     address and NUMA node, because that is what selectors match on; its netdevs and RDMA devices
-    are its own.
+    are its own. A software RDMA device (soft-RoCE `rxe0`) carries those of the PCI function its
+    netdev sits below ("" and -1 when the netdev is virtual), its netdev and itself.
     """
 
-    name: str  # PCI address ("0000:3b:00.0") or auxiliary device name ("mlx5_core.sf.2")
-    pci_address: str  # own address, or the parent's for an auxiliary device
+    name: str  # PCI address, auxiliary device name ("mlx5_core.sf.2") or RDMA device ("rxe0")
+    pci_address: str  # own address, the parent's (auxiliary), the netdev's function's or ""
     vendor: str  # 4 lower-case hex digits, no 0x
     device_id: str
     driver: str  # basename of the driver link; "" when unbound
@@ -80,6 +81,14 @@ class Candidate:
     rdma_devices: tuple[RdmaDevice, ...] = ()
     rdma_cm_present: bool = False
     auxiliary: bool = False
+    software: str = ""  # "rxe" or "siw" for a software RDMA device, "" for hardware
+
+    @property
+    def kind(self) -> str:
+        """ "pci", "auxiliary" or "software": what `discover` shows."""
+        if self.software:
+            return "software"
+        return "auxiliary" if self.auxiliary else "pci"
 
     @property
     def if_name(self) -> str:
@@ -103,12 +112,15 @@ class Candidate:
     def healthy(self) -> bool:
         """Usable, and able to carry traffic.
 
-        Port state decides when the RDMA device reports ports (an IB netdev may be admin-down
-        while verbs work fine); without ports, the first netdev's operstate decides.
+        Port state is the signal when the RDMA device reports ports (an IB netdev may be admin-down
+        while verbs work fine); without ports, the first netdev's operstate decides. A software
+        device needs both: its traffic is its netdev's.
         """
         if not self.usable:
             return False
         ports = [p for r in self.rdma_devices for p in r.ports]
+        if self.software and self.netdevs and self.netdevs[0].operstate in DOWN_OPERSTATES:
+            return False
         if ports:
             return any(p.up for p in ports)
         if self.netdevs:

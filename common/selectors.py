@@ -6,6 +6,13 @@ before the selectors: a function with no bound driver or no RDMA device can neve
 
 An auxiliary sub-function is matched on its parent's vendor, device ID, driver and PCI address
 (discovery copies them onto it) and on its own netdev, link type and RDMA device names.
+
+A software RDMA device (soft-RoCE, soft-iWARP) is matched on the PCI function of its netdev
+(vendor, device ID, driver, address), its netdev and link type, and its own name; but only a
+resource that names it, in `ifNames` or `rdmaDevices`, can select it. A catch-all resource, or one
+that selects by PCI identity or link type alone, was written for hardware HCAs: handing out an
+emulation instead (CPU-bound, a fraction of the bandwidth) without the operator asking would be a
+silent change of what pods get. `discover` shows such a device rejected with reason `software`.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from common.devices import Candidate
 
 NO_DRIVER = "no driver bound"
 NO_RDMA_DEVICE = "no RDMA device"
+#: A software RDMA device left out by a resource that does not name it.
+SOFTWARE = "software"
 #: Network drivers of NICs that can do RDMA -> the kernel module that adds their RDMA device.
 #: Deliberately short: naming a module for a NIC that has none would send an operator hunting.
 RDMA_DRIVERS: dict[str, str] = {
@@ -45,7 +54,8 @@ def no_rdma_hint(driver: str) -> str:
 @dataclass(frozen=True)
 class Rejection:
     candidate: Candidate
-    reason: str  # NO_DRIVER, NO_RDMA_DEVICE, or the config key of the selector ("vendors", ...)
+    # NO_DRIVER, NO_RDMA_DEVICE, SOFTWARE, or the config key of the selector ("vendors", ...)
+    reason: str
     detail: str  # what the candidate had against what the selector wanted
 
 
@@ -70,7 +80,13 @@ _CHECKS: tuple[tuple[str, str, Callable[[Candidate], tuple[str, ...]]], ...] = (
 
 def first_rejection(selectors: Selectors, candidate: Candidate) -> tuple[str, str] | None:
     """The reason and detail of the first check `candidate` fails, or None when it matches."""
-    if not candidate.driver:
+    if candidate.software:
+        if not (selectors.if_names or selectors.rdma_devices):
+            return SOFTWARE, (
+                f"a software RDMA device ({candidate.software}) is selected only by a resource "
+                "naming it in ifNames or rdmaDevices"
+            )
+    elif not candidate.driver:
         return NO_DRIVER, "bind a network driver to it"
     if not candidate.rdma_devices:
         return NO_RDMA_DEVICE, no_rdma_hint(candidate.driver)
@@ -86,12 +102,22 @@ def first_rejection(selectors: Selectors, candidate: Candidate) -> tuple[str, st
 
 
 def select(resource: ResourceConfig, candidates: Iterable[Candidate]) -> Selection:
+    everything = tuple(candidates)
+    # A function whose netdev carries a software RDMA device has none of its own: say where it is
+    # rather than "this NIC most likely cannot do RDMA".
+    software: dict[str, list[str]] = {}
+    for c in everything:
+        if c.software and c.pci_address:
+            software.setdefault(c.pci_address, []).append(c.name)
     selected: list[Candidate] = []
     rejected: list[Rejection] = []
-    for candidate in candidates:
+    for candidate in everything:
         why = first_rejection(resource.selectors, candidate)
         if why is None:
             selected.append(candidate)
-        else:
-            rejected.append(Rejection(candidate, *why))
+            continue
+        soft = software.get(candidate.name) if not candidate.software else None
+        if why[0] == NO_RDMA_DEVICE and soft:
+            why = (NO_RDMA_DEVICE, f"its netdev carries software RDMA device {', '.join(soft)}")
+        rejected.append(Rejection(candidate, *why))
     return Selection(resource, tuple(selected), tuple(rejected))

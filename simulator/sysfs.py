@@ -6,12 +6,14 @@ The parts: `simulator.sysfs_specs` (specs, presets), `simulator.sysfs_tree` (`Sy
 `simulator.sysfs_unplug` (hot-unplug); every public name is importable from here.
 
 Describe functions with the spec dataclasses (or the presets `connectx_ib`, `connectx_roce`,
-`e810`, `igb`, `gpu`) and add them to a `SysfsTree`::
+`e810`, `igb`, `gpu`, `virtio_net`) and add them to a `SysfsTree`::
 
     tree = SysfsTree(tmp_path)                      # creates dev/infiniband/rdma_cm
     tree.add(connectx_ib("0000:3b:00.0", rdma="mlx5_0", netdev="ib0", numa_node=0))
     tree.add(FunctionSpec("0000:5e:00.0", netdevs=[NetdevSpec("ens1f0")],
                           rdma=[RdmaSpec("mlx5_1", ports=[PortSpec(link_layer="Ethernet")])]))
+    tree.add(virtio_net("0000:00:03.0", netdev="eth0"))
+    tree.add_software_rdma("rxe0", "eth0")          # rdma link add rxe0 type rxe netdev eth0
     tree.set_port_state("mlx5_0", 1, "DOWN")
     tree.remove_dev_node("uverbs0")
     tree.remove_function("0000:5e:00.0")
@@ -62,6 +64,7 @@ from simulator.sysfs_specs import (
     e810,
     gpu,
     igb,
+    virtio_net,
 )
 from simulator.sysfs_tree import SysfsTree
 
@@ -84,6 +87,7 @@ __all__ = [
     "gpu",
     "igb",
     "main",
+    "virtio_net",
 ]
 
 

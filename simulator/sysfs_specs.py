@@ -89,6 +89,9 @@ class FunctionSpec:
     aux: list[AuxSpec] = field(default_factory=list)
     #: Folder under sys/devices; default: a root port derived from the bus number.
     parent: str | None = None
+    #: A child device holding the netdevs instead of the function itself, with its driver:
+    #: ("virtio0", "virtio_net") for a virtio-net function.
+    netdev_holder: tuple[str, str] | None = None
 
 
 # -- presets ---------------------------------------------------------------------------------------
@@ -197,6 +200,22 @@ def igb(address: str, *, netdev: str, numa_node: int = 0, device: str = "1533") 
         driver="igb",
         numa_node=numa_node,
         netdevs=[NetdevSpec(netdev)],
+    )
+
+
+def virtio_net(
+    address: str, *, netdev: str = "eth0", virtio: str = "virtio0", operstate: str = "up"
+) -> FunctionSpec:
+    """A virtio-net function (a VM's NIC) as qemu and Linux show it: vendor 1af4 device 1000,
+    bound to virtio-pci, its netdev below the `virtioN` device bound to virtio_net."""
+    return FunctionSpec(
+        address,
+        vendor="1af4",
+        device="1000",
+        driver="virtio-pci",
+        numa_node=None,
+        netdevs=[NetdevSpec(netdev, operstate=operstate)],
+        netdev_holder=(virtio, "virtio_net"),
     )
 
 

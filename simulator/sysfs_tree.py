@@ -21,6 +21,7 @@ from simulator.sysfs_specs import (
     AuxSpec,
     FunctionSpec,
     NetdevSpec,
+    PortSpec,
     RdmaSpec,
 )
 from simulator.sysfs_unplug import unplug_function
@@ -91,7 +92,14 @@ class SysfsTree:
         if spec.driver:
             self._bind(rel, "sys/bus/pci/drivers", spec.driver, spec.address)
         self._link(f"sys/bus/pci/devices/{spec.address}", rel)
-        self._contents(rel, spec.netdevs, spec.rdma)
+        if spec.netdev_holder is not None:
+            holder, holder_driver = spec.netdev_holder
+            self._bind(f"{rel}/{holder}", "sys/bus/virtio/drivers", holder_driver, holder)
+            for netdev in spec.netdevs:
+                self._add_netdev(f"{rel}/{holder}", netdev)
+            self._contents(rel, [], spec.rdma)
+        else:
+            self._contents(rel, spec.netdevs, spec.rdma)
         for aux in spec.aux:
             self._add_aux(rel, aux)
 
@@ -144,13 +152,54 @@ class SysfsTree:
         self._link(f"{rel}/subsystem", "sys/class/net")
         self._link(f"sys/class/net/{spec.name}", rel)
 
-    def _add_rdma(self, owner: str, spec: RdmaSpec) -> None:
+    def add_software_rdma(
+        self, name: str, netdev: str, *, kind: str = "rxe", state: str | None = None
+    ) -> None:
+        """A software RDMA device over `netdev`, as `rdma link add <name> type rxe|siw netdev
+        <netdev>` makes it: `sys/devices/virtual/infiniband/<name>` with a `parent` file and no
+        `device` link, one port (ACTIVE when the netdev is up, unless `state`), char devices
+        under `sys/devices/virtual`: uverbs, umad and issm (a real 6.1 kernel makes an issm for
+        rxe's Ethernet port too: tests/fixtures/real-sysfs/debian12-rxe)."""
+        net = self.root / "sys/class/net" / netdev
+        if not net.is_dir():
+            raise KeyError(f"no netdev {netdev!r}")
+        if os.path.lexists(self.root / "sys/class/infiniband" / name):
+            raise ValueError(f"RDMA device {name} already exists")
+        if state is None:
+            up = (net / "operstate").read_text().strip() == "up"
+            state = "ACTIVE" if up else "DOWN"
+        port = PortSpec(1, state, "Ethernet", gids=32)
+        spec = RdmaSpec(name, ports=[port], issm=True, char_devices="class")
+        self._add_rdma("sys/devices/virtual", spec, parent=netdev, siw=kind == "siw")
+
+    def remove_software_rdma(self, name: str) -> None:
+        """`rdma link delete <name>`: the device, its char devices and their dev nodes."""
+        rel = f"sys/devices/virtual/infiniband/{name}"
+        if not (self.root / rel).is_dir():
+            raise KeyError(f"no software RDMA device {name!r}")
+        for folder in CHAR_CLASSES:
+            base = self.root / "sys/devices/virtual" / folder
+            for entry in sorted(os.listdir(base)) if base.is_dir() else ():
+                ibdev = base / entry / "ibdev"
+                if ibdev.is_file() and ibdev.read_text().strip() == name:
+                    self.remove(f"sys/class/{folder}/{entry}")
+                    self.remove(f"sys/devices/virtual/{folder}/{entry}")
+                    self.remove_dev_node(entry)
+        self.remove(f"sys/class/infiniband/{name}")
+        self.remove(rel)
+
+    def _add_rdma(
+        self, owner: str, spec: RdmaSpec, *, parent: str | None = None, siw: bool = False
+    ) -> None:
         rel = f"{owner}/infiniband/{spec.name}"
-        self._put(f"{rel}/node_type", "1: CA")
+        self._put(f"{rel}/node_type", "4: RNIC" if siw else "1: CA")
         self._put(f"{rel}/fw_ver", "28.39.1002")
         self._put(f"{rel}/node_guid", _guid(spec.name))
         self._put(f"{rel}/uevent", f"NAME={spec.name}\n")
-        self._link(f"{rel}/device", owner)
+        if parent is not None:
+            self._put(f"{rel}/parent", parent)
+        else:
+            self._link(f"{rel}/device", owner)
         self._link(f"{rel}/subsystem", "sys/class/infiniband")
         for port in spec.ports:
             prel = f"{rel}/ports/{port.number}"

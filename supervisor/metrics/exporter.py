@@ -51,6 +51,7 @@ from supervisor.metrics.families import (
     SUCCESS,
     build_families,
 )
+from supervisor.metrics.rdma_usage import collect_pod_rdma
 from supervisor.metrics.worker_totals import (
     COUNTER_FIELDS,
     Histogram,
@@ -59,6 +60,7 @@ from supervisor.metrics.worker_totals import (
 )
 from supervisor.node_health import REASONS as NODE_REASONS
 from supervisor.pod_resources import PodAllocation
+from supervisor.rdma_cgroup import PodRdmaUsage
 
 LOG = logging.getLogger(__name__)
 
@@ -109,6 +111,8 @@ class Metrics:
         self._pods: dict[tuple[str, str, str, str], int] = {}
         self._retained: dict[str, int] = {}
         self._refused_pids: set[tuple[str, int]] = set()
+        #: Per-pod RDMA usage, read on each scrape (supervisor/metrics/rdma_usage.py); None = off.
+        self.pod_rdma: Callable[[], Sequence[PodRdmaUsage]] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -286,6 +290,8 @@ class Metrics:
             self._collect_node(add, fam)
             for name, r in sorted(self._resources.items()):
                 self._collect_resource(name, r, add, fam)
+        if self.pod_rdma is not None:
+            collect_pod_rdma(self.pod_rdma, add)
         return list(fam.values())
 
     def _collect_node(self, add: _Add, fam: dict[str, Metric]) -> None:

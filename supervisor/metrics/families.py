@@ -157,6 +157,16 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("namespace", "pod", "container", "resource"),
         "Devices of the resource allocated to the container, from the kubelet's PodResources API.",
     ),
+    "pod_rdma_usage": (
+        "gauge",
+        ("resource", "pod_uid", "rdma_device", "object"),
+        "Verbs handles or objects the pod holds on the RDMA device (rdma.current of its cgroup).",
+    ),
+    "pod_rdma_limit": (
+        "gauge",
+        ("resource", "pod_uid", "rdma_device", "object"),
+        "The pod's rdma cgroup limit (rdma.max) for the device; absent when unlimited.",
+    ),
 }
 
 

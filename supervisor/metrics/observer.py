@@ -36,6 +36,7 @@ from supervisor.metrics.dra import not_ready as dra_not_ready
 from supervisor.metrics.endpoint_binder import EndpointBinder
 from supervisor.metrics.exporter import Metrics
 from supervisor.metrics.http_server import MetricsServer, Probes
+from supervisor.metrics.rdma_usage import RdmaUsageSource
 from supervisor.metrics.tls import TlsContext
 from supervisor.node_health import NodeProblem
 from supervisor.observer import Observer, StatusSource
@@ -67,6 +68,8 @@ class MetricsObserver(Observer):
         self.binder = binder
         self._dra_totals: DraTotals | None = None  # with `run --dra` only
         self.pod_series = pod_series  # off: pods still protect their held IDs, no pod series
+        #: Per-pod RDMA usage from the rdma cgroups; set by start_metrics_observer.
+        self.rdma_usage: RdmaUsageSource | None = None
         self._source: StatusSource | None = None
         #: The running config's resources (full name -> rdmaHcaMax), in config order.
         self._hca_max: dict[str, int] = {}
@@ -213,6 +216,14 @@ class MetricsObserver(Observer):
         for name, hca_max in self._hca_max.items():
             if name in self._selections:
                 self.metrics.set_resource(name, hca_max, self._selections[name])
+        if self.rdma_usage is not None:
+            self.rdma_usage.set_served(
+                {
+                    name: {r.name for c in self._selections[name] for r in c.rdma_devices}
+                    for name in self._hca_max
+                    if name in self._selections
+                }
+            )
 
     def _publish_pods(self) -> None:
         mine = self._hca_max.keys()
@@ -278,6 +289,9 @@ def start_metrics_observer(
     bind_retry: Backoff | None = None,
     tls: TlsContext | None = None,
     pod_series: bool = True,
+    *,
+    host_root: str = "/",
+    device_plugin_dir: str = "",
 ) -> MetricsObserver:
     """Serve /metrics, /healthz and /readyz on `address`.
 
@@ -285,11 +299,19 @@ def start_metrics_observer(
     not resolve; a bind that fails is retried with `bind_retry` while the plugin runs. `tls`
     serves HTTPS. `pod_series=False` turns the per-pod series off (the PodResources role still
     protects the IDs pods hold).
+    An empty `device_plugin_dir` (or `pod_series=False`) turns the per-pod RDMA usage off (read
+    from the rdma cgroups under `host_root`).
     """
     metrics = Metrics(VERSION)
+    usage = (
+        RdmaUsageSource(host_root, device_plugin_dir) if device_plugin_dir and pod_series else None
+    )
+    metrics.pod_rdma = usage
     probes = Probes(stall_after=STALL_AFTER)
     server = MetricsServer(address, metrics, probes.health, probes.ready, tls)
     server.resolve()
     binder = EndpointBinder(server, bind_retry or Backoff(initial=1.0, cap=30.0, jitter=0.2))
     binder.attempt()
-    return MetricsObserver(metrics, probes, binder, pod_series)
+    observer = MetricsObserver(metrics, probes, binder, pod_series)
+    observer.rdma_usage = usage
+    return observer

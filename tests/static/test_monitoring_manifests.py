@@ -405,6 +405,13 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
 # Each scenario: input series, when to look, and the alerts expected then (labels beyond alertname).
 # `quiet` scenarios prove the same alert stays silent on a healthy node.
 N1 = {"instance": "10.0.0.1:9478", "node": "n1", "job": JOB}
+POD_RDMA_LABELS = {
+    "resource": "rdma/a",
+    "pod_uid": "u1",
+    "rdma_device": "rxe0",
+    "object": "hca_object",
+}
+POD_RDMA = ",".join(f'{k}="{v}"' for k, v in POD_RDMA_LABELS.items())
 SCENARIOS: list[tuple[str, str, list[tuple[str, str]], str, list[dict[str, str]]]] = [
     (
         "plugin down",
@@ -531,6 +538,26 @@ SCENARIOS: list[tuple[str, str, list[tuple[str, str]], str, list[dict[str, str]]
         [
             ('rdma_shared_dp_registrations_total{resource="rdma/a",result="error"}', "0 1x30"),
             ('rdma_shared_dp_registrations_total{resource="rdma/a",result="success"}', "0 0 1x30"),
+        ],
+        "8m",
+        [],
+    ),
+    (
+        "a pod at 95% of its rdma objects limit",
+        "RdmaSharedDpPodRdmaNearLimit",
+        [
+            (f"rdma_shared_dp_pod_rdma_usage{{{POD_RDMA}}}", "950x10"),
+            (f"rdma_shared_dp_pod_rdma_limit{{{POD_RDMA}}}", "1000x10"),
+        ],
+        "8m",
+        [{"severity": "warning", **POD_RDMA_LABELS}],
+    ),
+    (
+        "a pod at half its rdma limit",
+        "RdmaSharedDpPodRdmaNearLimit",
+        [
+            (f"rdma_shared_dp_pod_rdma_usage{{{POD_RDMA}}}", "500x10"),
+            (f"rdma_shared_dp_pod_rdma_limit{{{POD_RDMA}}}", "1000x10"),
         ],
         "8m",
         [],

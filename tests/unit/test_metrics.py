@@ -25,6 +25,7 @@ from supervisor.metrics.families import (
     metric_names,
 )
 from supervisor.pod_resources import PodAllocation
+from supervisor.rdma_cgroup import PodRdmaUsage
 from supervisor.restart_policy import RestartPolicy
 from supervisor.worker_table import exit_decision
 
@@ -124,6 +125,9 @@ ADDED = {
     "rdma_shared_dp_retained_device_ids": ("resource",),
     # Issue 21: a node that serves no device at all (no PCI bus, unreadable sysfs, no match).
     "rdma_shared_dp_node_problem": ("reason",),
+    # Issue 19: per-pod RDMA usage from the rdma cgroup.
+    "rdma_shared_dp_pod_rdma_usage": ("resource", "pod_uid", "rdma_device", "object"),
+    "rdma_shared_dp_pod_rdma_limit": ("resource", "pod_uid", "rdma_device", "object"),
 }
 
 
@@ -159,6 +163,7 @@ def test_every_family_is_exported_with_its_labels() -> None:
     m.rdma_netns_mode("shared")
     m.set_pod_allocations([PodAllocation("ns", "p", "c", RES, 1)])
     m.set_retained({RES: ("9",)})
+    m.pod_rdma = lambda: [PodRdmaUsage("u1", RES, "rxe0", 1, 5, None, 100)]
     families = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
     # The parser drops `_total` from counter family names; compare on the exported names.
     exported = {n + "_total" if f.type == "counter" else n for n, f in families.items()}
@@ -169,6 +174,25 @@ def test_every_family_is_exported_with_its_labels() -> None:
         sample_labels = {k for s in family.samples for k in s.labels} - {"le"}
         assert sample_labels == set(labels), short
     assert value(m, "build_info", version="1.2.3") == 1
+
+
+def test_pod_rdma_series_and_a_failing_source() -> None:
+    m = Metrics("v")
+    m.pod_rdma = lambda: [PodRdmaUsage("u1", RES, "rxe0", 2, 5, None, 100)]
+    labels = {"resource": RES, "pod_uid": "u1", "rdma_device": "rxe0"}
+    assert value(m, "pod_rdma_usage", object="hca_object", **labels) == 5
+    assert value(m, "pod_rdma_usage", object="hca_handle", **labels) == 2
+    # Only the object limit is set; "max" (unlimited) handles have no series.
+    assert series(m, "pod_rdma_limit") == {
+        frozenset({**labels, "object": "hca_object"}.items()): 100
+    }
+
+    def broken() -> list[PodRdmaUsage]:
+        raise OSError("cgroup gone")
+
+    m.pod_rdma = broken
+    assert series(m, "pod_rdma_usage") == {}
+    assert value(m, "build_info", version="v") == 1  # the rest of the scrape is unharmed
 
 
 def test_rdma_netns_exclusive_follows_the_mode() -> None:
