@@ -53,7 +53,7 @@ class Publisher:
         self.backoff = Backoff(initial=1.0, cap=60.0)
         self._devices: tuple[DraDevice, ...] = ()
         self._have_devices = False
-        self._owner: slices.Owner | None = None
+        self._owner: slices.NodeOwner | None = None
         self._state = PublishState(False, 0, 0, "no devices from the supervisor yet")
         self.next_at = 0.0
 
@@ -138,13 +138,13 @@ class Publisher:
         self._owner = None
         return self._owner_ref() != before
 
-    def _owner_ref(self) -> slices.Owner:
+    def _owner_ref(self) -> slices.NodeOwner:
         if self._owner is None:
             node = self._call("get_node", self.api.get_node, self.node)
             uid = node.get("metadata", {}).get("uid", "")
             if not uid:
                 raise ApiError(0, "NoNodeUID", f"node {self.node} has no UID")
-            self._owner = slices.Owner(self.node, uid)
+            self._owner = slices.NodeOwner(self.node, uid)
         return self._owner
 
     def _call(self, name: str, fn: Callable[..., T], *args: object) -> T:

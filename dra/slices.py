@@ -27,7 +27,7 @@ HASH_ANNOTATION = "rdma.shared-dp.io/pool-hash"
 
 
 @dataclass(frozen=True)
-class Owner:
+class NodeOwner:
     node: str
     uid: str
 
@@ -37,12 +37,12 @@ def chunks(devices: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return [list(devices[i : i + limit]) for i in range(0, len(devices), limit)] or [[]]
 
 
-def pool_hash(driver: str, owner: Owner, parts: Sequence[Sequence[dict[str, Any]]]) -> str:
+def pool_hash(driver: str, owner: NodeOwner, parts: Sequence[Sequence[dict[str, Any]]]) -> str:
     text = json.dumps([driver, owner.node, owner.uid, parts], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def desired(driver: str, owner: Owner, devices: Sequence[DraDevice]) -> list[dict[str, Any]]:
+def desired(driver: str, owner: NodeOwner, devices: Sequence[DraDevice]) -> list[dict[str, Any]]:
     """The pool's slices without generation (set when written): one object per slice."""
     parts = chunks([d.to_api(driver) for d in devices])
     digest = pool_hash(driver, owner, parts)

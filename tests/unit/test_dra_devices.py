@@ -22,7 +22,7 @@ from dra.names import (
 from tests.factories import make_candidate, make_resource
 
 DRIVER = "rdma.shared-dp.io"
-OWNER = slices.Owner("node-1", "uid-1")
+OWNER = slices.NodeOwner("node-1", "uid-1")
 
 
 def _config(*resources: ResourceConfig) -> Config:
