@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PY312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12) python3.12)
 VENV312 := .venv-py312
 
-.PHONY: demo tools test test-fast lint typecheck bench bench-quick clean image e2e-kubelet
+.PHONY: chart-files demo tools test test-fast lint typecheck bench bench-quick clean image e2e-kubelet
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -65,6 +65,18 @@ bench-quick: $(STAMP)
 image:
 	bash .ci/install-image-tools.sh
 	bash .ci/build-image.sh
+
+# The chart is self-contained (vendorable, packageable): it carries copies of the kustomize
+# manifests it reuses. Refresh them after editing the sources; tests/static/test_helm.py fails
+# while they differ.
+CHART_FILES := deployment/helm/rdma-shared-dp/files
+chart-files:
+	cp deployment/k8s/base/config.json $(CHART_FILES)/config.json
+	cp deployment/k8s/components/nfd/nodefeaturerule.yaml $(CHART_FILES)/nodefeaturerule.yaml
+	cp deployment/k8s/components/monitoring/dashboard.json \
+		deployment/k8s/components/monitoring/prometheusrule.yaml \
+		deployment/k8s/components/monitoring/service.yaml \
+		deployment/k8s/components/monitoring/servicemonitor.yaml $(CHART_FILES)/
 
 clean:
 	rm -rf $(VENV) $(VENV312) build *.egg-info

@@ -287,7 +287,7 @@ def test_config_file_path_is_the_plugin_default() -> None:
 
 def validate_config(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "supervisor", "validate-config", str(path)],
+        [sys.executable, "-m", "supervisor", "validate-config", "--strict", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -297,7 +297,7 @@ def validate_config(path: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("folder", ALL_KUSTOMIZATIONS, ids=KUSTOMIZATION_IDS)
-def test_configmap_config_passes_validate_config(folder: Path, tmp_path: Path) -> None:
+def test_configmap_config_passes_validate_config_strictly(folder: Path, tmp_path: Path) -> None:
     docs = render(folder)
     configmap = next(
         d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "rdma-devices"
@@ -310,6 +310,11 @@ def test_configmap_config_passes_validate_config(folder: Path, tmp_path: Path) -
 
 
 def test_validate_config_check_can_fail(tmp_path: Path) -> None:
+    # A warning (the deprecated `devices`) fails it too: the shipped config has none.
+    warned = json.loads(BASE_CONFIG.read_text())
+    warned["configList"][0]["devices"] = warned["configList"][0].pop("selectors")["ifNames"]
+    (tmp_path / "warned.json").write_text(json.dumps(warned))
+    assert validate_config(tmp_path / "warned.json").returncode != 0
     # The Go plugin's README prefix, which the kubelet refuses.
     bad = json.loads(BASE_CONFIG.read_text())
     bad["configList"][0]["resourcePrefix"] = "example_prefix"
