@@ -35,7 +35,8 @@ lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml requirements-build.in --universal --python-version 3.11 \
 		--generate-hashes -q -o $(LOCK)
 
-# External tools some tests use (promtool, kubectl, hadolint, kubernetes-validate); quick when present.
+# External tools some tests use (promtool, kubectl, hadolint, kubernetes-validate, helm v4 and v3);
+# quick when present (a cold helm build takes minutes, cached outside the repo).
 tools: $(STAMP)
 	bash .ci/install-tools.sh
 

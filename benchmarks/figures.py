@@ -3,9 +3,9 @@
 `make bench` runs every benchmark with `RDMA_SHARED_DP_FIGURES` naming that file; each benchmark
 calls `record(key, value)` next to what it prints, and `record` merges the figure into the file
 (without the variable it does nothing, so a benchmark run by hand changes no committed file). Then
-`python benchmarks/figures.py --render docs/benchmarks.md` rewrites that doc's "Measured" table (between
-the `<!-- figures:begin -->` and `<!-- figures:end -->` markers) from the file, and the scale
-block (`<!-- scale:begin -->`) from `results/scale.json` (and its Python 3.12 twin and the
+`python benchmarks/figures.py --render docs/benchmarks.md` rewrites that doc's "Measured" table
+(between the `<!-- figures:begin -->` and `<!-- figures:end -->` markers) from the file, and
+the scale block (`<!-- scale:begin -->`) from `results/scale.json` (and its Python 3.12 twin and the
 real-kubelet restart block from theirs, `generated_blocks`). `tests/static/test_figures.py` fails
 when either is not what the files render, and when a doc quotes its own memory or timing figures
 instead of linking to that table.

@@ -1,7 +1,8 @@
 """Memory and timing figures come from one place: `make bench` -> benchmarks/figures.json.
 
-docs/benchmarks.md's "Measured" table (and every other generated block) must be exactly what `benchmarks/figures.py` renders from the file, and
-no other doc may quote measured figures of its own (they link to that table instead).
+docs/benchmarks.md's "Measured" table (and every other generated block) must be exactly what
+`benchmarks/figures.py` renders from the file, and no other doc may quote measured figures of its
+own (they link to that table instead).
 """
 
 from __future__ import annotations
