@@ -3,8 +3,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The runtime dependencies alone, exactly the image's (requirements.lock, hash-checked): all
-# `make demo` needs, since it runs the plugin from this checkout.
+# The runtime dependencies alone, exactly the image's (requirements.lock, hash-checked), and the
+# `rdma-shared-dp` command built from this checkout with the locked build backend: all `make demo`
+# needs (it runs the plugin from the checkout itself, so later edits show). $(STAMP) replaces the
+# command with an editable install.
 RUNTIME := $(VENV)/.runtime
 LOCK := requirements.lock
 PIP := $(BIN)/pip --disable-pip-version-check
@@ -18,6 +20,7 @@ VENV312 := .venv-py312
 $(RUNTIME): $(LOCK)
 	$(PY) -m venv $(VENV)
 	$(PIP) install -q --require-hashes -r $(LOCK)
+	$(PIP) install -q --no-deps --no-build-isolation .
 	touch $(RUNTIME)
 
 # Development and tests: the project itself (editable) and the test tools, on the locked versions.

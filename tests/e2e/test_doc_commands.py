@@ -219,7 +219,8 @@ def test_quick_start_make_demo_installs_the_runtime_only_and_warns_nothing(
     tmp_path: Path,
 ) -> None:
     """The README's first command, into a fresh venv: exactly the locked runtime dependencies
-    (no test tools), the demo runs, and nothing on the way prints a warning."""
+    (no test tools) and the `rdma-shared-dp` command, the demo runs, and nothing on the way
+    prints a warning."""
     readme = (REPO / "README.md").read_text()
     quick = readme[readme.index("## Quick start") :]
     first = FENCE.search(quick)
@@ -253,8 +254,14 @@ def test_quick_start_make_demo_installs_the_runtime_only_and_warns_nothing(
         for n in re.findall(r"^([A-Za-z0-9_.-]+)==", (REPO / "requirements.lock").read_text(), re.M)
     }
     assert "pytest" not in installed and "hypothesis" not in installed
-    assert "rdma_shared_dp" not in installed  # it runs from the checkout
-    assert installed - {"pip", "setuptools"} <= locked, installed - locked
+    assert installed - {"pip", "setuptools", "rdma_shared_dp"} <= locked, installed - locked
+    version = subprocess.run(
+        [str(venv / "bin" / "rdma-shared-dp"), "version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert version.returncode == 0 and version.stdout.startswith("rdma-shared-dp "), version.stderr
 
 
 def test_compare_can_fail() -> None:
