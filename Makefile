@@ -10,8 +10,8 @@ STAMP := $(VENV)/.installed
 RUNTIME := $(VENV)/.runtime
 LOCK := requirements.lock
 PIP := $(BIN)/pip --disable-pip-version-check
-# The default image's Python (3.12): `make bench` also runs the scale benchmark with it, where
-# the zygote makes its objects immortal (docs/worker.md), when this machine has it.
+# A Python 3.12 (the default image has Debian's 3.13): `make bench` also runs the scale benchmark
+# with it, where the zygote makes its objects immortal (docs/worker.md), when this machine has it.
 PY312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12) python3.12)
 VENV312 := .venv-py312
 
