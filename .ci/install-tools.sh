@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the tools the deployment tests use (kubectl, hadolint, kubernetes-validate, promtool,
 # helm v4 and v3) on a fresh Debian 12 machine, as root. Idempotent and quiet: when everything is
-# already there it only checks and returns. Python tools go into the project's venv; promtool comes from Debian.
+# already there it only checks and returns. Python tools go into the project's venv; promtool
+# comes from Debian.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
