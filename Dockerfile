@@ -1,21 +1,29 @@
 # syntax=docker/dockerfile:1
-# Image of rdma-shared-dp. Builds on any base image with Python 3.11+ and pip, musl or glibc:
-#   make image IMAGE=registry/name:tag         (buildah, .ci/build-image.sh; or docker build .)
+# Image of rdma-shared-dp. The default base is Debian trixie with Debian's python3 (3.13, where
+# the zygote's objects are immortal: docs/worker.md), made from Debian's archive with debootstrap
+# by .ci/build-image.sh (`make image`), which CI builds and runs (tests/e2e/test_image.py).
+# Other bases with Python 3.11+ and pip, musl or glibc, are a BASE_IMAGE away (docs/deployment.md
+# says which were tried):
+#   make image BASE_IMAGE=python:3.13-slim-trixie IMAGE=registry/name:tag
 #   docker build --build-arg BASE_IMAGE=registry.access.redhat.com/ubi9/python-312 -t ... .
-# The final stage gets a virtualenv and a static tini; its only package-manager steps add libudev
-# on Alpine bases and kmod (lsmod) on Debian-based bases that lack it, each skipped elsewhere.
+# Python dependencies come from requirements.lock only, every file checked against its hash, so
+# one commit gives one set of dependencies. The final stage gets a virtualenv and a static tini;
+# its only package-manager steps add libudev on Alpine bases and kmod (lsmod) on Debian-based
+# bases that lack it, each skipped elsewhere.
 # It runs as root by necessity: the plugin creates sockets in the kubelet's root-owned folders and
-# reads /dev and /sys of the host (see deployment/k8s/base/daemonset.yaml).
+# reads /dev and /sys of the host (docs/security.md).
 
-ARG BASE_IMAGE=python:3.12-alpine
+# The base .ci/build-image.sh makes (python3, python3-venv, kmod, libudev1, tini on trixie); not
+# in any registry: `docker build` needs a BASE_IMAGE.
+ARG BASE_IMAGE=localhost/rdma-shared-dp-base:trixie
 # Only a source of a statically linked tini (PID 1: reaps zombies, forwards signals). Static, so
 # the one binary runs on every base, and no base needs a package manager that carries tini.
-# Any image with Debian's `tini` package installed serves too (its /usr/bin/tini-static): that is
-# how .ci/build-image.sh builds without a registry.
-ARG INIT_IMAGE=alpine:3.22
+# Debian's `tini` package has it (/usr/bin/tini-static), so the default base serves; an Alpine
+# image (e.g. alpine:3.22) serves through its tini-static package.
+ARG INIT_IMAGE=localhost/rdma-shared-dp-base:trixie
 
 FROM ${INIT_IMAGE} AS init
-# The package's version follows the pinned Alpine release above.
+# On Alpine, the package's version follows the pinned Alpine release.
 # hadolint ignore=DL3018
 RUN if [ -x /usr/bin/tini-static ]; then cp /usr/bin/tini-static /sbin/tini-static; \
     else apk add --no-cache tini-static; fi \
@@ -32,12 +40,20 @@ WORKDIR /src
 # Only for builds behind a TLS-inspecting proxy (.ci/build-image.sh mounts its CA there); unset
 # otherwise, and this stage is not part of the image.
 ARG PIP_CERT
-# .dockerignore admits only the packaging files and the Python packages.
+# .dockerignore admits only the packaging files, the lock file and the Python packages.
 COPY . .
-# Compiled dependencies from wheels only (musllinux and manylinux wheels exist for all of them):
-# a source build would need a compiler this stage does not have. pip itself leaves the venv.
+# Every dependency, the build backend included, from the lock file's wheels, each checked against
+# its hash (musllinux and manylinux wheels exist for all of them; a source build would need a
+# compiler this stage does not have); then the project itself, built with that backend and
+# nothing fetched. pip and setuptools leave the venv.
+# pip's installation reports (name, version, wheel hash, licence of each) stay in the image:
+# `make release` makes the SBOM from them (.ci/sbom.py).
 RUN python3 -m venv /opt/rdma-shared-dp \
- && /opt/rdma-shared-dp/bin/pip install --only-binary=grpcio,protobuf,pyzmq,psutil /src \
+ && mkdir /opt/rdma-shared-dp/pip-report \
+ && /opt/rdma-shared-dp/bin/pip install --require-hashes --only-binary=:all: -r requirements.lock \
+      --report /opt/rdma-shared-dp/pip-report/dependencies.json \
+ && /opt/rdma-shared-dp/bin/pip install --no-deps --no-build-isolation --no-index /src \
+      --report /opt/rdma-shared-dp/pip-report/project.json \
  && /opt/rdma-shared-dp/bin/python -m pip uninstall -y -q pip setuptools \
  && /opt/rdma-shared-dp/bin/rdma-shared-dp version
 

@@ -3,23 +3,43 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The default image's Python (3.12): `make bench` also runs the scale benchmark with it, where
-# the zygote makes its objects immortal (docs/worker.md), when this machine has it.
+# The runtime dependencies alone, exactly the image's (requirements.lock, hash-checked), and the
+# `rdma-shared-dp` command built from this checkout with the locked build backend: all `make demo`
+# needs (it runs the plugin from the checkout itself, so later edits show). $(STAMP) replaces the
+# command with an editable install.
+RUNTIME := $(VENV)/.runtime
+LOCK := requirements.lock
+PIP := $(BIN)/pip --disable-pip-version-check
+# A Python 3.12 (the default image has Debian's 3.13): `make bench` also runs the scale benchmark
+# with it, where the zygote makes its objects immortal (docs/worker.md), when this machine has it.
 PY312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12) python3.12)
 VENV312 := .venv-py312
 
-.PHONY: demo tools test test-fast lint typecheck bench bench-quick clean image e2e-kubelet e2e-dra e2e-rdma
+.PHONY: chart-files lock release demo tools test test-fast lint typecheck bench bench-quick clean image e2e-kubelet e2e-dra e2e-rdma
 
-$(STAMP): pyproject.toml
+$(RUNTIME): $(LOCK)
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(PIP) install -q --require-hashes -r $(LOCK)
+	$(PIP) install -q --no-deps --no-build-isolation .
+	touch $(RUNTIME)
+
+# Development and tests: the project itself (editable) and the test tools, on the locked versions.
+$(STAMP): pyproject.toml $(RUNTIME)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/rdma-shared-dp demo
+demo: $(RUNTIME)
+	$(BIN)/python -m supervisor demo
 
-# External tools some tests use (promtool, kubectl, hadolint, kubernetes-validate); quick when present.
+# The lock file of the image's dependencies, hashes included (uv, from the test extras);
+# tests/static/test_lock.py fails while it is stale.
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml requirements-build.in --universal --python-version 3.11 \
+		--generate-hashes -q -o $(LOCK)
+
+# External tools some tests use (promtool, kubectl, hadolint, kubernetes-validate, helm v4 and v3);
+# quick when present (a cold helm build takes minutes, cached outside the repo).
 tools: $(STAMP)
 	bash .ci/install-tools.sh
 
@@ -58,7 +78,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict common/ supervisor/ cli/ demo/ workers/ podresources/ dra/ zygote/ simulator/ benchmarks/ tests/
+	$(BIN)/mypy --strict common/ supervisor/ cli/ demo/ workers/ podresources/ dra/ zygote/ simulator/ benchmarks/ tests/ .ci/sbom.py
 
 bench: $(STAMP)
 	@rc=0; for b in benchmarks/bench_*.py; do echo "== $$b"; \
@@ -70,18 +90,37 @@ bench: $(STAMP)
 			$(VENV312)/bin/python benchmarks/bench_scale.py \
 				--output benchmarks/results/scale-py312.json || rc=1; \
 		else echo "== no $(PY312) here: the Python 3.12 scale table is not refreshed"; fi; \
-		$(BIN)/python benchmarks/figures.py --render README.md; exit $$rc
+		$(BIN)/python benchmarks/figures.py --render docs/benchmarks.md; exit $$rc
 
 # CI smoke of the scale benchmark (1 and 8 resources, one run, no results file): it fails only
 # when the benchmark itself breaks; targets are printed, not enforced.
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/bench_scale.py --quick --output ''
 
-# The image, with buildah (no Docker engine): `make image IMAGE=registry/name:tag [PUSH=1]`;
-# LOCAL_BASE=1 builds on a Debian 12 base made here (no registry needed). See .ci/build-image.sh.
+# The image, with buildah (no Docker engine): `make image IMAGE=registry/name:tag [PUSH=1]`, on a
+# Debian trixie base made here with debootstrap (no registry needed); BASE_IMAGE=... for another
+# base. See .ci/build-image.sh.
 image:
 	bash .ci/install-image-tools.sh
 	bash .ci/build-image.sh
 
+# Release artifacts in dist/: the image as an OCI archive, the packaged chart, a CycloneDX SBOM
+# of the image's Python packages, and SHA256SUMS. See .ci/release.sh.
+release: tools
+	bash .ci/install-image-tools.sh
+	bash .ci/release.sh
+
+# The chart is self-contained (vendorable, packageable): it carries copies of the kustomize
+# manifests it reuses. Refresh them after editing the sources; tests/static/test_helm.py fails
+# while they differ.
+CHART_FILES := deployment/helm/rdma-shared-dp/files
+chart-files:
+	cp deployment/k8s/base/config.json $(CHART_FILES)/config.json
+	cp deployment/k8s/components/nfd/nodefeaturerule.yaml $(CHART_FILES)/nodefeaturerule.yaml
+	cp deployment/k8s/components/monitoring/dashboard.json \
+		deployment/k8s/components/monitoring/prometheusrule.yaml \
+		deployment/k8s/components/monitoring/service.yaml \
+		deployment/k8s/components/monitoring/servicemonitor.yaml $(CHART_FILES)/
+
 clean:
-	rm -rf $(VENV) $(VENV312) build *.egg-info
+	rm -rf $(VENV) $(VENV312) build dist *.egg-info

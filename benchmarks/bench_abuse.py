@@ -1,4 +1,4 @@
-"""Cost of abusive input to a real worker, as the README quotes it (benchmark process).
+"""Cost of abusive input to a real worker, as docs/benchmarks.md quotes it (benchmark process).
 
 - An Allocate naming 100 000 unknown IDs, refused: client-observed latency over the worker's unix
   socket (serialising the request included), median and max of 20. Target: under 50 ms.

@@ -2,7 +2,7 @@
 
 Builds, in a temp folder, 32 dual-port-style ConnectX-7 IB HCAs and 32 ConnectX-6 Dx RoCE ports
 (four of them with a sub-function), an E810 with irdma, two igb NICs and 8 GPUs, then times
-`common.discovery.scan` after a warm-up. The figure the README quotes is the median line.
+`common.discovery.scan` after a warm-up. The figure docs/benchmarks.md quotes is the median line.
 """
 
 from __future__ import annotations

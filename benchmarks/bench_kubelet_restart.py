@@ -10,7 +10,7 @@ kubelet's `kubelet.sock` appearing to its last "Connected to new client" (one pe
 restarts alternate SIGTERM and SIGKILL, with 0.2-1 s between the two kubelets.
 
 Needs root and the built kubelet; otherwise it says what is missing and exits 0 (a benchmark, not
-a test). Results: stdout and benchmarks/results/kubelet_restart.json (the README quotes it).
+a test). Results: stdout and benchmarks/results/kubelet_restart.json (docs/benchmarks.md quotes it).
 
 Usage: `python benchmarks/bench_kubelet_restart.py [--sizes 1,8,32] [--restarts 10]`.
 """

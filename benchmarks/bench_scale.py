@@ -18,7 +18,7 @@ measures per run:
 Each figure is the median over repeated runs, with the spread (min-max) beside it. The classic
 start (every worker a fresh interpreter, `RDMA_SHARED_DP_ZYGOTE=off`) runs too at 8 resources
 (and at 32 without --quick), for comparison. Results go to stdout as a table and to
-benchmarks/results/scale.json (the README quotes that file).
+benchmarks/results/scale.json (docs/benchmarks.md quotes that file).
 
 Usage: `python benchmarks/bench_scale.py [--quick] [--runs N] [--sizes 1,8,32,64]`.
 """

@@ -1,4 +1,5 @@
-"""What the supervisor's README figures come from: restart, reaction and start times, and memory.
+"""Where docs/benchmarks.md's supervisor figures come from: restart, reaction and start times,
+and memory.
 
 Runs a real `rdma-shared-dp run` with real workers against the kubelet simulator on a simulated
 node (tests/supervisor_rig.py) and measures:

@@ -1,4 +1,5 @@
-"""Worker figures the README quotes, measured through the kubelet simulator (benchmark process).
+"""Worker figures docs/benchmarks.md quotes, measured through the kubelet simulator (benchmark
+process).
 
 - Allocate latency as the kubelet sees it (one container, one ID, over the worker's unix socket):
   p50 and p99 over 2000 calls. Target: p99 under 2 ms.

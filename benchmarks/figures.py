@@ -3,9 +3,9 @@
 `make bench` runs every benchmark with `RDMA_SHARED_DP_FIGURES` naming that file; each benchmark
 calls `record(key, value)` next to what it prints, and `record` merges the figure into the file
 (without the variable it does nothing, so a benchmark run by hand changes no committed file). Then
-`python benchmarks/figures.py --render README.md` rewrites the README's "Measured" table (between
-the `<!-- figures:begin -->` and `<!-- figures:end -->` markers) from the file, and the scale
-block (`<!-- scale:begin -->`) from `results/scale.json` (and its Python 3.12 twin and the
+`python benchmarks/figures.py --render docs/benchmarks.md` rewrites that doc's "Measured" table
+(between the `<!-- figures:begin -->` and `<!-- figures:end -->` markers) from the file, and
+the scale block (`<!-- scale:begin -->`) from `results/scale.json` (and its Python 3.12 twin and the
 real-kubelet restart block from theirs, `generated_blocks`). `tests/static/test_figures.py` fails
 when either is not what the files render, and when a doc quotes its own memory or timing figures
 instead of linking to that table.
@@ -177,7 +177,7 @@ def load(path: Path = FIGURES) -> dict[str, Any]:
 
 
 def render(data: dict[str, Any]) -> str:
-    """The README's Measured table, markers included."""
+    """docs/benchmarks.md's Measured table, markers included."""
     figures = data["figures"]
     lines = [
         BEGIN,
@@ -219,7 +219,7 @@ def scale_table(results: dict[str, Any]) -> list[str]:
 
 
 def render_scale(data: dict[str, Any], begin: str = SCALE_BEGIN, end: str = SCALE_END) -> str:
-    """The README's scale block, markers included: machine, table, each target's verdict."""
+    """docs/benchmarks.md's scale block, markers included: machine, table, each target's verdict."""
     m = data["machine"]
     lines = [
         begin,
@@ -241,7 +241,7 @@ def render_scale(data: dict[str, Any], begin: str = SCALE_BEGIN, end: str = SCAL
 
 
 def render_kubelet_restart(data: dict[str, Any]) -> str:
-    """The README's real-kubelet restart block, markers included."""
+    """docs/benchmarks.md's real-kubelet restart block, markers included."""
     m = data["machine"]
     lines = [
         KUBELET_RESTART_BEGIN,

@@ -5,9 +5,12 @@ commands run in order and the lines after the last one are what it printed (`...
 lines left out); each shown line must be in the real output, compared with white space collapsed
 and, failing that, with times and absolute paths made neutral (and, for `status`, whose pids and
 counters differ on every run, numbers too). Other blocks' lines that
-start with `rdma-shared-dp` must exit 0. Commands that need a cluster, a container engine or a
-network (`kubectl`, `docker`, `curl`, `make`) and synopses with placeholders are not run, and the
-test says which were skipped.
+start with `rdma-shared-dp`, and the install commands that need no cluster (`helm template`,
+`helm lint`, `helm package`, `helm show`, `kubectl kustomize`: the chart and overlays in this
+checkout), must exit 0. Commands that need a cluster, a container engine or a network
+(`kubectl apply`, `helm install`, `docker`, `curl`, `make`) and synopses with placeholders are
+not run, and the test says which were skipped. The README's quick start is run too: `make demo`
+into a fresh venv must install the runtime dependencies only and print no warning.
 
 The commands run against what the docs assume: the demo's simulated node at `/tmp/node` (built in
 a temp folder instead), the shipped config as `config.json` / `my-config.json`, and for `status`
@@ -30,12 +33,29 @@ from pathlib import Path
 
 import pytest
 
+from tests.conditions import missing
+from tests.static.test_deployment import tool
+
 REPO = Path(__file__).resolve().parents[2]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 FENCE = re.compile(r"^( *)```[^\n]*\n(.*?)^\1```", re.DOTALL | re.MULTILINE)
 CLI = re.compile(r"^(?:\.venv/bin/)?rdma-shared-dp\b")
 DEMO = [sys.executable, "-m", "supervisor", "demo", "--keep-running", "--json"]
-NOT_HERE = ("kubectl", "docker", "curl", "make", "journalctl")
+NOT_HERE = ("kubectl", "docker", "curl", "make", "journalctl", "helm", "skopeo", "buildah")
+#: Install commands that run here: they only read the chart and overlays of this checkout.
+INSTALL = re.compile(r"^(helm (template|lint|package|show)|kubectl kustomize) ")
+PLACEHOLDER = re.compile(r"<[\w ./-]+>|\.\.\.|\$\(")
+
+
+def runnable(line: str) -> bool:
+    """A line this test runs: the plugin's CLI, or an install command without placeholders."""
+    return bool(CLI.match(line)) or (bool(INSTALL.match(line)) and not PLACEHOLDER.search(line))
+
+
+def _lines(block: str) -> list[str]:
+    """The block's lines, stripped, continuation lines (a trailing backslash) joined."""
+    joined = re.sub(r"\s*\\\n\s*", " ", block)
+    return [line.strip() for line in joined.splitlines()]
 
 
 @dataclass
@@ -52,7 +72,7 @@ def blocks() -> list[Block]:
     for doc in DOCS:
         text = doc.read_text()
         for m in FENCE.finditer(text):
-            lines = [line.strip() for line in m[2].splitlines()]
+            lines = _lines(m[2])
             where = text[: m.start()].count("\n") + 1
             name = str(doc.relative_to(REPO))
             if any(line.startswith("$ ") for line in lines):
@@ -60,7 +80,7 @@ def blocks() -> list[Block]:
                 commands = [line[2:] for line in lines if line.startswith("$ ")]
                 found.append(Block(name, where, commands, lines[last + 1 :], transcript=True))
             else:
-                commands = [line for line in lines if CLI.match(line)]
+                commands = [line for line in lines if runnable(line)]
                 if commands:
                     found.append(Block(name, where, commands))
     return found
@@ -70,10 +90,10 @@ def skipped_commands() -> list[str]:
     out = []
     for doc in DOCS:
         for m in FENCE.finditer(doc.read_text()):
-            for line in m[2].splitlines():
-                word = line.strip().split(" ", 1)[0]
-                if word in NOT_HERE:
-                    out.append(line.strip())
+            for line in _lines(m[2]):
+                word = line.split(" ", 1)[0]
+                if word in NOT_HERE and not runnable(line):
+                    out.append(line)
     return out
 
 
@@ -87,6 +107,8 @@ def _argv(command: str, node: Path, runtime_dir: Path | None) -> list[str]:
             argv += ["--runtime-dir", str(runtime_dir)]
     elif head.endswith("/python") or head == "python":
         argv = [sys.executable, *argv[1:]]
+    elif head in ("helm", "kubectl"):
+        argv = [tool(head), *argv[1:]]
     return argv
 
 
@@ -181,6 +203,65 @@ def test_doc_command_runs_and_prints_what_the_doc_shows(
             f"{block.doc}:{block.line}: these shown lines are not in the output of "
             f"{block.commands[-1]!r}:\n" + "\n".join(missing) + "\n--- real output:\n" + out.stdout
         )
+
+
+def test_install_commands_are_found_and_placeholders_are_not_run() -> None:
+    ran = [c for b in blocks() for c in b.commands]
+    assert any(c.startswith("helm template") for c in ran), ran
+    assert any(c.startswith("kubectl kustomize") for c in ran), ran
+    assert not runnable("helm install rdma deployment/helm/rdma-shared-dp -n kube-system")
+    assert not runnable("helm template rdma <chart>")
+    assert runnable("helm lint --strict deployment/helm/rdma-shared-dp")
+    assert _lines("helm template a \\\n    --set b=1\n") == ["helm template a --set b=1"]
+
+
+def test_quick_start_make_demo_installs_the_runtime_only_and_warns_nothing(
+    tmp_path: Path,
+) -> None:
+    """The README's first command, into a fresh venv: exactly the locked runtime dependencies
+    (no test tools) and the `rdma-shared-dp` command, the demo runs, and nothing on the way
+    prints a warning."""
+    readme = (REPO / "README.md").read_text()
+    quick = readme[readme.index("## Quick start") :]
+    first = FENCE.search(quick)
+    assert first is not None
+    shown = [line.split("#", 1)[0].strip() for line in first[2].splitlines()]
+    assert shown == ["make demo", "make test"], shown
+    if shutil.which("make") is None:
+        missing("make is not installed")
+    venv = tmp_path / "venv"
+    proc = subprocess.run(
+        ["make", "demo", f"VENV={venv}", f"PY={sys.executable}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if proc.returncode != 0 and re.search(
+        r"[Cc]onnection|resolve|Network is unreachable", proc.stderr
+    ):
+        missing(f"PyPI unreachable: {proc.stderr.strip()[-300:]}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "demo finished" in proc.stdout
+    noise = [line for line in (proc.stdout + proc.stderr).splitlines()
+             if re.search(r"warn|deprecat", line, re.I)]  # fmt: skip
+    assert noise == [], noise
+    installed = {
+        p.name.split("-")[0].lower() for p in venv.glob("lib/python3*/site-packages/*.dist-info")
+    }
+    locked = {
+        n.lower().replace("-", "_")
+        for n in re.findall(r"^([A-Za-z0-9_.-]+)==", (REPO / "requirements.lock").read_text(), re.M)
+    }
+    assert "pytest" not in installed and "hypothesis" not in installed
+    assert installed - {"pip", "setuptools", "rdma_shared_dp"} <= locked, installed - locked
+    version = subprocess.run(
+        [str(venv / "bin" / "rdma-shared-dp"), "version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert version.returncode == 0 and version.stdout.startswith("rdma-shared-dp "), version.stderr
 
 
 def test_compare_can_fail() -> None:

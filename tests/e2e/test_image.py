@@ -1,7 +1,8 @@
 """The container image, built with buildah and run for real (test process, root).
 
-`.ci/build-image.sh` builds the Dockerfile on the Debian 12 base it makes with debootstrap (no
-image registry is reachable here; the Alpine default is built by the same script where one is).
+`.ci/build-image.sh` builds the default image: the Dockerfile on the Debian trixie base it makes
+with debootstrap (Debian's python3 3.13; no image registry is needed), dependencies installed
+from requirements.lock with their hashes.
 The built image is then mounted and run the way a container runtime would: a new PID, mount and
 network namespace, the image's root as `/`, only the image's environment, the command as PID 1.
 Inside it: the Network Operator's command line and its init container's `lsmod | grep`, `discover`
@@ -16,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -92,7 +95,7 @@ def image() -> Iterator[Image]:
     build = subprocess.run(
         ["bash", ".ci/build-image.sh"],
         cwd=REPO,
-        env={**os.environ, "LOCAL_BASE": "1", "IMAGE": IMAGE, "IMAGE_STORE": STORE},
+        env={**os.environ, "IMAGE": IMAGE, "IMAGE_STORE": STORE},
         capture_output=True,
         text=True,
         timeout=1800,
@@ -174,6 +177,72 @@ def test_image_size_and_build_time(image: Image) -> None:
     print(f"build took {image.build_seconds:.0f}s (cold includes debootstrap and pip)")
     # A guard against bloat, not a target: the Debian base alone is ~160 MB.
     assert compressed < 150e6
+
+
+def test_the_image_runs_a_python_where_the_zygote_objects_are_immortal(image: Image) -> None:
+    """Python 3.12+ (PEP 683): the default image's workers share the zygote's pages."""
+    code = "import sys; print(sys.version_info[0], sys.version_info[1])"
+    proc = run_in(image, ["/opt/rdma-shared-dp/bin/python", "-c", code], BASIC)
+    assert proc.returncode == 0, proc.stderr
+    major, minor = map(int, proc.stdout.split())
+    assert (major, minor) >= (3, 12)
+
+
+def _locked() -> dict[str, str]:
+    text = (REPO / "requirements.lock").read_text()
+    return {n.lower(): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", text, re.M)}
+
+
+def _installed(image: Image) -> dict[str, str]:
+    """The image venv's distributions: canonical name -> version."""
+    (site,) = image.root.glob("opt/rdma-shared-dp/lib/python3*/site-packages")
+    found = {}
+    for dist_info in site.glob("*.dist-info"):
+        name, _, version = dist_info.name.removesuffix(".dist-info").rpartition("-")
+        found[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return found
+
+
+def test_the_image_holds_exactly_the_locked_packages(image: Image) -> None:
+    found = _installed(image)
+    assert found.pop("rdma-shared-dp") == "0.1.0"
+    locked = _locked()
+    for name, version in found.items():
+        assert locked.get(name) == version, f"{name} {version} is not the locked {locked.get(name)}"
+    assert "setuptools" not in found and "pip" not in found  # build tools left the venv
+
+
+def test_release_artifacts_oci_archive_and_sbom(image: Image, tmp_path: Path) -> None:
+    """What .ci/release.sh does with the image: the OCI archive and the SBOM of its packages."""
+    archive = tmp_path / "image.oci.tar"
+    buildah("push", "--quiet", IMAGE, f"oci-archive:{archive}:{IMAGE}")
+    with tarfile.open(archive) as tar:
+        layout = json.load(tar.extractfile("oci-layout"))  # type: ignore[arg-type]
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+    assert layout["imageLayoutVersion"] == "1.0.0"
+    (manifest,) = index["manifests"]
+    assert manifest["annotations"]["org.opencontainers.image.ref.name"].endswith("test")
+    (site,) = image.root.glob("opt/rdma-shared-dp/lib/python3*/site-packages")
+    reports = sorted(str(p) for p in image.root.glob("opt/rdma-shared-dp/pip-report/*.json"))
+    assert len(reports) == 2
+    argv = [sys.executable, str(REPO / ".ci" / "sbom.py"), "--image-name", "rdma-shared-dp",
+            "--image-version", "0.1.0", "--image-digest", "sha256:" + "0" * 64,
+            "--created", "2026-01-01T00:00:00Z", "--site-packages", str(site),
+            *reports]  # fmt: skip
+    first = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout
+    again = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout
+    assert first == again  # same image, same bytes
+    bom = json.loads(first)
+    assert (bom["bomFormat"], bom["specVersion"]) == ("CycloneDX", "1.6")
+    components = {c["name"]: c for c in bom["components"]}
+    locked = _locked()
+    assert set(components) == set(_installed(image))  # the build backend, removed, is not listed
+    for name, c in components.items():
+        assert c["purl"] == f"pkg:pypi/{name}@{c['version']}"
+        if name != "rdma-shared-dp":
+            assert c["version"] == locked[name]
+            (digest,) = c["hashes"]
+            assert f"--hash=sha256:{digest['content']}" in (REPO / "requirements.lock").read_text()
 
 
 def test_operator_command_path_and_version_flags(image: Image) -> None:

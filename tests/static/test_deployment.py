@@ -345,7 +345,7 @@ def validate_config(path: Path, *flags: str) -> subprocess.CompletedProcess[str]
 
 
 @pytest.mark.parametrize("folder", ALL_KUSTOMIZATIONS, ids=KUSTOMIZATION_IDS)
-def test_configmap_config_passes_validate_config(folder: Path, tmp_path: Path) -> None:
+def test_configmap_config_passes_validate_config_strictly(folder: Path, tmp_path: Path) -> None:
     docs = render(folder)
     configmap = next(
         d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "rdma-devices"
@@ -377,6 +377,11 @@ def test_strict_check_of_the_shipped_config_can_fail(tmp_path: Path) -> None:
 
 
 def test_validate_config_check_can_fail(tmp_path: Path) -> None:
+    # A warning (the deprecated `devices`) fails it too: the shipped config has none.
+    warned = json.loads(BASE_CONFIG.read_text())
+    warned["configList"][0]["devices"] = warned["configList"][0].pop("selectors")["ifNames"]
+    (tmp_path / "warned.json").write_text(json.dumps(warned))
+    assert validate_config(tmp_path / "warned.json").returncode != 0
     # The Go plugin's README prefix, which the kubelet refuses.
     bad = json.loads(BASE_CONFIG.read_text())
     bad["configList"][0]["resourcePrefix"] = "example_prefix"

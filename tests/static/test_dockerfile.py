@@ -102,13 +102,17 @@ def test_every_hadolint_ignore_says_why() -> None:
             )
 
 
-def test_base_image_defaults_to_an_alpine_python_the_project_supports() -> None:
-    base = global_args(DOCKERFILE.read_text())["BASE_IMAGE"]
-    match = re.fullmatch(r"python:(\d+)\.(\d+)-alpine[\d.]*", base)
-    assert match, base
-    minimum = re.search(r"(\d+)\.(\d+)", PYPROJECT["project"]["requires-python"])
-    assert minimum is not None
-    assert (int(match[1]), int(match[2])) >= (int(minimum[1]), int(minimum[2]))
+def test_base_image_defaults_to_the_debian_base_ci_builds() -> None:
+    """The default image is the one CI builds and runs (tests/e2e/test_image.py): the base
+    .ci/build-image.sh makes with debootstrap, on trixie (python3 3.13, where the zygote's
+    objects are immortal); tini-static comes from the same base."""
+    defaults = global_args(DOCKERFILE.read_text())
+    script = (REPO / ".ci" / "build-image.sh").read_text()
+    suite = re.search(r'^BASE_SUITE="\$\{BASE_SUITE:-(\w+)\}"$', script, re.M)
+    assert suite and suite[1] == "trixie", "the default suite"
+    assert defaults["BASE_IMAGE"] == f"localhost/rdma-shared-dp-base:{suite[1]}"
+    assert defaults["INIT_IMAGE"] == defaults["BASE_IMAGE"]
+    assert "tini" in re.search(r"^BASE_PACKAGES=(.*)$", script, re.M)[1].split(",")  # type: ignore[index]
 
 
 def test_multi_stage_with_a_final_stage_on_the_chosen_base() -> None:

@@ -1,7 +1,8 @@
 """Memory and timing figures come from one place: `make bench` -> benchmarks/figures.json.
 
-README's "Measured" table must be exactly what `benchmarks/figures.py` renders from the file, and
-no other doc may quote measured figures of its own (they link to that table instead).
+docs/benchmarks.md's "Measured" table (and every other generated block) must be exactly what
+`benchmarks/figures.py` renders from the file, and no other doc may quote measured figures of its
+own (they link to that table instead).
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from pathlib import Path
 from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[2]
+#: Where the evidence lives (`make bench` renders into it).
+EVIDENCE = REPO / "docs" / "benchmarks.md"
+RENDER = "`.venv/bin/python benchmarks/figures.py --render docs/benchmarks.md`"
 #: A measurement quoted in prose: a statistic or a USS with a number and a unit.
 MEASURED = re.compile(
     r"\b(median|p50|p90|p99|USS)\b[^|\n]{0,40}?\d+(\.\d+)?\s?(ms|µs|us|MiB|s)\b"
@@ -27,29 +31,29 @@ def _figures() -> ModuleType:
     return module
 
 
-def test_readme_measured_table_is_rendered_from_the_benchmark_figures() -> None:
+def test_measured_table_is_rendered_from_the_benchmark_figures() -> None:
     figures = _figures()
-    readme = (REPO / "README.md").read_text()
+    readme = EVIDENCE.read_text()
     table = figures.render(figures.load())
-    assert table in readme, "README's Measured table differs: run `make bench` (or "
-    "`.venv/bin/python benchmarks/figures.py --render README.md`)"
+    assert table in readme, "docs/benchmarks.md's Measured table differs: run `make bench` (or "
+    f"{RENDER})"
     assert table.count("\n| ") >= 8  # every row's keys are in the file
 
 
-def test_readme_scale_block_is_rendered_from_the_scale_results() -> None:
+def test_scale_block_is_rendered_from_the_scale_results() -> None:
     figures = _figures()
-    readme = (REPO / "README.md").read_text()
+    readme = EVIDENCE.read_text()
     block = figures.render_scale(figures.load(figures.SCALE))
-    assert block in readme, "README's scale block differs: run `make bench` (or "
-    "`.venv/bin/python benchmarks/figures.py --render README.md`)"
+    assert block in readme, "docs/benchmarks.md's scale block differs: run `make bench` (or "
+    f"{RENDER})"
     assert block.count("\n| ") >= 4  # header, rule and rows
 
 
-def test_every_generated_block_is_in_the_readme_as_rendered() -> None:
-    readme = (REPO / "README.md").read_text()
+def test_every_generated_block_is_in_the_evidence_doc_as_rendered() -> None:
+    readme = EVIDENCE.read_text()
     for begin, _end, block in _figures().generated_blocks():
-        assert block in readme, f"README's {begin} block differs: run `make bench` (or "
-        "`.venv/bin/python benchmarks/figures.py --render README.md`)"
+        assert block in readme, f"docs/benchmarks.md's {begin} block differs: run `make bench` (or "
+        f"{RENDER})"
 
 
 def _outside_the_table(text: str) -> str:
@@ -64,7 +68,9 @@ def test_no_doc_quotes_measured_figures_of_its_own() -> None:
     for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
         text = _outside_the_table(doc.read_text())
         quoted = [m.group(0) for m in MEASURED.finditer(text)]
-        assert not quoted, f"{doc.name} quotes measurements {quoted}: link to README#measured"
+        assert not quoted, (
+            f"{doc.name} quotes measurements {quoted}: link to docs/benchmarks.md#measured"
+        )
 
 
 def test_the_figure_checks_can_fail(tmp_path: Path) -> None:
