@@ -381,7 +381,7 @@ def test_validate_config_check_can_fail(tmp_path: Path) -> None:
     warned = json.loads(BASE_CONFIG.read_text())
     warned["configList"][0]["devices"] = warned["configList"][0].pop("selectors")["ifNames"]
     (tmp_path / "warned.json").write_text(json.dumps(warned))
-    assert validate_config(tmp_path / "warned.json").returncode != 0
+    assert validate_config(tmp_path / "warned.json", "--strict").returncode != 0
     # The Go plugin's README prefix, which the kubelet refuses.
     bad = json.loads(BASE_CONFIG.read_text())
     bad["configList"][0]["resourcePrefix"] = "example_prefix"
