@@ -4,7 +4,6 @@ PodResources listing a device once per NUMA node. With the real plugin where it 
 
 from __future__ import annotations
 
-import socket
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,11 +11,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from common.loop.inotify import DirWatch
 from proto.podresources.v1 import api_pb2 as pr
 from proto.podresources.v1 import api_pb2_grpc as pr_grpc
 from simulator.kubelet import READMIT_DELAY, KubeletSimulator
-from simulator.kubelet_records import KUBELET_SOCKET
 from tests.conditions import hard_timeout, missing
 from tests.supervisor_rig import Plant, full, resource_entry
 
@@ -103,32 +100,3 @@ def test_pod_resources_lists_a_device_once_per_numa_node(plant: Plant) -> None:
     assert nodes == [[0], [1]]  # the plugin reports NUMA 0 and 1 for every ID
     ids = Counter(i for d in container.devices for i in d.device_ids)
     assert ids == {"0": 2, "3": 2}
-
-
-def _kubelet_sock_events(watch: DirWatch) -> list[str]:
-    return [e.change.value for e in watch.read() if e.name == KUBELET_SOCKET]
-
-
-def test_a_kill_makes_no_event_and_a_start_one(tmp_path: Path) -> None:
-    # A plugin takes each kubelet.sock created (or moved in) for a new kubelet: a killed kubelet
-    # makes none, a starting one exactly one, right after its wipe of the plugins' sockets.
-    sim = KubeletSimulator(tmp_path / "dp")
-    sim.start()
-    try:
-        plugin = socket.socket(socket.AF_UNIX)
-        plugin.bind(str(sim.device_plugin_dir / "plugin.sock"))
-        with DirWatch(sim.device_plugin_dir) as watch:
-            inode = sim.kubelet_socket.stat().st_ino
-            sim.kill()
-            assert _kubelet_sock_events(watch) == []
-            sim.start(inode=inode)
-            events = [(e.change.value, e.name) for e in watch.read()]
-        created = [e for e in events if e == ("created", KUBELET_SOCKET)]
-        assert len(created) == 1, events
-        # The plugin's socket goes first, then kubelet.sock appears (nothing in between).
-        assert events[-1] == ("created", KUBELET_SOCKET), events
-        assert ("removed", "plugin.sock") in events, events
-        plugin.close()
-    finally:
-        sim.stop()
-    assert not sim.kubelet_socket.exists()  # a kubelet stopped in order takes its socket
