@@ -62,7 +62,6 @@ from proto.deviceplugin.v1beta1 import api_pb2_grpc as dp_grpc
 from proto.podresources.v1 import api_pb2 as pr
 from simulator.kubelet_pods import SimulatedPods, Topology
 from simulator.kubelet_records import (
-    BINDING,
     CHECKPOINT_FILE,
     DIAL_RETRY_INTERVAL,
     HEALTHY,
@@ -165,8 +164,6 @@ class KubeletSimulator:
         self._server_pool: ThreadPoolExecutor | None = None
         self._stream_threads: list[threading.Thread] = []
         self._watcher: PluginWatcher | None = None
-        #: Set by `kill`: the next stop leaves kubelet.sock behind, as a dead kubelet does.
-        self._leave_socket = False
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -177,13 +174,10 @@ class KubeletSimulator:
         the real kubelet's socket usually came back after a kill); see `inode_reused`."""
         self._start(keep=None, want_inode=inode)
 
-    def _bind(self, stopping: threading.Event, want_inode: int | None) -> tuple[Any, Any]:
-        """Bind Registration under the hidden name `BINDING` (not serving yet); with
-        `want_inode`, at that inode number if the filesystem gives it back (a wrong number is
-        kept taken by a placeholder and retried). No plugin sees any of this: only the final
-        rename to kubelet.sock (`_start`) shows, as the kubelet's one listen does."""
+    def _serve(self, stopping: threading.Event, want_inode: int | None) -> tuple[Any, Any]:
+        """Serve Registration on kubelet.sock; with `want_inode`, at that inode number if the
+        filesystem gives it back (a wrong number is kept taken by a placeholder and retried)."""
         placeholders: list[Path] = []
-        binding = self.device_plugin_dir / BINDING
         try:
             for attempt in range(SAME_INODE_ATTEMPTS if want_inode is not None else 1):
                 pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kubelet-sim-rpc")
@@ -192,19 +186,22 @@ class KubeletSimulator:
                     _RegistrationService(self, stopping), server
                 )
                 try:
-                    port = server.add_insecure_port(f"unix:{binding}")
+                    port = server.add_insecure_port(f"unix:{self.kubelet_socket}")
                 except RuntimeError:  # newer grpc raises instead of returning 0
                     port = 0
                 if port == 0:
                     pool.shutdown(wait=False)
-                    raise KubeletSimulatorError(f"cannot listen on {binding}")
-                got = binding.stat().st_ino
+                    raise KubeletSimulatorError(f"cannot listen on {self.kubelet_socket}")
+                # Bound, not serving yet: a number that is not the wanted one is discarded
+                # before any plugin could register with this server.
+                got = self.kubelet_socket.stat().st_ino
                 if want_inode is None or got == want_inode or attempt == SAME_INODE_ATTEMPTS - 1:
                     if want_inode is not None:
                         self.inode_reused.append(got == want_inode)
+                    server.start()
                     return server, pool
                 placeholder = self.device_plugin_dir / f".inode-placeholder-{attempt}"
-                os.rename(binding, placeholder)
+                os.rename(self.kubelet_socket, placeholder)
                 placeholders.append(placeholder)
                 server.stop(grace=None).wait()
                 pool.shutdown(wait=True)
@@ -223,18 +220,12 @@ class KubeletSimulator:
                 "use a shorter device-plugin dir"
             )
         self.device_plugin_dir.mkdir(parents=True, exist_ok=True)
+        self._wipe_sockets(keep)
         if self.plugins_registry_dir is not None:
             self.plugins_registry_dir.mkdir(parents=True, exist_ok=True)
-        if want_inode is not None and is_socket(self.kubelet_socket):
-            self.kubelet_socket.unlink()  # frees the number the new socket should get back
+
         stopping = threading.Event()
-        server, pool = self._bind(stopping, want_inode)
-        # The kubelet wipes the sockets and listens at once (Go, microseconds apart): bound
-        # beforehand, the new kubelet.sock appears right after the wipe here too. A plugin that
-        # reacts to its socket's removal would otherwise race a slow simulator's bind.
-        self._wipe_sockets(keep, self.device_plugin_dir / BINDING)
-        os.rename(self.device_plugin_dir / BINDING, self.kubelet_socket)
-        server.start()
+        server, pool = self._serve(stopping, want_inode)
         served_at = time.monotonic()
         watcher: PluginWatcher | None = None
         if self.plugins_registry_dir is not None:
@@ -272,7 +263,6 @@ class KubeletSimulator:
             watcher, self._watcher = self._watcher, None
             endpoints = list(self._open)
             self._endpoints.clear()
-            leave_socket, self._leave_socket = self._leave_socket, False
             # A stopped kubelet knows no devices; history (registrations, snapshots) is kept.
             self._devices.clear()
             self._changed.notify_all()
@@ -281,9 +271,6 @@ class KubeletSimulator:
         server.stop(grace=None).wait()
         if pool is not None:
             pool.shutdown(wait=True)
-        if not leave_socket:  # a kubelet stopped in order takes its socket along
-            with contextlib.suppress(FileNotFoundError):
-                self.kubelet_socket.unlink()
         for endpoint in endpoints:
             self._close_endpoint(endpoint)
         with self._lock:
@@ -294,11 +281,18 @@ class KubeletSimulator:
         LOG.info("kubelet simulator stopped")
 
     def kill(self) -> None:
-        """A SIGKILLed kubelet: it stops serving at once and its `kubelet.sock` stays behind,
-        untouched (no event a plugin could take for a new kubelet)."""
-        with self._lock:
-            self._leave_socket = self._running
+        """A SIGKILLed kubelet: it stops serving at once and its `kubelet.sock` stays behind."""
+        aside = self.device_plugin_dir / ".kubelet.sock.killed"
+        try:
+            os.link(self.kubelet_socket, aside)
+        except OSError:
+            self.stop()
+            return
         self.stop()
+        if self.kubelet_socket.exists():
+            aside.unlink()
+        else:
+            os.replace(aside, self.kubelet_socket)
 
     def restart(self, *, killed: bool = False, same_inode: bool = False, gap: float = 0.0) -> None:
         """A kubelet restart: stop (or `killed`: die and leave kubelet.sock behind), wipe the
@@ -344,17 +338,13 @@ class KubeletSimulator:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _wipe_sockets(self, *keep: Path | None) -> None:
+    def _wipe_sockets(self, keep: Path | None = None) -> None:
         if not self.device_plugin_dir.is_dir():
             return
-        # Only sockets go, as in the kubelet; the checkpoint is named explicitly for clarity.
-        # Chosen first, then removed back to back: the kubelet's wipe takes microseconds.
-        doomed = [
-            entry
-            for entry in self.device_plugin_dir.iterdir()
-            if entry.name != CHECKPOINT_FILE and entry not in keep and is_socket(entry)
-        ]
-        for entry in doomed:
+        for entry in self.device_plugin_dir.iterdir():
+            # Only sockets go, as in the kubelet; the checkpoint is named explicitly for clarity.
+            if entry.name == CHECKPOINT_FILE or entry == keep or not is_socket(entry):
+                continue
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
 

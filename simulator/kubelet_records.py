@@ -25,9 +25,6 @@ HEALTHY = "Healthy"
 UNHEALTHY = "Unhealthy"
 KUBELET_SOCKET = "kubelet.sock"
 CHECKPOINT_FILE = "kubelet_internal_checkpoint"
-#: Where the simulator binds its next kubelet.sock before the wipe (hidden; as long as the name
-#: it is renamed to, so a path that fits for one fits for the other).
-BINDING = ".kubelet.new"
 PLUGIN_TYPE = "DevicePlugin"
 GET_INFO_TIMEOUT = 1.0
 NOTIFY_TIMEOUT = 1.0
