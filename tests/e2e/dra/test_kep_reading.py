@@ -63,9 +63,12 @@ def unschedulable(cp: ControlPlane, name: str) -> str:
 
 
 def kubelet_warning(cp: ControlPlane, name: str, reason: str) -> str:
+    # By UID: an earlier test's pod of the same name (the cluster is shared) has events too.
+    uid = pod(cp, name)["metadata"]["uid"]
+
     def message() -> str | None:
         for e in cp.events(name=name):
-            if e["reason"] == reason:
+            if e["reason"] == reason and e.get("involvedObject", {}).get("uid") == uid:
                 return str(e["message"])
         return None
 
