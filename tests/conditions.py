@@ -70,4 +70,4 @@ def missing(capability: str) -> NoReturn:
 
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI must provide this, but: {capability}")
-    pytest.skip(capability)  # raises: pytest's stubs say so
+    pytest.skip(capability)  # the reason names the capability and how to get it; never returns
